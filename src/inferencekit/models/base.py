@@ -1,0 +1,200 @@
+"""The generator interface every backend implements, and the objects it exchanges.
+
+A backend implements three methods: `generate` (N completions for each of a batch of prompts),
+`chat_prompt` (render messages with the model's chat template) and `count_tokens`.
+Everything a generation needs travels in one `SamplingParams`, as in vLLM.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """All settings of one generation call.
+
+    `temperature == 0` means greedy decoding (then all `n` samples are equal, so backends may decode
+    one and copy it). `seed` makes sampling reproducible per prompt: a backend seeds each prompt's
+    sampler from it, never from the batch it happens to sit in. `stop` strings end a completion and
+    are not part of its text unless `include_stop` is set. `logprobs` asks for the log probability
+    of every generated token.
+    """
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    include_stop: bool = False
+    seed: int = 0
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **changes) -> SamplingParams:
+        return replace(self, **changes)
+
+
+@dataclass
+class Completion:
+    """One generated continuation.
+
+    `finish_reason` is "stop" (EOS or a stop string), or "length" (hit `max_new_tokens`).
+    `stop_reason` is the stop string that ended it, if any. `logprobs` holds one value per
+    generated token when asked for.
+    """
+
+    text: str
+    tokens: int
+    finish_reason: str = "stop"
+    stop_reason: str | None = None
+    logprobs: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Usage:
+    """Work done by a generator or reward model.
+
+    `prompt_tokens` counts prompt tokens sent; `computed_prompt_tokens` those actually run through
+    the model (fewer when a prompt's cache is shared between samples or reused across calls).
+    """
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    computed_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        for name in ("calls", "prompt_tokens", "computed_prompt_tokens", "completion_tokens", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Usage:
+        return cls(**{k: data.get(k, 0) for k in cls.__dataclass_fields__})
+
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+
+class Generator(ABC):
+    """A language model that continues prompts.
+
+    Subclasses set `name` and implement the three abstract methods. `usage` accumulates over the
+    generator's life; `track()` measures one block of calls.
+    """
+
+    name: str = "generator"
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[list[Completion]]:
+        """Return `params.n` completions for each prompt, in prompt order.
+
+        `params` is one object for all prompts or one per prompt (different seeds, say).
+        Prompts are raw text: apply `chat_prompt` first for chat models.
+        """
+
+    @abstractmethod
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """Render a conversation with the model's chat template into prompt text."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens the model's tokenizer makes of `text`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model's memory."""
+
+    def _record(self, usage: Usage) -> None:
+        with self._lock:
+            self.usage.add(usage)
+
+
+def per_prompt_params(
+    prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
+) -> list[SamplingParams]:
+    """Expand one `SamplingParams` to one per prompt, checking a given list's length."""
+    if isinstance(params, SamplingParams):
+        return [params] * len(prompts)
+    params = list(params)
+    if len(params) != len(prompts):
+        raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+    return params
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """Cut `text` at the earliest stop string; return the kept text and the stop string found."""
+    best: tuple[int, str] | None = None
+    for s in stop:
+        if not s:
+            continue
+        pos = text.find(s)
+        if pos != -1 and (best is None or pos < best[0]):
+            best = (pos, s)
+    if best is None:
+        return text, None
+    return text[: best[0]], best[1]
+
+
+class Timer:
+    """Context manager measuring wall seconds."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+@dataclass
+class GeneratorSpec:
+    """What is needed to build a generator: resolved from a preset, a path or a hub id."""
+
+    name: str
+    path: str
+    backend: str
+    gguf_file: str | None = None
+    chat_template: str | None = None
+    dtype: str = "auto"
+    device_map: str | None = None
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    max_batch_sequences: int = 64
+    base_url: str | None = None
+    api_key: str | None = None
+    extra: dict = field(default_factory=dict)
