@@ -197,4 +197,5 @@ class GeneratorSpec:
     max_batch_sequences: int = 64
     base_url: str | None = None
     api_key: str | None = None
+    tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
     extra: dict = field(default_factory=dict)

@@ -1,0 +1,177 @@
+"""The `inferencekit` command line (DESIGN.md fixes its verbs and flags).
+
+User mistakes print one line naming what was wrong and what is accepted, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import yaml
+
+from inferencekit.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="inferencekit", description="Evaluate LLMs on reasoning benchmarks with test-time search.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="generate, grade and score a benchmark (resumes by default)")
+    g = run.add_argument_group("model")
+    g.add_argument("--model", help="preset name, local folder, .gguf file or hub id (default: smollm2-135m)")
+    g.add_argument("--backend", help="hf | llamacpp | openai (default: inferred)")
+    g.add_argument("--model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="backend setting, e.g. n_ctx=4096 or base_url=http://127.0.0.1:8000/v1")
+    g.add_argument("--dtype", help="hf: auto | float32 | bfloat16 | float16")
+    g.add_argument("--device-map", help="hf: e.g. auto to shard over all GPUs")
+    g.add_argument("--attn-implementation", help="hf: eager | sdpa | flash_attention_2")
+    g.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a checkpoint's own code")
+    g = run.add_argument_group("data")
+    g.add_argument("--dataset", help="gsm8k | math500 | aime24 | amc23 | gsm8k-mini | a table file")
+    g.add_argument("--data-dir", help="folder with <dataset>/test.jsonl (or set INFERENCEKIT_DATA_DIR)")
+    g.add_argument("--split", help="split to load (default test)")
+    g.add_argument("--input-field", help="field holding the problem, for a local file")
+    g.add_argument("--reference-field", help="field holding the gold answer, for a local file")
+    g.add_argument("--num-shots", type=int, help="worked examples in the prompt (gsm8k: from the train split)")
+    g.add_argument("--system-prompt", help="system message for the chat template")
+    g.add_argument("--limit", type=int, help="only the first K problems")
+    g = run.add_argument_group("search")
+    g.add_argument("--method", help="cot | best_of_n | ... (see `inferencekit list methods`)")
+    g.add_argument("--n", type=int, help="samples (or search width) per problem")
+    g.add_argument("--beam-width", type=int)
+    g.add_argument("--reward-model", help="reward model preset, path or format")
+    g.add_argument("--aggregation", help="min | last | prod | mean | model")
+    g.add_argument("--vote", help="comma-separated votes, e.g. majority,weighted,best")
+    g.add_argument("--box-match", help="last (default): grade the last \\boxed{}; any: accept any correct box")
+    g = run.add_argument_group("generation")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--seed", type=int)
+    g = run.add_argument_group("run")
+    g.add_argument("--work-dir", help="where run folders go (default results)")
+    g.add_argument("--exp-name", help="name of this experiment (default default)")
+    g.add_argument("--batch-size", type=int, help="problems per generator call (default 8)")
+    g.add_argument("--config", help="YAML file of run settings (command-line flags win)")
+    g.add_argument("--no-resume", action="store_true", help="start over; earlier results are moved aside")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="re-grade and re-vote a finished run, without generating")
+    ev.add_argument("run_dir")
+    ev.add_argument("--vote", help="comma-separated votes (default: the run's)")
+    ev.add_argument("--aggregation", help="min | last | prod | mean | model (default: the run's)")
+    ev.add_argument("--box-match", help="last | any (default: the run's)")
+
+    ls = sub.add_parser("list", help="show what is registered")
+    ls.add_argument("what", choices=["models", "datasets", "methods", "reward-models", "votes"])
+    return parser
+
+
+_GENERATION = {"temperature", "top_p", "top_k", "max_new_tokens", "seed"}
+_MODEL_ARG_FLAGS = {"dtype", "device_map", "attn_implementation", "trust_remote_code"}
+_NOT_CONFIG = {"command", "config", "no_resume", "no_progress", "model_arg", "vote"}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from inferencekit.config import resolve_config
+    from inferencekit.models import model_defaults
+    from inferencekit.results.summary import print_summary
+    from inferencekit.runner import run
+
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    generation = {k: flags.pop(k) for k in list(flags) if k in _GENERATION}
+    model_args = {k: flags.pop(k) for k in list(flags) if k in _MODEL_ARG_FLAGS}
+    model_args.update(dict(args.model_arg))
+    if args.vote is not None:
+        flags["votes"] = args.vote
+    config = resolve_config(
+        runtime=flags, generation=generation, model_args=model_args,
+        config_file=args.config, preset_defaults=model_defaults,
+    )
+    result = run(config, resume=not args.no_resume, show_progress=not args.no_progress)
+    print_summary(result.metrics, result.run_dir)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from inferencekit.results.reevaluate import reevaluate
+    from inferencekit.results.summary import print_summary
+
+    metrics = reevaluate(args.run_dir, votes=args.vote, aggregation=args.aggregation, box_match=args.box_match)
+    print_summary(metrics, args.run_dir)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from inferencekit.presets import load_preset, preset_names
+
+    if args.what == "models":
+        for name in preset_names("models"):
+            p = load_preset("models", name) or {}
+            print(f"{name:32} {p.get('backend', ''):9} {p.get('description', p.get('path', ''))}")
+    elif args.what == "datasets":
+        from inferencekit.datasets import dataset_names
+
+        for name in dataset_names():
+            print(f"{name:16} {(load_preset('datasets', name) or {}).get('description', '')}")
+    elif args.what == "methods":
+        from inferencekit.search import get_method, method_names
+
+        for name in method_names():
+            doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:12} {doc}")
+    elif args.what == "votes":
+        from inferencekit.voting import needs_scores, vote_names
+
+        for name in vote_names():
+            print(f"{name:12} {'needs a reward model' if needs_scores(name) else ''}".rstrip())
+    else:
+        from inferencekit.reward_models import list_reward_models
+
+        for line in list_reward_models():
+            print(line)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        sys.stderr.write(f"inferencekit: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("inferencekit: interrupted; rerun the same command to resume\n")
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Run configuration: one validated object, resolved from layered sources.
+
+Precedence, highest first (the original design): runtime arguments > command-line generation
+arguments > model arguments > config file > model preset defaults > built-in defaults.
+The resolved `RunConfig` is what a run folder's `config.yaml` records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inferencekit.errors import UserError
+
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed", "stop")
+# Keys that change neither generation nor grading: a resumed run may differ in these.
+RUNTIME_KEYS = ("limit", "work_dir", "batch_size", "grading_workers", "votes", "resume", "log_level")
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = "smollm2-135m"
+    backend: Literal["hf", "llamacpp", "openai"] | None = None
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    step_separator: str = "\n\n"
+
+    dataset: str = "gsm8k-mini"
+    data_dir: str | None = None
+    split: str = "test"
+    input_field: str | None = None
+    reference_field: str | None = None
+    num_shots: int = Field(0, ge=0)
+    system_prompt: str | None = None
+    prompt_template: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+    method: str = "cot"
+    n: int = Field(1, ge=1)
+    beam_width: int = Field(4, ge=1)
+    reward_model: str | None = None
+    reward_model_args: dict[str, Any] = Field(default_factory=dict)
+    aggregation: Literal["min", "last", "prod", "mean", "model"] = "last"
+    votes: list[str] = Field(default_factory=lambda: ["majority"])
+    box_match: Literal["last", "any"] = "last"
+
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(512, ge=1)
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+
+    work_dir: str = "results"
+    exp_name: str = "default"
+    batch_size: int = Field(8, ge=1)
+    grading_workers: int | None = Field(None, ge=1)
+    grading_timeout: float = Field(5.0, gt=0)
+
+    @field_validator("votes", mode="before")
+    @classmethod
+    def _split_votes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True)
+
+    def result_keys(self) -> dict[str, Any]:
+        """The settings that determine results: a resumed run must match these."""
+        return {k: v for k, v in self.model_dump().items() if k not in RUNTIME_KEYS}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def validation_message(exc: ValidationError, source: str = "config") -> str:
+    """One line naming each bad key and what is accepted."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "value"
+        if err["type"] == "extra_forbidden":
+            accepted = ", ".join(RunConfig.model_fields)
+            parts.append(f"unknown key {key!r} (accepted: {accepted})")
+        else:
+            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid {source}: " + "; ".join(parts)
+
+
+def resolve_config(
+    *,
+    runtime: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None,
+    model_args: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    preset_defaults: Any = None,
+) -> RunConfig:
+    """Merge the layers in precedence order and validate.
+
+    `preset_defaults` is a callable `model_name -> dict` giving a model preset's defaults; the model
+    name is decided first (runtime > config file > built-in) so its preset can slot in below the file.
+    """
+    runtime = {k: v for k, v in (runtime or {}).items() if v is not None}
+    generation = {k: v for k, v in (generation or {}).items() if v is not None}
+    file_layer = load_config_file(config_file) if config_file else {}
+    model_name = runtime.get("model") or file_layer.get("model") or RunConfig.model_fields["model"].default
+    preset = dict(preset_defaults(model_name)) if preset_defaults else {}
+
+    merged: dict[str, Any] = {}
+    for layer in (preset, file_layer):
+        _merge(merged, layer)
+    if model_args:
+        merged["model_args"] = {**merged.get("model_args", {}), **model_args}
+    _merge(merged, generation)
+    _merge(merged, runtime)
+    try:
+        return RunConfig(**merged)
+    except ValidationError as exc:
+        raise UserError(validation_message(exc)) from None
+
+
+def _merge(into: dict[str, Any], layer: dict[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key] = {**into[key], **value}
+        else:
+            into[key] = value

@@ -1,0 +1,202 @@
+"""Parallel grading in worker processes, with a time limit per item enforced from the parent."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from inferencekit.grading.equivalence import GradingTimeout, math_verify_equiv, quick_equiv, time_limit
+from inferencekit.grading.extract import extract_all_answers, extract_answer
+
+_MAX_CHUNK = 32
+_MAX_CRASHES = 3
+_STARTUP_TIMEOUT = 120.0  # seconds for a fresh pool to import sympy/math-verify; not item time
+
+
+def _warm_up() -> None:
+    # The first parse builds math-verify's parser; doing it at worker start keeps it out of deadlines.
+    math_verify_equiv("\\frac{1}{2}", "0.5")
+
+
+def _ready() -> bool:
+    return True
+
+
+def _verify_chunk(pairs: list[tuple[str, str]], timeout: float, worker_timer: bool) -> list[bool]:
+    """Worker side: math-verify each pair, each under its own SIGALRM limit when ``worker_timer``."""
+    results = []
+    for pred, gold in pairs:
+        try:
+            with time_limit(timeout if worker_timer else None):
+                results.append(math_verify_equiv(pred, gold))
+        except (GradingTimeout, Exception):  # out of time, or a parser bug on odd input: not equal
+            results.append(False)
+    return results
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """forkserver where available (new workers fork from a server that preloaded math-verify)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["inferencekit.grading.pool"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class Grader:
+    """A process pool for grading many items in parallel, each limited to ``timeout`` seconds.
+
+    Use as a context manager (or call ``close``). Cheap decisions (exact/canonical matches, missing
+    answers) are made in the calling process; the rest goes to workers in chunks. Inside a worker
+    each item has a SIGALRM limit of ``timeout``; the parent also gives each chunk a deadline of
+    ``timeout`` per item plus a margin, and when one passes (code that ignores signals) it kills
+    the pool, starts a new one, and retries that chunk's items one at a time: an item that still
+    runs out of time counts as ``False``. ``worker_timer=False`` leaves only the parent's deadline.
+    Results always come back in input order.
+
+    Workers start with forkserver (spawn where that is missing), so a script that uses a Grader
+    needs the usual ``if __name__ == "__main__":`` guard.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout: float = 5.0,
+        *,
+        chunk_size: int | None = None,
+        worker_timer: bool = True,
+    ) -> None:
+        self.workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
+        self.timeout = float(timeout)
+        self.chunk_size = chunk_size
+        self.worker_timer = worker_timer
+        self.restarts = 0  # how many times a stuck pool was killed and replaced
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut the worker processes down."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def is_equiv_many(self, pairs: list[tuple[str | None, str]]) -> list[bool]:
+        """``is_equiv`` over ``(pred, gold)`` pairs, in parallel, in input order."""
+        results: list[bool] = []
+        todo: list[tuple[int, tuple[str, str]]] = []
+        for i, (pred, gold) in enumerate(pairs):
+            quick = quick_equiv(pred, gold)
+            results.append(bool(quick))
+            if quick is None:
+                todo.append((i, (str(pred), str(gold))))
+        if todo:
+            verdicts = self._run([pair for _, pair in todo])
+            for (i, _), verdict in zip(todo, verdicts, strict=True):
+                results[i] = verdict
+        return results
+
+    def grade_many(self, items: list[tuple[str, str, str]], box_match: str = "last") -> list[bool]:
+        """``grade`` over ``(text, gold, dataset)`` items, in parallel, in input order."""
+        owners: list[int] = []
+        pairs: list[tuple[str | None, str]] = []
+        for i, (text, gold, dataset) in enumerate(items):
+            if box_match == "any":
+                answers: list[str | None] = list(extract_all_answers(text, dataset)) or [None]
+            else:
+                answers = [extract_answer(text, dataset, box_match)]
+            for answer in answers:
+                owners.append(i)
+                pairs.append((answer, gold))
+        results = [False] * len(items)
+        for i, verdict in zip(owners, self.is_equiv_many(pairs), strict=True):
+            results[i] = results[i] or verdict
+        return results
+
+    # -- pool management -------------------------------------------------------------------------
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_mp_context(), initializer=_warm_up)
+            # one task per worker makes the pool start (and warm up) all its processes now
+            warm = [pool.submit(_ready) for _ in range(self.workers)]
+            done, not_done = wait(warm, timeout=_STARTUP_TIMEOUT)
+            if not_done or any(f.exception() is not None for f in done):
+                _kill(pool)
+                raise RuntimeError("grading worker processes failed to start")
+            self._pool = pool
+        return self._pool
+
+    def _restart(self) -> None:
+        if self._pool is not None:
+            _kill(self._pool)
+            self._pool = None
+        self.restarts += 1
+
+    def _deadline(self, n_items: int) -> float:
+        margin = min(self.timeout, 1.0) if self.worker_timer else 0.0
+        return time.monotonic() + self.timeout * n_items + margin
+
+    def _run(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        results = [False] * len(pairs)
+        size = self.chunk_size or max(1, min(_MAX_CHUNK, math.ceil(len(pairs) / (self.workers * 4))))
+        queue: deque[list[int]] = deque(
+            list(range(start, min(start + size, len(pairs)))) for start in range(0, len(pairs), size)
+        )
+        crashes: dict[int, int] = {}  # item -> times it was in a chunk whose worker died
+        # at most one chunk per worker in flight, so a chunk's clock starts when its work does
+        in_flight: dict[Future, tuple[list[int], float]] = {}
+        while queue or in_flight:
+            pool = self._ensure_pool()
+            while queue and len(in_flight) < self.workers:
+                chunk = queue.popleft()
+                future = pool.submit(_verify_chunk, [pairs[i] for i in chunk], self.timeout, self.worker_timer)
+                in_flight[future] = (chunk, self._deadline(len(chunk)))
+            next_deadline = min(deadline for _, deadline in in_flight.values())
+            wait(list(in_flight), timeout=max(0.0, next_deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+            broken = False
+            for future in [f for f in in_flight if f.done()]:
+                chunk, _ = in_flight.pop(future)
+                try:
+                    for i, verdict in zip(chunk, future.result(), strict=True):
+                        results[i] = verdict
+                except BrokenProcessPool:
+                    # a worker died (killed, out of memory): we cannot tell which item did it
+                    broken = True
+                    for i in chunk:
+                        crashes[i] = crashes.get(i, 0) + 1
+                    retry = [i for i in chunk if crashes[i] < _MAX_CRASHES]
+                    queue.extendleft([i] for i in reversed(retry))
+            now = time.monotonic()
+            expired = [f for f, (_, deadline) in in_flight.items() if deadline <= now]
+            if expired or broken:
+                for future in expired:
+                    chunk, _ = in_flight.pop(future)
+                    # retry items one at a time so only the culprit pays; a lone item stays False
+                    if len(chunk) > 1:
+                        queue.extendleft([i] for i in reversed(chunk))
+                for chunk, _ in in_flight.values():
+                    queue.appendleft(chunk)  # bystanders: run again as they were
+                in_flight.clear()
+                self._restart()
+        return results
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's processes (they may be stuck in code that ignores signals) and discard it."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)

@@ -1,0 +1,103 @@
+"""Generators: resolve a model name or path to a backend and load it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from inferencekit.errors import UserError
+from inferencekit.models.base import Completion, Generator, GeneratorSpec, SamplingParams, Usage
+from inferencekit.models.embedded import embedded_gguf_path
+from inferencekit.presets import load_preset, preset_names
+
+__all__ = [
+    "BACKENDS",
+    "Completion",
+    "Generator",
+    "GeneratorSpec",
+    "SamplingParams",
+    "Usage",
+    "load_generator",
+    "model_defaults",
+    "model_label",
+    "resolve_model",
+]
+
+BACKENDS = ("hf", "llamacpp", "openai")
+_SPEC_FIELDS = set(GeneratorSpec.__dataclass_fields__) - {"name", "path", "backend", "extra"}
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """Run-config defaults of a model preset (backend, step separator, generation settings)."""
+    preset = load_preset("models", name)
+    if preset is None:
+        return {}
+    return {"backend": preset.get("backend"), **preset.get("defaults", {})}
+
+
+def model_label(name_or_path: str) -> str:
+    """Short name of a model for run folder names: the preset name, or the path's last part."""
+    if load_preset("models", name_or_path) is not None:
+        return name_or_path
+    path = Path(name_or_path)
+    label = path.stem if path.suffix == ".gguf" else path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label) or "model"
+
+
+def resolve_model(name_or_path: str, backend: str | None = None, model_args: dict | None = None) -> GeneratorSpec:
+    """Turn a preset name, a local path (HF folder or GGUF file) or a hub id into a `GeneratorSpec`."""
+    model_args = dict(model_args or {})
+    preset = load_preset("models", name_or_path)
+    path = preset["path"] if preset else name_or_path
+    if path == "embedded":
+        path = str(embedded_gguf_path())
+    inferred = (preset or {}).get("backend") or _infer_backend(path)
+    backend = backend or inferred
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    unknown = set(model_args) - _SPEC_FIELDS
+    if unknown:
+        raise UserError(
+            f"unknown model argument(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(_SPEC_FIELDS))}"
+        )
+    return GeneratorSpec(name=model_label(name_or_path), path=path, backend=backend, **model_args)
+
+
+def _infer_backend(path: str) -> str:
+    p = Path(path).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"model file not found: {p}")
+        return "llamacpp"
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return "hf"
+        if list(p.glob("*.gguf")):
+            return "llamacpp"
+        raise UserError(f"model folder {p} holds neither config.json (transformers) nor a .gguf file")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith((".", "/", "~")):
+        return "hf"  # a hub id: loaded from the hub (or its local cache) by transformers
+    raise UserError(
+        f"unknown model {path!r}: not a preset ({', '.join(preset_names('models'))}), "
+        "a local folder, a .gguf file or a hub id (org/name)"
+    )
+
+
+def load_generator(spec: GeneratorSpec) -> Generator:
+    """Build the generator for a spec; a model that fails to load raises `UserError` saying why."""
+    try:
+        if spec.backend == "llamacpp":
+            from inferencekit.models.llamacpp import LlamaCppGenerator
+
+            return LlamaCppGenerator(spec)
+        if spec.backend == "hf":
+            from inferencekit.models.hf import HFGenerator
+
+            return HFGenerator(spec)
+        from inferencekit.models.openai import OpenAIGenerator
+
+        return OpenAIGenerator(spec)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load model {spec.path!r} ({spec.backend}): {first}") from None

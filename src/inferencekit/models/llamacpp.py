@@ -1,0 +1,426 @@
+"""llama.cpp backend: every sample of every prompt decoded together through llama.cpp's batch API.
+
+Each prompt is evaluated once and its KV cache copied (`llama_memory_seq_cp`) to its samples; then
+every live sequence advances one token per `llama_decode`. Work beyond the context's sequences runs
+in waves of whole prompts. Sampling is done here in numpy: sample `j` of a prompt draws only from
+`np.random.default_rng([seed, j])`, whatever else shares the batch.
+
+Why one KV stream per sequence (`kv_unified=False`) and no flash attention: with a unified cache, or
+with llama.cpp's CPU flash attention, a sequence's logits depend on where its cells sit among other
+sequences' cells, and this quantised model turns those last-bit differences into different tokens.
+With separate streams each sequence's cells are laid out as if it ran alone, so results are
+bit-identical whatever the batch (the tests check this), and attention skips other sequences' cells.
+The price is memory: every sequence reserves a whole stream, so the context is sized to each call's
+need under a budget (`spec.extra["kv_cache_mib"]`, default 1024), and sharing a prompt copies a stream.
+
+Sequences stay cached after a call: a later prompt that starts with a cached token prefix reuses it
+and computes only the rest (counted in `computed_prompt_tokens`), as tree search needs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+
+from inferencekit.models.base import (
+    Completion,
+    Generator,
+    GeneratorSpec,
+    Message,
+    SamplingParams,
+    Timer,
+    Usage,
+    per_prompt_params,
+    truncate_at_stop,
+)
+
+_BATCH = 512  # tokens per llama_decode call; prompts are fed in chunks of this size
+_MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ
+_PAD = 256  # llama.cpp pads each stream to a multiple of this
+
+
+def resolve_gguf(spec: GeneratorSpec) -> Path:
+    """The .gguf file a spec names: `path`, `path/gguf_file`, or the only .gguf inside `path`."""
+    path = Path(spec.path).expanduser()
+    if spec.gguf_file:
+        path = path / spec.gguf_file
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected exactly one .gguf file, found {len(found)}")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF model file not found: {path}")
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+    return path
+
+
+@dataclass
+class _Seq:
+    """One sample being decoded in llama.cpp sequence (and KV stream) `seq`."""
+
+    job: int
+    j: int
+    seq: int
+    fed: list[int]  # tokens whose KV the stream holds: the prompt, then generated tokens
+    rng: np.random.Generator | None  # None: greedy
+    out: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    data: bytearray = field(default_factory=bytearray)
+    finish: str | None = None
+
+
+@dataclass
+class _Job:
+    """Samples `js` of prompt `prompt`, decoded in one wave."""
+
+    prompt: int
+    js: list[int]
+
+
+class LlamaCppGenerator(Generator):
+    """A GGUF model run by llama.cpp, decoding many sequences per step."""
+
+    name = "llamacpp"
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        super().__init__()
+        path = resolve_gguf(spec)
+        self.spec = spec
+        self.n_ctx = spec.n_ctx
+        self._threads = spec.n_threads or os.cpu_count() or 1
+        try:  # Llama gives model, tokenizer and metadata; its own small context stays unused
+            self._llm = lc.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=self._threads, verbose=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: llama.cpp could not load this GGUF model") from e
+        model = self._llm.model
+        self._vocab = lc.llama_model_get_vocab(model)
+        self._n_vocab = self._llm.n_vocab()
+        head_dim = lc.llama_model_n_embd(model) // max(1, lc.llama_model_n_head(model))
+        cell_bytes = 4 * lc.llama_model_n_layer(model) * lc.llama_model_n_head_kv(model) * head_dim  # f16 K+V
+        self._budget = int(spec.extra.get("kv_cache_mib", 1024)) * 2**20 // max(1, cell_bytes)
+        self._ctx = None
+        self._n_seq = self._per_seq = 0
+        self._batch = lc.llama_batch_init(_BATCH, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._cache: dict[int, np.ndarray] = {}  # sequence -> the tokens its stream holds, to reuse
+        self._reuse_generated = bool(spec.extra.get("reuse_generated_kv", False))
+        self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
+        self._bos = lc.llama_vocab_bos(self._vocab)
+        self._template = spec.chat_template or self._llm.metadata.get("tokenizer.chat_template")
+
+    # ---------------------------------------------------------------- tokenizer and chat template
+
+    def _tokenize(self, text: str, add_bos: bool) -> list[int]:
+        add_bos = add_bos and self._add_bos
+        tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == self._bos:
+            tokens = tokens[1:]  # the text (a rendered chat template) already starts with BOS
+        return tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` itself: special-token text counts as one token each, no BOS is added."""
+        return len(self._tokenize(text, add_bos=False))
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        piece = None if special else self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            piece = buf.raw[:n]
+            if not special:
+                self._pieces[token] = piece
+        return piece
+
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """Render `messages` with the spec's template or the GGUF's `tokenizer.chat_template`."""
+        if not self._template:
+            raise ValueError(f"{self.spec.path} has no chat template; set chat_template in the model spec")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        special = (lc.llama_vocab_eos(self._vocab), self._bos)
+        eos, bos = (self._piece(t, special=True).decode("utf-8", "replace") if t >= 0 else "" for t in special)
+        fmt = Jinja2ChatFormatter(self._template, eos, bos, add_generation_prompt=add_generation_prompt)
+        return fmt(messages=list(messages)).prompt
+
+    # ---------------------------------------------------------------- context
+
+    def _ensure_context(self, seqs: int, per_seq: int) -> None:
+        """Have a context with streams of at least `per_seq` cells and, budget allowing, `seqs` streams."""
+        per = max(self._per_seq, min(-(-per_seq // _PAD) * _PAD, max(self.n_ctx, per_seq)))
+        cap = max(1, min(self.spec.max_batch_sequences, _MAX_SEQ, self._budget // per))
+        n_seq = min(max(seqs, 1), cap)
+        if self._ctx and per <= self._per_seq and n_seq <= self._n_seq:
+            return
+        n_seq = max(n_seq, min(self._n_seq, cap))
+        self._free_context()
+        cp = lc.llama_context_default_params()
+        cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = n_seq * per, n_seq, _BATCH, _BATCH
+        cp.kv_unified, cp.flash_attn_type = False, 0  # see the module docstring
+        cp.n_threads = cp.n_threads_batch = self._threads
+        log = logging.getLogger("llama-cpp-python")  # its callback shows llama.cpp warnings as errors
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            self._ctx = lc.llama_init_from_model(self._llm.model, cp)
+        finally:
+            log.setLevel(level)
+        if not self._ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {n_seq} x {per} cells")
+        self._n_seq, self._per_seq = n_seq, lc.llama_n_ctx_seq(self._ctx)
+        self._mem = lc.llama_get_memory(self._ctx)
+
+    def _free_context(self) -> None:
+        if self._ctx:
+            lc.llama_free(self._ctx)
+        self._ctx, self._cache = None, {}
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[list[Completion]]:
+        plist = per_prompt_params(prompts, params)
+        with self._lock, Timer() as timer:
+            toks = [self._tokenize(p, add_bos=True) or [self._bos] for p in prompts]
+            for p, t in zip(prompts, toks, strict=True):
+                if len(t) >= self.n_ctx:
+                    raise ValueError(f"prompt of {len(t)} tokens does not fit n_ctx={self.n_ctx}: {p[:40]!r}")
+            need = [1 if p.greedy else p.n for p in plist]
+            if prompts:
+                per = max(len(t) + self._cap(len(t), p) for t, p in zip(toks, plist, strict=True))
+                self._ensure_context(sum(need), per)
+            jobs = [
+                _Job(i, list(range(a, min(n, a + self._n_seq))))
+                for i, n in enumerate(need)
+                for a in range(0, n, self._n_seq)
+            ]
+            results: dict[tuple[int, int], Completion] = {}
+            computed = 0
+            while jobs:
+                k, seqs = 0, 0
+                while k < len(jobs) and seqs + len(jobs[k].js) <= self._n_seq:
+                    seqs += len(jobs[k].js)
+                    k += 1
+                computed += self._run_wave(jobs[:k], toks, plist, results)
+                jobs = jobs[k:]
+        out = [[results.get((i, j)) or _copy(results[(i, 0)]) for j in range(p.n)] for i, p in enumerate(plist)]
+        self._record(
+            Usage(
+                calls=1,
+                prompt_tokens=sum(len(t) * p.n for t, p in zip(toks, plist, strict=True)),
+                computed_prompt_tokens=computed,
+                completion_tokens=sum(c.tokens for cs in out for c in cs),
+                seconds=timer.seconds,
+            )
+        )
+        return out
+
+    def _cap(self, prompt_len: int, p: SamplingParams) -> int:
+        """Most tokens a completion may have: `max_new_tokens`, or what is left of n_ctx."""
+        return min(p.max_new_tokens, self.n_ctx - prompt_len)
+
+    def _seed_prefixes(self, wave: list[_Job], toks: list[list[int]], first: list[int]) -> list[int]:
+        """Copy into each job's first sequence the longest cached prefix of its prompt; return its length."""
+        prefix, src = [0] * len(wave), [-1] * len(wave)
+        for k, job in enumerate(wave):
+            t = np.asarray(toks[job.prompt])
+            for seq, cached in self._cache.items():
+                m = min(len(t), len(cached))
+                diff = np.flatnonzero(t[:m] != cached[:m])
+                n = min(int(diff[0]) if diff.size else m, len(t) - 2)  # see _feed: recompute >= 2 tokens
+                if n > prefix[k]:
+                    prefix[k], src[k] = n, seq
+        # Stream copies run in order at the next decode, so a target that is still some job's source waits.
+        pending = {k for k in range(len(wave)) if prefix[k] and src[k] != first[k]}
+        while pending:
+            ready = [k for k in sorted(pending) if all(src[o] != first[k] for o in pending if o != k)]
+            if not ready:  # a cycle of copies: recompute one prompt
+                k = min(pending)
+                prefix[k] = 0
+                pending.discard(k)
+            for k in ready:
+                lc.llama_memory_seq_cp(self._mem, src[k], first[k], -1, -1)  # whole streams only
+                pending.discard(k)
+        for k in range(len(wave)):
+            lc.llama_memory_seq_rm(self._mem, first[k], prefix[k], -1)
+        return prefix
+
+    def _feed(self, tokens: list[int], start: int, seq: int) -> np.ndarray:
+        """Decode `tokens[start:]` into `seq`, one prompt at a time; return the last token's logits.
+
+        llama.cpp computes a sequence's lone token in a ubatch with other kernels than a run of
+        tokens, so no chunk holds a single token unless the prompt has one; with that, the logits do
+        not depend on the other prompts or on how much was cached.
+        """
+        while True:
+            end = min(len(tokens), start + _BATCH)
+            end -= len(tokens) - end == 1
+            self._decode([(tokens[i], i, seq, i == len(tokens) - 1) for i in range(start, end)])
+            if end == len(tokens):
+                return self._logits(end - 1 - start)[0].copy()
+            start = end
+
+    def _run_wave(
+        self,
+        wave: list[_Job],
+        toks: list[list[int]],
+        plist: list[SamplingParams],
+        results: dict[tuple[int, int], Completion],
+    ) -> int:
+        """Decode all samples of `wave` into `results`; return the number of prompt tokens computed.
+
+        The wave's samples use sequences 0, 1, ... in order, each job's first sample holding its prompt.
+        """
+        first = np.cumsum([0] + [len(job.js) for job in wave])[:-1].tolist()
+        prefix = self._seed_prefixes(wave, toks, first)
+        self._cache = {s: t for s, t in self._cache.items() if s >= first[-1] + len(wave[-1].js)}
+        seqs: list[_Seq] = []
+        for k, job in enumerate(wave):
+            t, p = toks[job.prompt], plist[job.prompt]
+            logits = self._feed(t, prefix[k], first[k])
+            for seq, j in enumerate(job.js, start=first[k]):
+                if seq != first[k]:
+                    lc.llama_memory_seq_cp(self._mem, first[k], seq, -1, -1)
+                s = _Seq(k, j, seq, list(t), None if p.greedy else np.random.default_rng([p.seed, j]))
+                self._step(s, logits, p, len(t))
+                seqs.append(s)
+
+        owner = {s.seq: s for s in seqs}  # what each stream holds
+        live = [s for s in seqs if s.finish is None]
+        while live:
+            self._move_down(live, owner)
+            self._decode([(s.out[-1], len(s.fed), s.seq, True) for s in live])
+            for row, s in zip(self._logits(None, len(live)), live, strict=True):
+                s.fed.append(s.out[-1])
+                self._step(s, row, plist[wave[s.job].prompt], len(toks[wave[s.job].prompt]))
+            live = [s for s in live if s.finish is None]
+
+        for s in seqs:
+            results[(wave[s.job].prompt, s.j)] = self._completion(s, plist[wave[s.job].prompt])
+        kept = {tuple(t) for t in self._cache.values()}
+        for seq, s in owner.items():
+            tokens = s.fed if self._reuse_generated else toks[wave[s.job].prompt]
+            if tuple(tokens) not in kept:
+                kept.add(tuple(tokens))
+                self._cache[seq] = np.asarray(tokens)
+        return sum(len(toks[job.prompt]) - n for job, n in zip(wave, prefix, strict=True))
+
+    def _move_down(self, live: list[_Seq], owner: dict[int, _Seq]) -> None:
+        """Move live sequences onto sequences 0 .. len(live) - 1, over finished ones.
+
+        llama.cpp splits a batch into one ubatch per run of consecutive sequence ids, and each ubatch
+        reads all weights again; a stream copy is cheap next to that.
+        """
+        holes = [i for i in range(len(live)) if i not in owner or owner[i].finish is not None]
+        for hole, s in zip(holes, [s for s in live if s.seq >= len(live)], strict=False):
+            lc.llama_memory_seq_cp(self._mem, s.seq, hole, -1, -1)
+            lc.llama_memory_seq_rm(self._mem, s.seq, -1, -1)
+            del owner[s.seq]
+            s.seq, owner[hole] = hole, s
+        live.sort(key=lambda s: s.seq)
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, wants logits) items."""
+        b = self._batch
+        b.n_tokens = len(items)
+        for i, (tok, pos, seq, out) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, out
+            b.seq_id[i][0] = seq
+        rc = lc.llama_decode(self._ctx, b)
+        if rc != 0:
+            self._free_context()
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def _logits(self, row: int | None, n: int = 1) -> np.ndarray:
+        """Logits of batch row `row`, or of all `n` rows when every row is an output (a view)."""
+        ptr = lc.llama_get_logits(self._ctx) if row is None else lc.llama_get_logits_ith(self._ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(n, self._n_vocab))
+
+    def _step(self, s: _Seq, logits: np.ndarray, p: SamplingParams, prompt_len: int) -> None:
+        """Choose the next token of `s` and check the stop conditions."""
+        x = logits.astype(np.float64)
+        tok = int(np.argmax(x)) if s.rng is None else _sample(x, p, s.rng)
+        s.out.append(tok)
+        if p.logprobs:
+            m = x.max()
+            s.logprobs.append(float(x[tok] - m - np.log(np.exp(x - m).sum())))
+        if lc.llama_vocab_is_eog(self._vocab, tok):
+            s.finish = "stop"
+            return
+        piece = self._piece(tok)
+        s.data += piece
+        if p.stop:  # only the tail can hold a stop string completed by this token
+            tail = bytes(s.data[-(len(piece) + 4 * max(map(len, p.stop))) :]).decode("utf-8", "ignore")
+            if any(stop and stop in tail for stop in p.stop):
+                s.finish = "stop"
+                return
+        if len(s.out) >= self._cap(prompt_len, p):
+            s.finish = "length"
+
+    def _completion(self, s: _Seq, p: SamplingParams) -> Completion:
+        text, stop = truncate_at_stop(bytes(s.data).decode("utf-8", "replace"), p.stop)
+        return Completion(
+            text=text + stop if stop is not None and p.include_stop else text,
+            tokens=len(s.out),
+            finish_reason=s.finish or "length",
+            stop_reason=stop,
+            logprobs=list(s.logprobs) if p.logprobs else None,
+        )
+
+    def close(self) -> None:
+        """Free the llama.cpp context, batch and model."""
+        if getattr(self, "_batch", None) is not None:
+            self._free_context()
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+            self._llm.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _copy(c: Completion) -> Completion:
+    return Completion(
+        c.text, c.tokens, c.finish_reason, c.stop_reason, None if c.logprobs is None else list(c.logprobs)
+    )
+
+
+def _sample(x: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:
+    """Draw a token from logits `x` with temperature, top-k and top-p, using one uniform from `rng`."""
+    u = rng.random()
+    x = x / p.temperature
+    z = np.exp(x - x.max())
+    keep: np.ndarray | None = None  # token ids allowed, None: all
+    if 0 < p.top_k < x.size:
+        keep = np.argpartition(-x, p.top_k - 1)[: p.top_k]
+    if p.top_p < 1:
+        pool, total = keep, z.sum() if keep is None else z[keep].sum()
+        if pool is None:  # sort only the likeliest tokens when they already hold top_p of the mass
+            pool = np.argpartition(-x, 255)[:256] if x.size > 256 else np.arange(x.size)
+            if z[pool].sum() < p.top_p * total:
+                pool = np.arange(x.size)
+        pool = pool[np.lexsort((pool, -x[pool]))]
+        cum = np.cumsum(z[pool]) / total
+        keep = pool[: int(np.searchsorted(cum, p.top_p)) + 1]
+    if keep is not None:
+        keep = np.sort(keep)
+        cum = np.cumsum(z[keep])
+        return int(keep[min(int(np.searchsorted(cum, u * cum[-1], side="right")), keep.size - 1)])
+    cum = np.cumsum(z)
+    return int(min(int(np.searchsorted(cum, u * cum[-1], side="right")), x.size - 1))

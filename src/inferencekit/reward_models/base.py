@@ -1,0 +1,109 @@
+"""What every reward model shares: settings, format options, step splitting and the `score` entry point.
+
+A format class implements `score_items` on a flat list of (question, steps) pairs; `score` splits the
+solutions into steps and puts the flat scores back into the per-question nesting users see.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from inferencekit.errors import UserError
+from inferencekit.models.base import Generator, Usage
+
+
+@dataclass
+class RewardModelSettings:
+    """Format-independent settings of a loaded reward model (see `load_reward_model`)."""
+
+    name: str
+    path: str | None = None
+    step_separator: str = "\n\n"
+    generator: Generator | None = None
+    trust_remote_code: bool = False
+    device: str | None = None
+    dtype: str = "auto"
+    max_tokens_per_batch: int = 8192
+    max_length: int | None = None
+
+
+def split_steps(solution: str, separator: str) -> list[str]:
+    """The steps of a solution: its pieces between separators, whitespace-only pieces dropped."""
+    return [piece for piece in solution.split(separator) if piece.strip()]
+
+
+class RewardModel(ABC):
+    """A reward model scoring each step of each solution.
+
+    Subclasses are registered with `@register_format(name)`, take their format options as keyword
+    parameters (with defaults) of `configure`, and implement `score_items`.
+    """
+
+    format_name: ClassVar[str] = ""
+    needs_weights: ClassVar[bool] = True  # False: works from a generator alone (name = format name)
+
+    def __init__(self, settings: RewardModelSettings, **options: Any) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.step_separator = settings.step_separator
+        self.usage = Usage()
+        options = self.check_options(options)
+        self.load()
+        self.configure(**options)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Names of this format's options (keyword parameters of `configure`)."""
+        params = inspect.signature(cls.configure).parameters
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return [name for name, p in params.items() if name != "self" and p.kind in kinds]
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` unchanged, or `UserError` naming the accepted ones."""
+        accepted = cls.option_names()
+        bad = sorted(set(options) - set(accepted))
+        if bad:
+            raise UserError(
+                f"unknown option(s) {', '.join(bad)} for reward model format {cls.format_name!r}; "
+                f"accepted: {', '.join(accepted) or 'none'}"
+            )
+        return options
+
+    @classmethod
+    def description(cls) -> str:
+        """First line of the class docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Load weights (called before `configure`)."""
+
+    def configure(self) -> None:  # noqa: B027 - formats override with their options as keyword parameters
+        """Apply format options."""
+
+    def score(self, questions: Sequence[str], solutions: Sequence[Sequence[str]]) -> list[list[list[float]]]:
+        """Score every step of every solution: one list per question, one per solution, one float per step.
+
+        A solution's steps are its pieces between `step_separator` (whitespace-only pieces dropped);
+        a step that got no score (cut off by truncation) is NaN.
+        """
+        if isinstance(questions, str) or len(questions) != len(solutions):
+            raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")
+        items = [
+            (question, split_steps(solution, self.step_separator))
+            for question, sols in zip(questions, solutions, strict=True)
+            for solution in sols
+        ]
+        flat = iter(self.score_items(items))
+        return [[next(flat) for _ in sols] for sols in solutions]
+
+    @abstractmethod
+    def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """Scores of each (question, steps) pair, one float per step, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model's memory."""

@@ -1,0 +1,111 @@
+"""Self-certainty: a reward-free step score from the policy's own token log-probabilities."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from inferencekit.errors import UserError
+from inferencekit.models.base import Timer, Usage
+from inferencekit.reward_models.encoding import Encoded
+from inferencekit.reward_models.registry import register_format
+from inferencekit.reward_models.transformers_base import TransformersRewardModel
+
+# token log-probs of each continuation given its prompt; a backend offering this as `score_text` is used as is
+TextScorer = Callable[[list[str], list[str]], list[list[float]]]
+
+
+def mean_prob(logprobs: list[float]) -> float:
+    """exp(mean log-prob): the geometric-mean probability of the tokens; NaN for none."""
+    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else math.nan
+
+
+@register_format("self_certainty", "mean_logprob")
+class SelfCertainty(TransformersRewardModel):
+    """exp(mean log-prob) of each step's tokens given the question and the steps before it.
+
+    The model: a transformers causal LM at `path`; else the generator's own `score_text(prompts,
+    continuations)` when it has one; else the generator's loaded transformers model (hf backend).
+    The question is rendered as a user turn with the chat template (the generator's, else the
+    tokenizer's, else raw text followed by the separator), as the policy saw it.
+    """
+
+    needs_weights = False
+
+    def load(self) -> None:
+        gen = self.settings.generator
+        self.text_scorer: TextScorer | None = None
+        if self.settings.path:
+            super().load()
+        elif callable(getattr(gen, "score_text", None)):
+            self.text_scorer = gen.score_text
+        elif isinstance(getattr(gen, "model", None), torch.nn.Module) and getattr(gen, "tokenizer", None):
+            self.model, self.tokenizer = gen.model, gen.tokenizer
+            self.setup_model()
+        else:
+            raise UserError(
+                "self_certainty needs a causal LM: a path to one, or a generator with score_text() "
+                "or a transformers model (hf backend)"
+            )
+
+    def configure(self, system_prompt: str | None = None, chat_template: bool = True) -> None:
+        self.system_prompt = system_prompt
+        self.chat_template = chat_template
+
+    def prompt(self, question: str) -> tuple[str, bool]:
+        """The text before the first step, and whether it is a rendered chat (which holds its own BOS)."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": question})
+        gen = self.settings.generator
+        if self.chat_template and gen is not None and not self.settings.path:
+            return gen.chat_prompt(messages), True
+        tokenizer = getattr(self, "tokenizer", None)
+        if self.chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+        return question + self.step_separator, False
+
+    def encode(self, question: str, steps: list[str]) -> Encoded:
+        prompt, chat = self.prompt(question)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=not chat)
+        separator = self.tokenizer.encode(self.step_separator, add_special_tokens=False)
+        spans = []
+        for i, step in enumerate(steps):
+            if i:
+                ids += separator
+            start = len(ids)
+            ids += self.tokenizer.encode(step, add_special_tokens=False)
+            spans.append((start, len(ids)))
+        return Encoded(ids, spans)
+
+    def token_scores(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        logits = self.forward(input_ids, attention_mask, position_ids).logits.float()
+        # log-prob of token t comes from the logits at t - 1; the first token has none
+        chosen = logits[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        out = torch.full(input_ids.shape, float("nan"), device=logits.device)
+        out[:, 1:] = chosen - logits[:, :-1].logsumexp(-1)
+        return out
+
+    def reduce(self, values: torch.Tensor) -> float:
+        return math.exp(float(values.mean()))
+
+    def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        if self.text_scorer is None:
+            return super().score_items(items)
+        prompts: list[str] = []
+        continuations: list[str] = []
+        for question, steps in items:
+            prompt = self.prompt(question)[0]
+            for i, step in enumerate(steps):
+                prompts.append(prompt + "".join(s + self.step_separator for s in steps[:i]))
+                continuations.append(step)
+        with Timer() as timer:
+            logprobs = self.text_scorer(prompts, continuations) if prompts else []
+        self.usage.add(Usage(calls=1 if prompts else 0, seconds=timer.seconds))
+        flat = iter(logprobs)
+        return [[mean_prob(list(next(flat))) for _ in steps] for _, steps in items]
+
+    def close(self) -> None:
+        if self.settings.path:  # a generator's model belongs to the generator
+            super().close()

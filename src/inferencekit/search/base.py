@@ -1,0 +1,93 @@
+"""What every search method shares: the problem it is given, the candidates it returns, a registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from inferencekit.errors import unknown
+from inferencekit.models.base import Generator, SamplingParams
+
+if TYPE_CHECKING:
+    from inferencekit.config import RunConfig
+
+
+@dataclass
+class Problem:
+    """A prompt ready for the generator, with the seed its sampling must use."""
+
+    index: int
+    question: str
+    prompt: str
+    seed: int
+
+
+@dataclass
+class Candidate:
+    """One finished solution: its text, per-step reward scores (empty without a reward model), tokens."""
+
+    text: str
+    tokens: int
+    step_scores: list[float] = field(default_factory=list)
+    answer: str | None = None
+    finish_reason: str = "stop"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not data["meta"]:
+            del data["meta"]
+        return data
+
+
+class SearchMethod(ABC):
+    """Turns a batch of problems into candidates, calling the generator (and reward model) in batches."""
+
+    name: str = "search"
+    needs_reward_model: bool = False
+
+    def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
+        self.config = config
+        self.generator = generator
+        self.reward_model = reward_model
+
+    def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
+        c = self.config
+        base = SamplingParams(
+            n=c.n,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            top_k=c.top_k,
+            max_new_tokens=c.max_new_tokens,
+            stop=tuple(c.stop),
+            seed=seed,
+        )
+        return base.replace(**changes) if changes else base
+
+    @abstractmethod
+    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        """Candidates for each problem, in problem order."""
+
+
+_METHODS: dict[str, type[SearchMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[SearchMethod]], type[SearchMethod]]:
+    def wrap(cls: type[SearchMethod]) -> type[SearchMethod]:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[SearchMethod]:
+    if name not in _METHODS:
+        raise unknown("method", name, _METHODS)
+    return _METHODS[name]

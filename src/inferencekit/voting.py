@@ -1,0 +1,120 @@
+"""Pick one answer from many candidates: aggregation of step scores, then a vote.
+
+Answers are grouped by `canonical_form`, so "\\frac12" and "\\frac{1}{2}" count together. Ties go to the
+group that appears first among the candidates, so every vote is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from inferencekit.errors import unknown
+from inferencekit.grading import canonical_form
+
+AGGREGATIONS = ("min", "last", "prod", "mean", "model")
+
+
+def aggregate(step_scores: Sequence[float] | None, how: str) -> float:
+    """One score for a solution from its step scores; NaN when there is no usable score.
+
+    `model` means the reward model scored the whole solution as one step: its (last) score is used.
+    NaN step scores are skipped; a solution with none left gets NaN, which every vote ranks last.
+    """
+    scores = [s for s in (step_scores or []) if s is not None and not math.isnan(s)]
+    if not scores:
+        return math.nan
+    if how in ("last", "model"):
+        return scores[-1]
+    if how == "min":
+        return min(scores)
+    if how == "prod":
+        return math.prod(scores)
+    if how == "mean":
+        return sum(scores) / len(scores)
+    raise unknown("aggregation", how, AGGREGATIONS)
+
+
+VoteFn = Callable[[Sequence[str | None], Sequence[Sequence[float] | None], str], str | None]
+_VOTES: dict[str, VoteFn] = {}
+_NEEDS_SCORES: set[str] = set()
+
+
+def register_vote(name: str, needs_scores: bool = False) -> Callable[[VoteFn], VoteFn]:
+    """Register `fn(answers, step_scores, aggregation) -> answer` as a vote named `name`."""
+
+    def wrap(fn: VoteFn) -> VoteFn:
+        _VOTES[name] = fn
+        if needs_scores:
+            _NEEDS_SCORES.add(name)
+        return fn
+
+    return wrap
+
+
+def vote_names() -> list[str]:
+    return sorted(_VOTES)
+
+
+def needs_scores(name: str) -> bool:
+    return name in _NEEDS_SCORES
+
+
+def vote(
+    name: str,
+    answers: Sequence[str | None],
+    step_scores: Sequence[Sequence[float] | None] | None = None,
+    aggregation: str = "last",
+) -> str | None:
+    """The answer that vote `name` picks; None when no candidate has an answer."""
+    if name not in _VOTES:
+        raise unknown("vote", name, _VOTES)
+    scores = step_scores if step_scores is not None else [None] * len(answers)
+    return _VOTES[name](answers, scores, aggregation)
+
+
+def _weighted_groups(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:
+    """Answer whose group has the largest total weight (first-seen group wins ties)."""
+    totals: dict[str, float] = {}
+    first: dict[str, str] = {}
+    for answer, weight in zip(answers, weights, strict=True):
+        if answer is None or math.isnan(weight):
+            continue
+        key = canonical_form(answer)
+        totals[key] = totals.get(key, 0.0) + weight
+        first.setdefault(key, answer)
+    if not totals:
+        return None
+    best = max(totals, key=lambda k: (totals[k], -list(totals).index(k)))
+    return first[best]
+
+
+@register_vote("majority")
+def majority(answers, step_scores, aggregation):
+    return _weighted_groups(answers, [1.0] * len(answers))
+
+
+@register_vote("weighted", needs_scores=True)
+def weighted(answers, step_scores, aggregation):
+    return _weighted_groups(answers, [aggregate(s, aggregation) for s in step_scores])
+
+
+@register_vote("best", needs_scores=True)
+def best(answers, step_scores, aggregation):
+    scored = [
+        (aggregate(s, aggregation), -i)
+        for i, (a, s) in enumerate(zip(answers, step_scores, strict=True))
+        if a is not None
+    ]
+    scored = [x for x in scored if not math.isnan(x[0])]
+    return answers[-max(scored)[1]] if scored else None  # highest score; the earliest on ties
+
+
+@register_vote("min_vote", needs_scores=True)
+def min_vote(answers, step_scores, aggregation):
+    return weighted(answers, step_scores, "min")
+
+
+@register_vote("last_vote", needs_scores=True)
+def last_vote(answers, step_scores, aggregation):
+    return weighted(answers, step_scores, "last")

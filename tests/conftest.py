@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny random checkpoints and the embedded GGUF, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferencekit.models.embedded import embedded_gguf_path
+from tiny_models import make_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def embedded_gguf() -> Path:
+    """Path of the embedded SmolLM2-135M-Instruct Q4_1 GGUF file."""
+    return embedded_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A saved 2-layer random Llama with SmolLM2's tokenizer and chat template."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))

@@ -1,0 +1,275 @@
+"""Config precedence, datasets, votes, metrics and the run store: no model needed."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inferencekit.config import RunConfig, resolve_config
+from inferencekit.datasets import Sample, gsm8k_reference, load_dataset
+from inferencekit.errors import UserError
+from inferencekit.models import model_defaults, resolve_model
+from inferencekit.prompts import build_messages
+from inferencekit.results.metrics import accuracy, pass_at_k, wilson_interval
+from inferencekit.results.store import RunStore, run_dir_for
+from inferencekit.voting import aggregate, vote
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_precedence_runtime_over_generation_over_model_args_over_file_over_preset(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"temperature": 0.3, "max_new_tokens": 100, "n": 3, "exp_name": "file"}))
+    preset = {"max_new_tokens": 999, "top_p": 0.5, "model_args": {"n_ctx": 1024, "n_threads": 1}}
+    config = resolve_config(
+        runtime={"exp_name": "cli", "limit": None},
+        generation={"temperature": 0.7},
+        model_args={"n_ctx": 4096},
+        config_file=cfg_file,
+        preset_defaults=lambda name: preset,
+    )
+    assert config.temperature == 0.7  # generation flag beats the file
+    assert config.max_new_tokens == 100  # file beats preset
+    assert config.top_p == 0.5  # preset beats built-in default
+    assert config.n == 3 and config.exp_name == "cli"
+    assert config.model_args == {"n_ctx": 4096, "n_threads": 1}  # model args beat the preset's, key by key
+    assert config.limit is None and config.seed == 0  # built-in defaults
+
+
+def test_preset_is_chosen_by_the_model_named_in_the_config_file(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("model: qwen2.5-math-1.5b-instruct\n")
+    config = resolve_config(config_file=cfg_file, preset_defaults=model_defaults)
+    assert config.backend == "hf" and config.max_new_tokens == 2048 and "boxed" in config.system_prompt
+
+
+def test_unknown_config_key_is_an_error_naming_accepted_keys(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("temprature: 0.5\n")
+    with pytest.raises(UserError, match=r"unknown key 'temprature'.*accepted: .*temperature"):
+        resolve_config(config_file=cfg_file)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("temperature", -1), ("top_p", 0), ("n", 0), ("aggregation", "max"), ("box_match", "first")]
+)
+def test_bad_values_are_rejected(key, value):
+    with pytest.raises(UserError, match=key):
+        resolve_config(runtime={key: value})
+
+
+def test_config_round_trips_through_yaml():
+    config = RunConfig(votes="majority,weighted", stop="\n\n\n", model_args={"n_ctx": 2048})
+    again = RunConfig(**yaml.safe_load(config.to_yaml()))
+    assert again == config and again.votes == ["majority", "weighted"] and again.stop == ["\n\n\n"]
+
+
+# --- models: name resolution ---------------------------------------------------------------
+
+
+def test_resolve_model_by_preset_path_and_hub_id(tmp_path):
+    spec = resolve_model("smollm2-135m")
+    assert spec.backend == "llamacpp" and spec.path.endswith(".gguf") and Path(spec.path).is_file()
+    hf_dir = tmp_path / "my-model"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")
+    assert resolve_model(str(hf_dir)).backend == "hf"
+    assert resolve_model(str(hf_dir)).name == "my-model"
+    assert resolve_model("Qwen/Qwen2.5-Math-1.5B-Instruct").backend == "hf"
+    assert resolve_model(spec.path).backend == "llamacpp"
+    assert resolve_model("smollm2-135m", model_args={"n_ctx": 512}).n_ctx == 512
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no-such-model", "unknown model 'no-such-model'"),
+        ("/nope/model.gguf", "model file not found"),
+        ("./missing-folder", "unknown model"),
+    ],
+)
+def test_unknown_models_say_what_is_accepted(name, message):
+    with pytest.raises(UserError, match=message):
+        resolve_model(name)
+
+
+def test_unknown_model_argument_names_accepted_ones():
+    with pytest.raises(UserError, match=r"unknown model argument\(s\) n_gpu.*accepted: .*n_ctx"):
+        resolve_model("smollm2-135m", model_args={"n_gpu": 1})
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("name", "rows", "first_reference"),
+    [("gsm8k", 1319, "18"), ("math500", 500, r"\left( 3, \frac{\pi}{2} \right)"), ("aime24", 30, "204"),
+     ("amc23", 40, "27")],
+)
+def test_builtin_datasets_from_a_data_dir(name, rows, first_reference):
+    ds = load_dataset(name, data_dir=str(SHARED_DATA))
+    assert len(ds.samples) == rows
+    assert ds.samples[0].reference == first_reference
+    assert ds.samples[0].index == 0 and ds.samples[-1].index == rows - 1
+    assert ds.style == ("gsm8k" if name == "gsm8k" else "math")
+
+
+@needs_shared
+def test_data_dir_from_environment_and_limit(monkeypatch):
+    monkeypatch.setenv("INFERENCEKIT_DATA_DIR", str(SHARED_DATA))
+    ds = load_dataset("math500", limit=7)
+    assert len(ds.samples) == 7
+
+
+@needs_shared
+def test_gsm8k_k_shot_prompts_use_the_train_split():
+    ds = load_dataset("gsm8k", data_dir=str(SHARED_DATA), num_shots=2, limit=1)
+    messages = build_messages(ds.samples[0], ds)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
+    train_first = json.loads((SHARED_DATA / "gsm8k" / "train.jsonl").open().readline())
+    assert train_first["question"] in messages[0]["content"]
+    assert messages[1]["content"].endswith("\\boxed{72}.") and "<<" not in messages[1]["content"]
+    assert ds.samples[0].input in messages[-1]["content"] and "\\boxed{}" in messages[-1]["content"]
+
+
+def test_embedded_gsm8k_mini_needs_no_data_dir():
+    ds = load_dataset("gsm8k-mini")
+    assert len(ds.samples) == 20 and ds.samples[0].reference == "18" and ds.style == "gsm8k"
+
+
+def test_gsm8k_reference_parsing():
+    assert gsm8k_reference("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert gsm8k_reference("#### -5") == "-5"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_local_files_with_field_mapping(tmp_path, suffix):
+    rows = [{"q": f"What is {i}+1?", "gold": str(i + 1), "extra": i} for i in range(5)]
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        import datasets
+
+        table = datasets.Dataset.from_list(rows)
+        table.to_csv(str(path)) if suffix == ".csv" else table.to_parquet(str(path))
+    ds = load_dataset(str(path), input_field="q", reference_field="gold", limit=3)
+    assert ds.name == "mine" and [s.reference for s in ds.samples] == ["1", "2", "3"]
+    assert ds.samples[2].input == "What is 2+1?"
+
+
+def test_local_file_errors(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"q": "x", "a": "1"}) + "\n")
+    with pytest.raises(UserError, match=r"no input field .*among q, a; name it with --input-field"):
+        load_dataset(str(path))
+    with pytest.raises(UserError, match="dataset file not found"):
+        load_dataset(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError, match=r"unknown dataset 'gsm9k'; accepted: .*gsm8k.*math500"):
+        load_dataset("gsm9k")
+    with pytest.raises(UserError, match=r"no test.jsonl.* in "):
+        load_dataset("math500", data_dir=str(tmp_path))
+
+
+def test_user_registered_dataset_preset(tmp_path, monkeypatch):
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "tiny.yaml").write_text("input_field: q\nreference_field: a\nstyle: math\n")
+    data = tmp_path / "data" / "tiny"
+    data.mkdir(parents=True)
+    (data / "test.jsonl").write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n")
+    monkeypatch.setenv("INFERENCEKIT_PRESETS", str(tmp_path))
+    ds = load_dataset("tiny", data_dir=str(tmp_path / "data"))
+    assert ds.samples == [Sample(index=0, input="1+1?", reference="2")]
+
+
+# --- aggregation and votes --------------------------------------------------------------------
+
+
+def test_aggregations():
+    scores = [0.9, 0.5, 0.8]
+    assert aggregate(scores, "min") == 0.5
+    assert aggregate(scores, "last") == 0.8
+    assert aggregate(scores, "model") == 0.8
+    assert aggregate(scores, "prod") == pytest.approx(0.36)
+    assert aggregate(scores, "mean") == pytest.approx(2.2 / 3)
+    assert aggregate([0.4, math.nan], "last") == 0.4  # NaN steps are skipped
+    assert math.isnan(aggregate([], "min")) and math.isnan(aggregate([math.nan], "mean"))
+
+
+def test_votes_on_a_hand_checked_case():
+    answers = ["2", "3", "\\frac{1}{2}", "3", "\\dfrac{1}{2}", None]
+    scores = [[0.9], [0.2], [0.6], [0.3], [0.5], [1.0]]
+    assert vote("majority", answers) == "3"  # 3 appears twice; 1/2 twice too but later
+    assert vote("weighted", answers, scores) == "\\frac{1}{2}"  # 1.1 beats 0.9 and 0.5
+    assert vote("best", answers, scores) == "2"  # None answers never win
+    assert vote("majority", [None, None]) is None
+
+
+def test_weighted_equals_majority_when_scores_are_equal():
+    answers = ["1", "2", "2", "3", "1", "2", "4"]
+    for subset in combinations(range(len(answers)), 4):
+        picked = [answers[i] for i in subset]
+        assert vote("weighted", picked, [[0.7]] * 4) == vote("majority", picked)
+
+
+def test_min_and_last_votes_use_their_aggregation():
+    answers = ["a", "b"]
+    scores = [[0.1, 0.9], [0.5, 0.6]]
+    assert vote("min_vote", answers, scores) == "b" and vote("last_vote", answers, scores) == "a"
+
+
+def test_unknown_vote():
+    with pytest.raises(UserError, match="unknown vote 'mode'; accepted: .*majority"):
+        vote("mode", ["1"])
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_wilson_interval_matches_hand_computation():
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4901624, abs=1e-6) and hi == pytest.approx(0.9433178, abs=1e-6)
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+    assert accuracy([True, False, True, True]) == {
+        "accuracy": 0.75, "n": 4, "correct": 3, "ci95": [round(x, 6) for x in wilson_interval(3, 4)]
+    }
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2)
+    assert pass_at_k(5, 2, 3) == pytest.approx(1 - 1 / 10)
+    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 4, 1) == 1.0
+
+
+# --- run store -------------------------------------------------------------------------------
+
+
+def test_run_dir_layout():
+    path = run_dir_for("w", "gsm8k", "smollm2-135m", None, "exp 1")
+    assert path == Path("w/gsm8k/smollm2-135m+none+exp-1")
+
+
+def test_store_ignores_and_repairs_a_torn_last_line(tmp_path):
+    store = RunStore(tmp_path)
+    store.append({"index": 0, "x": 1})
+    store.append({"index": 1, "x": 2})
+    with store.predictions_path.open("a") as f:
+        f.write('{"index": 2, "x"')  # a crash mid-write
+    assert [r["index"] for r in store.records()] == [0, 1]
+    store.repair()
+    store.append({"index": 2, "x": 3})
+    assert [r["x"] for r in store.records()] == [1, 2, 3]
+    assert store.predictions_path.read_text().count("\n") == 3

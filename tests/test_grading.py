@@ -1,0 +1,405 @@
+"""Tests of answer extraction, equivalence and parallel grading (inferencekit.grading)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from inferencekit.grading import (
+    Grader,
+    answer_style,
+    canonical_form,
+    extract_all_answers,
+    extract_answer,
+    grade,
+    is_equiv,
+)
+from inferencekit.grading.equivalence import math_verify_equiv
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+_COL = "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}"
+_COL_SPACED = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
+_COL_FRACTIONS = "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}"
+_MINUS_IDENTITY = "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"
+
+# (model output, gold answer, dataset, expected grade)
+CASES: list[tuple[str, str, str, bool]] = [
+    # --- GSM8K style: numbers, currency, units, fallbacks
+    ("She makes 9 * 2 = $18 every day.\n#### 18", "18", "gsm8k", True),
+    ("The answer is 18.", "18", "gsm8k", True),
+    ("The final answer is $18.00.", "18", "gsm8k", True),
+    ("So she earns 18 dollars.", "18", "gsm8k", True),
+    ("Total: $1,234.00", "1234", "gsm8k", True),
+    ("Total: $1,234.00", "1,234", "gsm8k", True),
+    ("#### 1,450,000", "1,450,000", "gsm8k", True),
+    ("The temperature drops to -10 degrees.", "-10", "gsm8k", True),
+    ("First 3 + 4 = 7, then 7 * 2 = 14.", "14", "gsm8k", True),
+    ("First 3 + 4 = 7, then 7 * 2 = 14.", "7", "gsm8k", False),
+    ("The answer is \\boxed{18}", "18", "gsm8k", True),
+    ("The answer is \\boxed{\\$18}", "18", "gsm8k", True),
+    ("The answer is \\boxed{18 \\text{ dollars}}", "18", "gsm8k", True),
+    ("We get \\boxed{18.0}.", "18", "gsm8k", True),
+    ("It is 25%.", "25", "gsm8k", True),
+    ("The answer is 10.", "100", "gsm8k", False),
+    ("The answer is 100.", "10", "gsm8k", False),
+    ("#### 42\n\nSome trailing commentary mentioning 7 apples.", "42", "gsm8k", True),
+    ("No numbers here at all.", "5", "gsm8k", False),
+    ("<think>maybe 12? no, 13</think>The answer is 14.", "14", "gsm8k", True),
+    ("<think>maybe 12? no, 13</think>The answer is 14.", "13", "gsm8k", False),
+    ("The answer is 0.5", "0.50", "gsm8k_main", True),
+    ("\\boxed{5}", "5", "openai/gsm8k", True),
+    # --- MATH style: fractions
+    ("So the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}", "math", True),
+    ("So the answer is \\boxed{\\dfrac{1}{2}}.", "\\frac12", "math500", True),
+    ("So the answer is \\boxed{0.5}.", "\\frac{1}{2}", "math", True),
+    ("So the answer is \\boxed{1/2}.", "\\frac{1}{2}", "math", True),
+    ("So the answer is \\boxed{\\frac{2}{4}}.", "\\frac{1}{2}", "math", True),
+    ("So the answer is \\boxed{1/2}.", "2", "math", False),
+    ("So the answer is \\boxed{\\frac{1}{3}}.", "0.33", "math", False),
+    ("So the answer is \\boxed{\\frac{9}{5}}.", "1\\frac{4}{5}", "math", True),
+    ("So the answer is \\boxed{-\\frac{35}{9}}.", "-\\frac{35}{9}", "math", True),
+    ("So the answer is \\boxed{\\frac{35}{9}}.", "-\\frac{35}{9}", "math", False),
+    # roots, pi
+    ("\\boxed{2\\sqrt{5}}", "\\sqrt{20}", "math", True),
+    ("\\boxed{\\frac{1}{\\sqrt{3}}}", "\\frac{\\sqrt{3}}{3}", "math", True),
+    ("\\boxed{11\\sqrt2}", "11\\sqrt{2}", "math", True),
+    ("\\boxed{3\\sqrt{13}}", "3\\sqrt{12}", "math", False),
+    ("\\boxed{12\\pi}", "12 \\pi", "math", True),
+    ("\\boxed{\\frac{20000}{\\pi}}", "\\frac{20000}{\\pi}", "math", True),
+    ("\\boxed{2\\pi}", "\\pi", "math", False),
+    ("\\boxed{1 \\pm \\sqrt{19}}", "1 \\pm \\sqrt{19}", "math", True),
+    # intervals
+    ("\\boxed{[0,1)}", "[0,1)", "math", True),
+    ("\\boxed{[0,1]}", "[0,1)", "math", False),
+    ("\\boxed{(3,4)}", "(3,4]", "math", False),
+    ("\\boxed{(-\\infty,2)\\cup(3,\\infty)}", "(-\\infty, 2) \\cup (3, \\infty)", "math", True),
+    ("\\boxed{[-2,7]}", "x \\in [-2,7]", "math", True),
+    ("\\boxed{\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]}", "[\\pi^2/8, 5\\pi^2/4]", "math", True),
+    # tuples, sets, lists
+    ("\\boxed{(3, \\frac{\\pi}{2})}", "\\left( 3, \\frac{\\pi}{2} \\right)", "math", True),
+    ("\\boxed{(2,1)}", "(1,2)", "math", False),
+    ("\\boxed{(6,31,-1)}", "(6,31,-1)", "math", True),
+    ("\\boxed{(6,31,1)}", "(6,31,-1)", "math", False),
+    ("\\boxed{\\{-2, 1+\\sqrt5, 1-\\sqrt5\\}}", "\\{1\\pm\\sqrt{5},-2\\}", "math", True),
+    ("\\boxed{-2, 1}", "1,-2", "math", True),
+    ("\\boxed{3, 5}", "3, 5, 7", "math", False),
+    # matrices
+    ("\\boxed{" + _COL_SPACED + "}", _COL, "math", True),
+    ("\\boxed{\\begin{pmatrix} 0.2 \\\\ -3.6 \\end{pmatrix}}", _COL_FRACTIONS, "math", True),
+    ("\\boxed{" + _COL_SPACED.replace("-2", "2") + "}", _COL, "math", False),
+    ("\\boxed{" + _MINUS_IDENTITY + "}", _MINUS_IDENTITY, "math", True),
+    ("\\boxed{" + _MINUS_IDENTITY.replace("& 0", "& 1") + "}", _MINUS_IDENTITY, "math", False),
+    # degrees, percent, currency, units
+    ("\\boxed{30^\\circ}", "30", "math", True),
+    ("\\boxed{30}", "30^\\circ", "math", True),
+    ("\\boxed{30^{\\circ}}", "60^\\circ", "math", False),
+    ("\\boxed{25\\%}", "25", "math", True),
+    ("\\boxed{0.25}", "25\\%", "math", True),
+    ("\\boxed{\\$18.90}", "18.9", "math", True),
+    ("\\boxed{32348}", "\\$32,\\!348", "math", True),
+    ("\\boxed{864}", "864 \\mbox{ inches}^2", "math", True),
+    ("\\boxed{15 \\text{ cm}^2}", "15\\mbox{ cm}^2", "math", True),
+    ("\\boxed{5.4}", "5.4 \\text{ cents}", "math", True),
+    ("\\boxed{10080}", "10,\\!080", "math", True),
+    ("\\boxed{\\frac{270}{7}}", "\\frac{270}7\\text{ degrees}", "math", True),
+    # text answers and multiple choice
+    ("\\boxed{\\text{(C)}}", "C", "math", True),
+    ("\\boxed{C}", "\\text{(C)}", "math", True),
+    ("\\boxed{(C)}", "\\text{(C)}", "math", True),
+    ("\\boxed{D}", "\\text{(C)}", "math", False),
+    ("\\boxed{Monday}", "\\text{Monday}", "math", True),
+    ("\\boxed{\\text{Evelyn}}", "\\text{Evelyn}", "math", True),
+    ("\\boxed{Evelny}", "\\text{Evelyn}", "math", False),
+    ("\\boxed{\\text{East}}", "\\text{east}", "math", True),
+    ("\\boxed{\\text{west}}", "\\text{east}", "math", False),
+    # expressions, equations, complex numbers, bases
+    ("\\boxed{x^3}", "x^2", "math", False),
+    ("\\boxed{2(k+1)}", "2k+2", "math", True),
+    ("\\boxed{ab+2a+5b+10}", "(a+5)(b+2)", "math", True),
+    ("\\boxed{y=2x+3}", "y = 2x + 3", "math", True),
+    ("\\boxed{x=5}", "5", "math", True),
+    ("\\boxed{5}", "x=5", "math", True),
+    ("\\boxed{6+5i}", "6 - 5i", "math", False),
+    ("\\boxed{6-5i}", "6 - 5i", "math", True),
+    ("\\boxed{52_8}", "52_8", "math", True),
+    ("\\boxed{025}", "25", "aime24", True),
+    ("\\boxed{27}", "27.0", "amc23", True),
+    ("\\boxed{10}", "100", "math", False),
+    # phrases and fallbacks in MATH style
+    ("Therefore, the final answer is $\\frac{14}{3}$. I hope it is correct.", "\\frac{14}{3}", "math", True),
+    ("The answer is: 7", "7", "math", True),
+    ("#### 7", "7", "math", True),
+    ("After all that work we get 7.", "7", "math", False),  # no marker: no answer in MATH style
+    ("", "7", "math", False),
+    # think blocks
+    ("<think>I think \\boxed{3}</think>So the answer is \\boxed{4}.", "4", "math", True),
+    ("<think>I think \\boxed{3}</think>So the answer is \\boxed{4}.", "3", "math", False),
+    ("reasoning without an opening tag \\boxed{3}</think>Final: \\boxed{5}", "5", "math", True),
+    ("<think>truncated reasoning, \\boxed{3} maybe", "3", "math", False),
+    # multiple boxes: last (default) vs first
+    ("First \\boxed{2}, then corrected: \\boxed{3}", "3", "math", True),
+    ("First \\boxed{2}, then corrected: \\boxed{3}", "2", "math", False),
+    # nested braces and brace-less box
+    ("\\boxed{\\frac{\\sqrt{3}}{3}}", "\\frac{\\sqrt{3}}{3}", "math", True),
+    ("so \\boxed 5.", "5", "math", True),
+    ("\\fbox{7}", "7", "math", True),
+    # adversarial output is just a wrong answer
+    ("\\boxed{__import__('os').system('echo hi')}", "0", "math", False),
+]
+
+
+@pytest.mark.parametrize(("text", "gold", "dataset", "expected"), CASES)
+def test_grade_table(text: str, gold: str, dataset: str, expected: bool) -> None:
+    assert grade(text, gold, dataset) is expected
+
+
+def test_table_is_large_and_mixed() -> None:
+    assert len(CASES) >= 80
+    assert sum(1 for *_, ok in CASES if not ok) >= 25
+    assert {answer_style(d) for _, _, d, _ in CASES} == {"math", "gsm8k"}
+
+
+def test_answer_style() -> None:
+    assert answer_style("gsm8k") == "gsm8k"
+    assert answer_style("GSM8K_platinum") == "gsm8k"
+    assert answer_style("../shared/data/gsm8k/test.jsonl") == "gsm8k"
+    for name in ("math", "math500", "aime24", "amc23", "something-new"):
+        assert answer_style(name) == "math"
+
+
+@pytest.mark.parametrize(
+    ("text", "dataset", "expected"),
+    [
+        ("so \\boxed{\\frac{1}{2}}.", "math", "\\frac{1}{2}"),
+        ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "math", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("\\boxed{\\{1,2\\}}", "math", "\\{1,2\\}"),
+        ("\\boxed{\\boxed{7}}", "math", "7"),
+        ("\\boxed 5$ and more", "math", "5"),
+        ("\\boxed{} then \\boxed{8}", "math", "8"),
+        ("unclosed \\boxed{\\frac{1}{2}", "math", None),
+        ("The final answer is $x^2+1$.", "math", "x^2+1"),
+        ("The answer is \\(\\sqrt{2}\\) because", "math", "\\sqrt{2}"),
+        ("The answer is 3.5. Next, we check.", "math", "3.5"),
+        ("**Final Answer:** 12", "math", "12"),
+        ("My answer is 5, as shown.", "math", "5, as shown"),
+        ("The answer = 9", "math", "9"),
+        ("We are done: 12 apples.", "math", None),
+        ("We are done: 12 apples.", "gsm8k", "12"),
+        ("It costs $1,234.00 in total.", "gsm8k", "1234"),
+        ("#### $1,234", "gsm8k", "1234"),
+        ("The answer is -3 degrees.", "gsm8k", "-3"),
+        ("\\boxed{\\$18}", "gsm8k", "18"),
+        ("\\boxed{\\frac{3}{4}}", "gsm8k", "\\frac{3}{4}"),
+        ("<think>42</think>", "gsm8k", None),
+        ("<think>The answer is 41", "gsm8k", None),
+        ("", "gsm8k", None),
+    ],
+)
+def test_extract_answer(text: str, dataset: str, expected: str | None) -> None:
+    assert extract_answer(text, dataset) == expected
+
+
+def test_extract_first_and_all() -> None:
+    text = "maybe \\boxed{2} or \\boxed{\\frac{1}{2}}; finally \\boxed{3}"
+    assert extract_answer(text) == "3"
+    assert extract_answer(text, box_match="first") == "2"
+    assert extract_all_answers(text) == ["2", "\\frac{1}{2}", "3"]
+    assert extract_all_answers("The answer is 4.") == ["4"]
+    assert extract_all_answers("nothing") == []
+    with pytest.raises(ValueError, match="box_match"):
+        extract_answer(text, box_match="middle")
+
+
+def test_grade_any_box() -> None:
+    text = "Candidates: \\boxed{2}, \\boxed{0.5}, \\boxed{7}"
+    assert grade(text, "\\frac{1}{2}", box_match="any")
+    assert not grade(text, "\\frac{1}{2}")
+    assert grade(text, "2", box_match="first")
+    assert not grade(text, "3", box_match="any")
+    assert grade("The answer is 3.", "3", box_match="any")
+
+
+@pytest.mark.parametrize(
+    ("answer", "key"),
+    [
+        ("  \\dfrac{1}{2} ", "\\frac{1}{2}"),
+        ("1/2", "\\frac{1}{2}"),
+        ("0.5", "\\frac{1}{2}"),
+        ("$18.00", "18"),
+        ("18 dollars", "18"),
+        ("\\$1,234", "1234"),
+        ("25\\%", "25"),
+        ("30^\\circ", "30"),
+        ("x = 5", "5"),
+        ("\\left( 1, 2 \\right)", "(1,2)"),
+        ("\\text{(C)}", "C"),
+        ("\\text{Monday}", "monday"),
+        ("5\\text{ cm}^2", "5"),
+        ("\\frac 34", "\\frac{3}{4}"),
+        ("\\sqrt2", "\\sqrt{2}"),
+        ("\\cot x", "\\cot x"),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+        (None, ""),
+    ],
+)
+def test_canonical_form(answer: str | None, key: str) -> None:
+    assert canonical_form(answer) == key
+
+
+def test_is_equiv_edge_cases() -> None:
+    assert not is_equiv(None, "1")
+    assert not is_equiv("", "1")
+    assert not is_equiv("1", "")
+    assert is_equiv("27", 27.0)  # type: ignore[arg-type]  # amc23 stores golds as floats
+
+
+def test_adversarial_output_is_not_executed(tmp_path: Path) -> None:
+    target = tmp_path / "pwned"
+    payloads = [
+        f"\\boxed{{__import__('os').system('touch {target}')}}",
+        f"The answer is __import__('os').system('touch {target}')",
+        f"#### __import__('os').system('touch {target}')",
+        f"\\boxed{{exec(\"open('{target}', 'w').write('x')\")}}",
+        f"\\boxed{{eval(compile(\"open('{target}','w')\", 'f', 'exec'))}}",
+    ]
+    for text in payloads:
+        assert not grade(text, "0")
+        assert not grade(text, "0", "gsm8k")
+        assert not is_equiv(extract_answer(text), "0")
+        assert not is_equiv("0", extract_answer(text) or "")
+    with Grader(workers=1) as grader:
+        assert grader.grade_many([(t, "0", "math") for t in payloads]) == [False] * len(payloads)
+    assert not target.exists()
+
+
+def test_is_equiv_from_a_thread() -> None:
+    results: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            results["value"] = [
+                is_equiv("\\frac{1}{\\sqrt3}", "\\frac{\\sqrt{3}}{3}"),
+                is_equiv("(2,1)", "(1,2)"),
+                grade("\\boxed{2k+2}", "2(k+1)"),
+            ]
+        except BaseException as exc:  # pragma: no cover - reported below
+            results["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=30)
+    assert "error" not in results, results.get("error")
+    assert results["value"] == [True, False, True]
+
+
+def test_is_equiv_main_thread_timeout() -> None:
+    started = time.monotonic()
+    assert not is_equiv("9^{9^{9}}", "1", timeout=0.5)  # sympy works on this for minutes
+    assert time.monotonic() - started < 5
+    assert is_equiv("\\frac{1}{\\sqrt3}", "\\frac{\\sqrt{3}}{3}", timeout=5)
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(workers=2, timeout=5.0) as g:
+        yield g
+
+
+def test_grader_matches_serial_and_keeps_order(grader: Grader) -> None:
+    items = [(text, gold, dataset) for text, gold, dataset, _ in CASES]
+    expected = [ok for *_, ok in CASES]
+    assert grader.grade_many(items) == expected
+    assert grader.grade_many(items) == [grade(*item) for item in items]
+    pairs = [(extract_answer(t, d), g) for t, g, d in items]
+    assert grader.is_equiv_many(pairs[::-1]) == expected[::-1]
+    assert grader.is_equiv_many([]) == []
+
+
+def test_grader_any_box(grader: Grader) -> None:
+    text = "Candidates: \\boxed{2}, \\boxed{0.5}, \\boxed{7}"
+    items = [(text, "\\frac{1}{2}", "math"), (text, "3", "math"), ("The answer is 3.", "3", "math")]
+    assert grader.grade_many(items, box_match="any") == [True, False, True]
+    assert grader.grade_many(items) == [False, False, True]
+
+
+def test_grader_slow_item_times_out(grader: Grader) -> None:
+    grader.timeout = 1.0
+    try:
+        started = time.monotonic()
+        verdicts = grader.is_equiv_many([("0.5", "\\frac{1}{2}"), ("9^{9^{9}}", "1"), ("2(k+1)", "2k+2")])
+        assert verdicts == [True, False, True]
+        assert time.monotonic() - started < 10
+    finally:
+        grader.timeout = 5.0
+
+
+def test_grader_tiny_timeout_kills_and_recovers() -> None:
+    # worker_timer=False: only the parent's deadline applies, so the stuck pool must be replaced
+    pairs = [("\\frac{1}{\\sqrt3}", "\\frac{\\sqrt{3}}{3}"), ("2(k+1)", "2k+2")]
+    with Grader(workers=1, timeout=1e-3, worker_timer=False) as grader:
+        started = time.monotonic()
+        assert grader.is_equiv_many(pairs) == [False, False]
+        assert time.monotonic() - started < 10
+        assert grader.restarts >= 1
+        assert grader.is_equiv_many([("18.0", "18")]) == [True]  # settled without the pool
+        grader.timeout = 5.0
+        assert grader.is_equiv_many(pairs) == [True, True]
+
+
+def test_grader_isolates_the_slow_item_of_a_chunk() -> None:
+    # parent deadline only: the 4-item chunk overruns, its items are retried one by one,
+    # and only the genuinely slow one (sympy grinds on 9^(9^9)) counts as False
+    pairs = [
+        ("2(k+1)", "2k+2"),
+        ("9^{9^{9}}", "1"),
+        ("x+1", "1+x"),
+        ("(2,1)", "(1,2)"),
+        ("\\frac{1}{\\sqrt3}", "\\frac{\\sqrt{3}}{3}"),
+    ]
+    with Grader(workers=1, timeout=0.5, chunk_size=4, worker_timer=False) as grader:
+        started = time.monotonic()
+        assert grader.is_equiv_many(pairs) == [True, False, True, False, True]
+        assert time.monotonic() - started < 15
+        assert grader.restarts == 2
+
+
+def _math500() -> list[dict]:
+    path = DATA / "math500" / "test.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_math500_gold_answers_grade_against_themselves(grader: Grader) -> None:
+    golds = [row["answer"] for row in _math500()]
+    assert len(golds) == 500
+    items = [("... so the answer is \\boxed{" + a + "}", a, "math500") for a in golds]
+    verdicts = grader.grade_many(items)
+    failing = [a for a, ok in zip(golds, verdicts, strict=True) if not ok]
+    assert sum(verdicts) >= 0.99 * len(golds), failing
+    assert grader.is_equiv_many([(a, a) for a in golds]) == [True] * len(golds)
+
+
+def test_math500_gold_answers_parse_with_math_verify() -> None:
+    # bypasses the string short-circuit: math-verify itself must read every gold answer
+    golds = [row["answer"] for row in _math500()]
+    failing = [a for a in golds if not math_verify_equiv(a, a)]
+    assert failing == []
+
+
+def test_gsm8k_gold_answers_grade_against_themselves(grader: Grader) -> None:
+    path = DATA / "gsm8k" / "test.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:300]]
+    golds = [row["answer"].split("####")[-1].strip() for row in rows]
+    items = [("Adding it all up.\n#### " + g, g, "gsm8k") for g in golds]
+    items += [(row["answer"], g, "gsm8k") for row, g in zip(rows, golds, strict=True)]
+    verdicts = grader.grade_many(items)
+    failing = [item[1] for item, ok in zip(items, verdicts, strict=True) if not ok]
+    assert sum(verdicts) >= 0.99 * len(items), failing

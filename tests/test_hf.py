@@ -1,0 +1,185 @@
+"""HFGenerator on a tiny random Llama (and once on the embedded GGUF), loaded the way users load models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from inferencekit.models.base import GeneratorSpec, SamplingParams
+from inferencekit.models.hf import HFGenerator
+
+PROMPTS = [
+    "Hello there, how are you today my friend? Tell me a long story about the sea.",
+    "Hi",
+    "The quick brown fox jumps over",
+]
+
+
+def make_generator(path, **spec_fields) -> HFGenerator:
+    return HFGenerator(GeneratorSpec(name="tiny", path=str(path), backend="hf", **spec_fields))
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_llama_dir) -> HFGenerator:
+    return make_generator(tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def small_batch_gen(tiny_llama_dir) -> HFGenerator:
+    return make_generator(tiny_llama_dir, max_batch_sequences=2)
+
+
+def manual_greedy(gen: HFGenerator, prompt: str, steps: int) -> tuple[list[int], list[float]]:
+    """Greedy decoding by plain forward passes: the generated ids and their raw log-probabilities."""
+    ids, new, logprobs = gen.encode(prompt), [], []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = gen.model(torch.tensor([ids + new])).logits[0, -1].float()
+            new.append(int(logits.argmax()))
+            logprobs.append(float(torch.log_softmax(logits, -1)[new[-1]]))
+    return new, logprobs
+
+
+def texts(results) -> list[list[str]]:
+    return [[c.text for c in completions] for completions in results]
+
+
+def test_greedy_is_deterministic_and_batch_invariant(gen, small_batch_gen):
+    params = SamplingParams(max_new_tokens=10)
+    batch = gen.generate(PROMPTS, params)
+    alone = [gen.generate([p], params)[0] for p in PROMPTS]
+    assert texts(batch) == texts(alone)
+    assert texts(gen.generate(PROMPTS, params)) == texts(batch)
+    assert texts(small_batch_gen.generate(PROMPTS, params)) == texts(batch)
+    assert len({c[0].text for c in batch}) == 3 and all(c[0].text for c in batch)
+
+
+def test_greedy_n_copies_one_decode(gen):
+    before = gen.usage.completion_tokens
+    (completions,) = gen.generate(PROMPTS[2:], SamplingParams(n=3, max_new_tokens=5))
+    assert len(completions) == 3 and len({c.text for c in completions}) == 1
+    assert completions[0] is not completions[1]
+    assert gen.usage.completion_tokens - before == 5
+
+
+@pytest.mark.parametrize("top_p,top_k", [(1.0, 0), (0.9, 50)])
+def test_sampling_reproducible_and_batch_invariant(gen, small_batch_gen, top_p, top_k):
+    params = SamplingParams(n=3, temperature=1.0, top_p=top_p, top_k=top_k, max_new_tokens=8, seed=7)
+    batch = gen.generate(PROMPTS, params)
+    assert texts(gen.generate(PROMPTS, params)) == texts(batch)
+    assert texts(small_batch_gen.generate(PROMPTS, params)) == texts(batch)
+    # alone, and next to prompts that use other sampling settings
+    assert texts(gen.generate(PROMPTS[1:2], params)) == texts(batch[1:2])
+    mixed = gen.generate(PROMPTS, [SamplingParams(max_new_tokens=8), params, params.replace(seed=8, top_k=3)])
+    assert texts(mixed)[1] == texts(batch)[1]
+    for completions in batch:
+        assert len({c.text for c in completions}) == 3  # samples of one prompt differ
+    assert texts(gen.generate(PROMPTS, params.replace(seed=8))) != texts(batch)
+
+
+def test_stop_strings_cut_only_their_row(gen):
+    params = SamplingParams(max_new_tokens=12)
+    full = gen.generate(PROMPTS, params)
+    text = full[0][0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop not in full[2][0].text
+    cut = gen.generate(PROMPTS, params.replace(stop=(stop, "never-seen"), logprobs=True))
+    first = cut[0][0]
+    assert first.text == text[: text.index(stop)]
+    assert (first.finish_reason, first.stop_reason) == ("stop", stop)
+    assert 0 < first.tokens < 12 and len(first.logprobs) == first.tokens
+    assert cut[2][0].text == full[2][0].text and cut[2][0].finish_reason == "length"
+    kept = gen.generate(PROMPTS[:1], params.replace(stop=(stop,), include_stop=True))[0][0]
+    assert kept.text == text[: text.index(stop)] + stop and kept.tokens == first.tokens
+
+
+def test_eos_ends_a_row(tiny_llama_dir, gen, tmp_path):
+    ids, _ = manual_greedy(gen, PROMPTS[0], 3)
+    folder = tmp_path / "eos"
+    shutil.copytree(tiny_llama_dir, folder)
+    config_file = folder / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    config["eos_token_id"] = [config["eos_token_id"], ids[2]]  # make the third generated token an EOS
+    config_file.write_text(json.dumps(config))
+    ended = make_generator(folder).generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, logprobs=True))[0][0]
+    assert ended.text == gen.tokenizer.decode(ids[:2])
+    assert (ended.finish_reason, ended.stop_reason, ended.tokens) == ("stop", None, 3)
+    assert len(ended.logprobs) == 3
+
+
+def test_length_and_per_prompt_params(gen):
+    results = gen.generate(PROMPTS[:2], [SamplingParams(max_new_tokens=3), SamplingParams(max_new_tokens=5)])
+    assert [c[0].tokens for c in results] == [3, 5]
+    assert all(c[0].finish_reason == "length" and c[0].stop_reason is None for c in results)
+    assert results[0][0].logprobs is None
+
+
+def test_logprobs_are_raw_model_logprobs(gen):
+    completion = gen.generate(PROMPTS[2:], SamplingParams(max_new_tokens=6, logprobs=True))[0][0]
+    ids, expected = manual_greedy(gen, PROMPTS[2], 6)
+    assert completion.text == gen.tokenizer.decode(ids)
+    assert completion.tokens == len(completion.logprobs) == 6
+    assert completion.logprobs == pytest.approx(expected, abs=1e-4)
+    assert all(lp <= 0 for lp in completion.logprobs)
+
+
+def test_usage(tiny_llama_dir):
+    fresh = make_generator(tiny_llama_dir)
+    lengths = [len(fresh.encode(p)) for p in PROMPTS]
+    fresh.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=4))
+    usage = fresh.usage
+    assert (usage.calls, usage.prompt_tokens) == (1, sum(lengths))
+    assert usage.computed_prompt_tokens == 2 * sum(lengths)
+    assert usage.completion_tokens == 2 * 3 * 4 and usage.seconds > 0
+    assert fresh.count_tokens("Hi") == 1
+
+
+def test_chat_prompt(gen, tiny_llama_dir, caplog):
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    prompt = gen.chat_prompt(messages)
+    assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
+    assert "What is 2+2?" in prompt
+    assert not gen.chat_prompt(messages, add_generation_prompt=False).endswith("assistant\n")
+    override = make_generator(tiny_llama_dir, chat_template="{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    assert override.chat_prompt(messages) == "[What is 2+2?]"
+    override.tokenizer.chat_template = None
+    with caplog.at_level(logging.WARNING):
+        assert override.chat_prompt(messages) == "User: What is 2+2?\nAssistant:"
+        override.chat_prompt(messages)
+    assert sum("no chat template" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_no_double_bos(tiny_llama_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "bos"
+    shutil.copytree(tiny_llama_dir, folder)
+    AutoTokenizer.from_pretrained(str(folder), add_bos_token=True).save_pretrained(str(folder))
+    bos_gen = make_generator(folder)
+    bos = bos_gen.tokenizer.bos_token_id
+    plain = bos_gen.encode("Hi")
+    templated = bos_gen.encode(bos_gen.chat_prompt([{"role": "user", "content": "Hi"}]))
+    assert plain[0] == bos and plain[1] != bos
+    assert templated[0] == bos and templated[1] != bos
+
+
+def test_missing_paths_give_one_line_errors(tmp_path, tiny_llama_dir):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model") as info:
+        make_generator(missing)
+    assert "\n" not in str(info.value)
+    with pytest.raises(FileNotFoundError, match="missing.gguf"):
+        make_generator(tiny_llama_dir, gguf_file="missing.gguf")
+    with pytest.raises(ValueError, match="float64"):
+        make_generator(tiny_llama_dir, dtype="float64")
+
+
+def test_embedded_gguf_through_transformers(embedded_gguf):
+    smol = make_generator(embedded_gguf.parent, gguf_file=embedded_gguf.name)
+    prompt = smol.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    completion = smol.generate([prompt], SamplingParams(max_new_tokens=8))[0][0]
+    assert completion.text.strip() and completion.tokens <= 8

@@ -1,0 +1,161 @@
+"""The llama.cpp backend on the embedded SmolLM2-135M GGUF: batching, sampling, stops, usage, errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from inferencekit.models.base import GeneratorSpec, SamplingParams  # noqa: E402
+from inferencekit.models.llamacpp import LlamaCppGenerator  # noqa: E402
+
+QUESTIONS = ["What is 2+3?", "Name a color.", "Write a haiku about the sea in winter, please."]
+GREEDY = SamplingParams(max_new_tokens=32)
+SAMPLED = SamplingParams(n=3, temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=24, seed=7)
+
+
+def make(path, **kw) -> LlamaCppGenerator:
+    return LlamaCppGenerator(GeneratorSpec(name="smollm2", path=str(path), backend="llamacpp", n_ctx=1024, **kw))
+
+
+@pytest.fixture(scope="module")
+def gen(embedded_gguf):
+    g = make(embedded_gguf)
+    yield g
+    g.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(gen) -> list[str]:
+    return [gen.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+
+
+def texts(results) -> list[list[str]]:
+    return [[c.text for c in cs] for cs in results]
+
+
+def test_greedy_same_alone_in_batch_and_across_calls(gen, prompts, embedded_gguf):
+    batched = gen.generate(prompts, GREEDY)
+    again = gen.generate(prompts, GREEDY)  # reuses the cached prompts
+    solo = make(embedded_gguf)
+    alone = [solo.generate([p], GREEDY)[0] for p in prompts]
+    assert texts(batched) == texts(again) == texts(alone)
+    assert all(c.text for cs in batched for c in cs)
+
+
+def test_greedy_matches_llama_cpp_create_completion(gen, prompts, embedded_gguf):
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(embedded_gguf), n_ctx=512, verbose=False)
+    reference = llm.create_completion(prompts[1], temperature=0, max_tokens=GREEDY.max_new_tokens)
+    llm.close()
+    assert gen.generate([prompts[1]], GREEDY)[0][0].text == reference["choices"][0]["text"]
+
+
+def test_waves_give_the_same_results(prompts, embedded_gguf):
+    params = [SAMPLED, GREEDY.replace(n=2), SAMPLED.replace(seed=3)]
+    wide = make(embedded_gguf).generate(prompts, params)
+    narrow = make(embedded_gguf, max_batch_sequences=2).generate(prompts, params)  # 3 samples > 2 sequences
+    assert texts(wide) == texts(narrow)
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(gen, prompts):
+    batched = gen.generate(prompts, SAMPLED)
+    alone = gen.generate([prompts[2]], SAMPLED)
+    assert texts(batched)[2] == texts(alone)[0]
+    assert len(set(texts(batched)[0])) > 1, "temperature-1 samples should differ"
+    other_seed = gen.generate([prompts[2]], SAMPLED.replace(seed=8))
+    assert texts(other_seed)[0] != texts(alone)[0]
+
+
+def test_greedy_n_copies_and_usage(gen, prompts):
+    before = gen.usage.computed_prompt_tokens, gen.usage.prompt_tokens, gen.usage.calls
+    gen._free_context()  # start cold, so the only saving is sharing the prompt between samples
+    (result,) = gen.generate([prompts[0]], GREEDY.replace(n=3))
+    assert len(result) == 3 and len({c.text for c in result}) == 1
+    computed = gen.usage.computed_prompt_tokens - before[0]
+    sent = gen.usage.prompt_tokens - before[1]
+    assert gen.usage.calls == before[2] + 1
+    assert sent == 3 * gen.count_tokens(prompts[0])
+    assert computed == sent // 3 < sent
+    assert gen.usage.completion_tokens >= sum(c.tokens for c in result) > 0
+
+
+def test_cached_prompt_is_reused_exactly(gen, prompts, embedded_gguf):
+    first = gen.generate([prompts[2]], GREEDY)[0][0]
+    longer = prompts[2] + first.text
+    computed = gen.usage.computed_prompt_tokens
+    continued = gen.generate([longer], GREEDY)
+    assert gen.usage.computed_prompt_tokens - computed <= first.tokens + 2
+    assert texts(continued) == texts(make(embedded_gguf).generate([longer], GREEDY))
+
+
+def test_reusing_generated_tokens(prompts, embedded_gguf):
+    g = make(embedded_gguf, extra={"reuse_generated_kv": True})
+    first = g.generate([prompts[2]], GREEDY)[0][0]
+    longer = prompts[2] + first.text
+    computed = g.usage.computed_prompt_tokens
+    continued = g.generate([longer], GREEDY.replace(max_new_tokens=8))
+    assert g.usage.computed_prompt_tokens - computed <= 4
+    assert continued[0][0].tokens > 0
+    g.close()
+
+
+def test_stop_strings(gen, prompts):
+    full = gen.generate([prompts[2]], GREEDY)[0][0].text
+    words = full.split()
+    assert len(words) > 3
+    stop = words[2]
+    cut = gen.generate([prompts[2]], GREEDY.replace(stop=("no such stop", stop)))[0][0]
+    assert cut.text == full[: full.index(stop)]
+    assert (cut.finish_reason, cut.stop_reason) == ("stop", stop)
+    kept = gen.generate([prompts[2]], GREEDY.replace(stop=(stop,), include_stop=True))[0][0]
+    assert kept.text == full[: full.index(stop) + len(stop)]
+    assert kept.tokens == cut.tokens < GREEDY.max_new_tokens
+
+
+def test_length_and_logprobs(gen, prompts):
+    (c,) = gen.generate([prompts[2]], SamplingParams(max_new_tokens=6, logprobs=True))[0]
+    assert (c.finish_reason, c.tokens, c.stop_reason) == ("length", 6, None)
+    assert len(c.logprobs) == 6 and all(lp <= 0 for lp in c.logprobs)
+    s = gen.generate([prompts[0]], SAMPLED.replace(logprobs=True))[0]
+    assert all(len(x.logprobs) == x.tokens and max(x.logprobs) <= 0 for x in s)
+
+
+def test_multibyte_text_split_across_tokens(gen):
+    text = "naïve café 🙂 日本語"
+    pieces = [gen._piece(t) for t in gen._tokenize(text, add_bos=False)]
+    assert b"".join(pieces).decode("utf-8") == text
+    bad = 0
+    for piece in pieces:
+        try:
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+    assert bad, "expected some character split across tokens"
+
+
+def test_chat_template_and_count_tokens(gen):
+    text = gen.chat_prompt([{"role": "user", "content": "Hello there"}])
+    assert "Hello there" in text and text.endswith("assistant\n")
+    assert not gen.chat_prompt([{"role": "user", "content": "x"}], add_generation_prompt=False).endswith("assistant\n")
+    assert gen.count_tokens("<|im_start|>user") == 2
+    assert gen.generate([], GREEDY) == []
+
+
+def test_bad_paths(tmp_path, embedded_gguf):
+    missing = tmp_path / "missing.gguf"
+    with pytest.raises(FileNotFoundError, match="missing.gguf"):
+        make(missing)
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="fake.gguf"):
+        make(fake)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(embedded_gguf, folder / "m.gguf")
+    g = make(folder)  # a folder holding one .gguf
+    assert g.count_tokens("hello") > 0
+    g.close()

@@ -1,0 +1,498 @@
+"""Reward model formats on tiny random checkpoints laid out like the real ones, loaded the way users load them.
+
+Each expected score is computed here independently: the underlying torch model run directly on the
+input ids built as the checkpoint's reference code builds them, and the read-out applied by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from inferencekit.errors import UserError
+from inferencekit.models.base import Completion, Generator, SamplingParams, Usage
+from inferencekit.presets import load_preset, preset_names
+from inferencekit.reward_models import (
+    FORMATS,
+    infer_format,
+    list_reward_models,
+    load_reward_model,
+    resolve_reward_model,
+)
+from inferencekit.reward_models.batching import pack_batches
+from tiny_models import make_tokenizer
+
+Q = "What is 1+2-1? Answer with a number."
+STEPS = ["First add: 1+2 = 3.", "Then subtract one: 3-1 = 2.", "The answer is 2."]
+SOLUTION = "\n\n".join(STEPS)
+
+# mixed lengths: one step, long steps, many short steps, a blank piece that must be dropped
+MIXED_QUESTIONS = [Q, "Compute 7 times 6, then halve it, then add the number of days in a week to the result."]
+MIXED_SOLUTIONS = [
+    [SOLUTION, "It is 2.", "1+2 is 3\n\n3-1 is 2\n\n\n\nso 2\n\nyes 2\n\ndone: \\boxed{2}"],
+    ["7*6 = 42, which is a fairly large number for a small problem.\n\nHalf of it is 21.\n\n21+7 = 28.", "28"],
+]
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("rm_tokenizer")
+    make_tokenizer(folder)
+    return folder
+
+
+def fresh_tokenizer(tokenizer_dir: Path):
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def save(model, tokenizer, folder: Path) -> Path:
+    torch.manual_seed(0)
+    model.eval().save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def llama_config(tokenizer, **extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **SMALL, **extra)
+
+
+def qwen_config(tokenizer, **extra):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **SMALL, **extra)
+
+
+def build(cls, config):
+    torch.manual_seed(0)
+    return cls(config).eval()
+
+
+@pytest.fixture(scope="module")
+def math_shepherd_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    from transformers import LlamaForCausalLM
+
+    tok = fresh_tokenizer(tokenizer_dir)
+    tok.add_tokens(["ки"])  # a single vocabulary token in Mistral's tokenizer ("▁ки")
+    return save(build(LlamaForCausalLM, llama_config(tok)), tok, tmp_path_factory.mktemp("math_shepherd"))
+
+
+@pytest.fixture(scope="module")
+def qwen_prm_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    # Stand-in for Qwen2ForProcessRewardModel (remote code): a Qwen2 token classifier with the same
+    # [batch, tokens, 2] output and the `<extra_0>` special token, buildable offline.
+    from transformers import Qwen2ForTokenClassification
+
+    tok = fresh_tokenizer(tokenizer_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<extra_0>"]})
+    model = build(Qwen2ForTokenClassification, qwen_config(tok, num_labels=2))
+    return save(model, tok, tmp_path_factory.mktemp("qwen_prm"))
+
+
+@pytest.fixture(scope="module")
+def token_classification_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    from transformers import LlamaForTokenClassification
+
+    tok = fresh_tokenizer(tokenizer_dir)
+    model = build(LlamaForTokenClassification, llama_config(tok, num_labels=2))
+    return save(model, tok, tmp_path_factory.mktemp("token_classification"))
+
+
+@pytest.fixture(scope="module")
+def skywork_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2ForCausalLM
+
+    tok = fresh_tokenizer(tokenizer_dir)
+    folder = save(build(Qwen2ForCausalLM, qwen_config(tok)), tok, tmp_path_factory.mktemp("skywork"))
+    # Skywork's PRM_MODEL saves its value head next to the LM weights as v_head.summary.{weight,bias}
+    weights = load_file(str(folder / "model.safetensors"))
+    torch.manual_seed(1)
+    weights["v_head.summary.weight"] = torch.randn(1, SMALL["hidden_size"])
+    weights["v_head.summary.bias"] = torch.tensor([0.3])
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rlhflow_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    from transformers import LlamaForCausalLM
+
+    tok = fresh_tokenizer(tokenizer_dir)
+    assert tok.chat_template
+    return save(build(LlamaForCausalLM, llama_config(tok)), tok, tmp_path_factory.mktemp("rlhflow"))
+
+
+@pytest.fixture(scope="module")
+def orm_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    from transformers import LlamaForSequenceClassification
+
+    tok = fresh_tokenizer(tokenizer_dir)
+    model = build(LlamaForSequenceClassification, llama_config(tok, num_labels=1))
+    return save(model, tok, tmp_path_factory.mktemp("orm"))
+
+
+@pytest.fixture(scope="module")
+def causal_dir(rlhflow_dir) -> Path:
+    return rlhflow_dir  # any causal LM with a chat template will do for self_certainty
+
+
+FORMAT_DIRS = {
+    "math_shepherd": "math_shepherd_dir",
+    "qwen_prm": "qwen_prm_dir",
+    "token_classification": "token_classification_dir",
+    "skywork_prm": "skywork_dir",
+    "rlhflow_prm": "rlhflow_dir",
+    "orm": "orm_dir",
+    "self_certainty": "causal_dir",
+}
+
+@pytest.fixture(scope="module")
+def loaded() -> dict:
+    return {}
+
+
+@pytest.fixture
+def load(request, loaded):
+    """Load format `fmt` from its tiny checkpoint (kept for the module when loaded with default settings)."""
+
+    def loader(fmt: str, **kwargs):
+        folder = request.getfixturevalue(FORMAT_DIRS[fmt])
+        if kwargs:
+            return load_reward_model(str(folder), format=fmt, device="cpu", **kwargs)
+        if fmt not in loaded:
+            loaded[fmt] = load_reward_model(str(folder), format=fmt, device="cpu")
+        return loaded[fmt]
+
+    return loader
+
+
+def model_and_tokenizer(folder: Path, auto_class: str):
+    import transformers
+
+    model = getattr(transformers, auto_class).from_pretrained(str(folder), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def approx(values: list[float], expected) -> bool:
+    return len(values) == len(expected) and all(abs(a - float(b)) < 1e-4 for a, b in zip(values, expected, strict=True))
+
+
+# ---- hand-computed expected scores, one per format ----
+
+
+def test_math_shepherd_matches_model_card_readout(load, math_shepherd_dir):
+    scores = load("math_shepherd").score([Q], [[SOLUTION]])[0][0]
+    model, tok = model_and_tokenizer(math_shepherd_dir, "AutoModelForCausalLM")
+    # model card: f"{question} {output}" with " ки" after each step; "+ -" ids without BOS; logits at tags
+    ids = torch.tensor([tok.encode(f"{Q} " + "\n\n".join(s + " ки" for s in STEPS))])
+    plus_minus = tok.encode("+ -", add_special_tokens=False)
+    tag = tok.convert_tokens_to_ids("ки")
+    with torch.no_grad():
+        probs = model(ids).logits[0][:, plus_minus].softmax(-1)[:, 0]
+    expected = probs[ids[0] == tag]
+    assert len(expected) == 3 and approx(scores, expected)
+
+
+def test_qwen_prm_matches_model_card_readout(load, qwen_prm_dir):
+    scores = load("qwen_prm").score([Q], [[SOLUTION]])[0][0]
+    model, tok = model_and_tokenizer(qwen_prm_dir, "AutoModelForTokenClassification")
+    messages = [
+        {"role": "system", "content": "Please reason step by step, and put your final answer within \\boxed{}."},
+        {"role": "user", "content": Q},
+        {"role": "assistant", "content": "<extra_0>".join(STEPS) + "<extra_0>"},
+    ]
+    ids = torch.tensor([tok.encode(tok.apply_chat_template(messages, tokenize=False))])
+    with torch.no_grad():
+        probs = model(ids).logits[0].softmax(-1)[:, 1]
+    expected = probs[ids[0] == tok.convert_tokens_to_ids("<extra_0>")]
+    assert len(expected) == 3 and approx(scores, expected)
+
+
+def test_token_classification_matches_trl_layout(load, token_classification_dir):
+    scores = load("token_classification").score([Q], [[SOLUTION]])[0][0]
+    model, tok = model_and_tokenizer(token_classification_dir, "AutoModelForTokenClassification")
+    # TRL PRMTrainer: [bos] + prompt, then each step's ids + separator ids; label on the separator's last token
+    ids, label_positions = [tok.bos_token_id, *tok(Q, add_special_tokens=False)["input_ids"]], []
+    for step in STEPS:
+        ids += tok(step, add_special_tokens=False)["input_ids"] + tok.encode("\n\n", add_special_tokens=False)
+        label_positions.append(len(ids) - 1)
+    with torch.no_grad():
+        probs = model(torch.tensor([ids])).logits[0].softmax(-1)[:, 1]
+    assert approx(scores, probs[label_positions])
+
+
+def test_skywork_matches_reference_prepare_input(load, skywork_dir):
+    from safetensors.torch import load_file
+
+    scores = load("skywork_prm").score([Q], [[SOLUTION]])[0][0]
+    model, tok = model_and_tokenizer(skywork_dir, "AutoModelForCausalLM")
+    head = load_file(str(skywork_dir / "model.safetensors"))
+    # Skywork's prepare_input: bos + problem + "\n", then each step's ids followed by the step token's id
+    ids = tok.encode(tok.bos_token + Q + "\n")
+    step_token_id, flags = tok.encode("\n")[-1], []
+    for step in STEPS:
+        ids += tok.encode(step) + [step_token_id]
+        flags.append(len(ids) - 1)
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    value = (hidden @ head["v_head.summary.weight"].T + head["v_head.summary.bias"]).squeeze(-1).sigmoid()
+    assert approx(scores, value[flags])
+
+
+def test_rlhflow_reads_plus_of_each_assistant_turn(load, rlhflow_dir):
+    scores = load("rlhflow_prm").score([Q], [[SOLUTION]])[0][0]
+    model, tok = model_and_tokenizer(rlhflow_dir, "AutoModelForCausalLM")
+    conversation = []
+    for i, step in enumerate(STEPS):
+        conversation += [{"role": "user", "content": f"{Q} {step}" if i == 0 else step}]
+        conversation += [{"role": "assistant", "content": "+"}]
+    ids = tok(tok.apply_chat_template(conversation, tokenize=False), add_special_tokens=False)["input_ids"]
+    plus, minus = tok.encode("+", add_special_tokens=False)[-1], tok.encode("-", add_special_tokens=False)[-1]
+    # the read-out sits at the last token of each assistant header: the length of the rendered prefix - 1
+    positions = []
+    for k in range(len(STEPS)):
+        prefix = tok.apply_chat_template(conversation[: 2 * k + 1], tokenize=False, add_generation_prompt=True)
+        positions.append(len(tok(prefix, add_special_tokens=False)["input_ids"]) - 1)
+        assert ids[positions[-1] + 1] == plus
+    assert ids.count(plus) > len(STEPS)  # the question's "+" must not be read
+    with torch.no_grad():
+        probs = model(torch.tensor([ids])).logits[0][:, [plus, minus]].softmax(-1)[:, 0]
+    assert approx(scores, probs[positions])
+
+
+def test_orm_scores_whole_solution_once(load, orm_dir):
+    scores = load("orm").score([Q], [[SOLUTION]])[0][0]
+    model, tok = model_and_tokenizer(orm_dir, "AutoModelForSequenceClassification")
+    messages = [{"role": "user", "content": Q}, {"role": "assistant", "content": SOLUTION}]
+    ids = tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logit = model(torch.tensor([ids])).logits[0, 0]
+    assert approx(scores, [logit.sigmoid()])  # one score per solution; 1 label -> sigmoid
+
+
+def test_orm_two_labels_gives_softmax_class_one(tokenizer_dir, tmp_path):
+    from transformers import LlamaForSequenceClassification
+
+    tok = fresh_tokenizer(tokenizer_dir)
+    folder = save(build(LlamaForSequenceClassification, llama_config(tok, num_labels=2)), tok, tmp_path)
+    rm = load_reward_model(str(folder), device="cpu")  # format inferred from config.json
+    assert rm.format_name == "orm"
+    model, _ = model_and_tokenizer(folder, "AutoModelForSequenceClassification")
+    messages = [{"role": "user", "content": Q}, {"role": "assistant", "content": SOLUTION}]
+    ids = tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].softmax(-1)[1]
+    assert approx(rm.score([Q], [[SOLUTION]])[0][0], [expected])
+
+
+def test_self_certainty_is_exp_mean_logprob_of_each_step(load, causal_dir):
+    scores = load("self_certainty").score([Q], [[SOLUTION]])[0][0]
+    model, tok = model_and_tokenizer(causal_dir, "AutoModelForCausalLM")
+    prompt = tok.apply_chat_template([{"role": "user", "content": Q}], tokenize=False, add_generation_prompt=True)
+    ids, spans = tok(prompt, add_special_tokens=False)["input_ids"], []
+    for i, step in enumerate(STEPS):
+        ids += tok.encode("\n\n", add_special_tokens=False) if i else []
+        start = len(ids)
+        ids += tok.encode(step, add_special_tokens=False)
+        spans.append(range(start, len(ids)))
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    expected = [math.exp(sum(float(logprobs[t - 1, ids[t]]) for t in span) / len(span)) for span in spans]
+    assert approx(scores, expected)
+    assert load_reward_model(str(causal_dir), format="mean_logprob", device="cpu").format_name == "self_certainty"
+
+
+class FakeGenerator(Generator):
+    """Answers from a script; offers score_text like a backend that can score given text."""
+
+    name = "fake"
+
+    def __init__(self, answers: list[tuple[str, float]] | None = None) -> None:
+        super().__init__()
+        self.answers = answers or []
+        self.prompts: list[str] = []
+        self.scored: list[tuple[str, str]] = []
+
+    def generate(self, prompts, params):
+        assert isinstance(params, SamplingParams) and params.greedy and params.max_new_tokens == 1 and params.logprobs
+        self.prompts += list(prompts)
+        self._record(Usage(calls=1, prompt_tokens=10 * len(prompts), completion_tokens=len(prompts)))
+        out = []
+        for i in range(len(prompts)):
+            text, logprob = self.answers[i % len(self.answers)]
+            out.append([Completion(text=text, tokens=1, logprobs=[logprob])])
+        return out
+
+    def chat_prompt(self, messages, add_generation_prompt=True):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def score_text(self, prompts, continuations):
+        self.scored += list(zip(prompts, continuations, strict=True))
+        return [[-0.5, -1.5] for _ in continuations]
+
+
+def test_llm_judge_reads_p_yes_from_first_token():
+    gen = FakeGenerator([("Yes", math.log(0.8)), (" No", math.log(0.9)), ("Maybe", -0.1)])
+    rm = load_reward_model("llm_judge", generator=gen)
+    scores = rm.score([Q], [[SOLUTION]])[0][0]
+    assert approx(scores, [0.8, 0.1, 0.5])
+    assert len(gen.prompts) == 3 and "Is this step correct? Answer Yes or No." in gen.prompts[0]
+    assert STEPS[0] in gen.prompts[1] and "(none)" in gen.prompts[0]  # earlier steps are shown as context
+    assert rm.usage.calls == 1 and rm.usage.prompt_tokens == 30
+    with pytest.raises(UserError, match="needs a generator"):
+        load_reward_model("llm_judge")
+
+
+def test_self_certainty_uses_generator_score_text():
+    gen = FakeGenerator()
+    rm = load_reward_model("self_certainty", generator=gen)
+    scores = rm.score([Q], [[SOLUTION]])[0][0]
+    assert approx(scores, [math.exp(-1.0)] * 3)
+    prompt = gen.chat_prompt([{"role": "user", "content": Q}])
+    assert gen.scored[2] == (prompt + STEPS[0] + "\n\n" + STEPS[1] + "\n\n", STEPS[2])
+    assert rm.usage.calls == 1
+    with pytest.raises(UserError, match="self_certainty needs a causal LM"):
+        load_reward_model("self_certainty")
+
+
+# ---- engineering: batching, truncation, usage ----
+
+
+@pytest.mark.parametrize("fmt", list(FORMAT_DIRS))
+def test_batched_scores_equal_one_at_a_time(load, fmt):
+    rm = load(fmt)
+    batched = rm.score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
+    alone = [[rm.score([q], [[s]])[0][0] for s in sols] for q, sols in zip(MIXED_QUESTIONS, MIXED_SOLUTIONS, strict=True)]
+    small_batches = load(fmt, max_tokens_per_batch=200).score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
+    for got in (batched, small_batches):
+        for q_got, q_alone, sols in zip(got, alone, MIXED_SOLUTIONS, strict=True):
+            for s_got, s_alone, solution in zip(q_got, q_alone, sols, strict=True):
+                steps = len([p for p in solution.split("\n\n") if p.strip()])
+                assert len(s_got) == (1 if fmt == "orm" else steps)
+                assert all(0 <= v <= 1 for v in s_got)
+                assert approx(s_got, s_alone), (fmt, s_got, s_alone)
+
+
+def test_pack_batches_respects_padded_token_budget():
+    lengths = [5, 40, 12, 33, 7, 100, 8]
+    batches = pack_batches(lengths, 64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [5] in batches  # longer than the budget: alone
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64
+
+
+@pytest.mark.parametrize("fmt", ["token_classification", "math_shepherd", "rlhflow_prm", "skywork_prm"])
+def test_truncation_warns_and_gives_nan_for_cut_steps(load, fmt):
+    full = load(fmt)
+    long_steps = ["One.", "Step two is a rather long step with many words in it, " * 3, "Step three, long too. " * 4]
+    long_solution = "\n\n".join(long_steps)
+    encoded = full.encode(Q, long_steps)
+    limit = len(encoded.ids) - encoded.spans[0][0] - 1  # cuts exactly the first step's read-out position
+    rm = load(fmt, max_length=limit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = rm.score([Q, "Hi"], [[long_solution], ["A.\n\nB."]])
+    assert [str(w.message) for w in caught if "cut from the left" in str(w.message)] == [
+        f"1 of 2 reward model inputs are longer than {limit} tokens and were cut from the left; steps cut off score NaN"
+    ]
+    assert math.isnan(scores[0][0][0]) and not any(math.isnan(v) for v in scores[0][0][1:])
+    assert not any(math.isnan(v) for v in scores[1][0])  # the short one is untouched
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per call, none when nothing is cut
+        rm.score(["Hi"], [["A.\n\nB."]])
+
+
+def test_truncation_of_orm_keeps_the_end(load):
+    rm = load("orm", max_length=12)
+    with pytest.warns(UserWarning, match="cut from the left"):
+        scores = rm.score([Q], [[SOLUTION]])
+    assert len(scores[0][0]) == 1 and not math.isnan(scores[0][0][0])
+
+
+def test_rlhflow_one_forward_pass_per_solution(load):
+    rm = load("rlhflow_prm")
+    before = rm.usage.calls
+    rm.score([Q], [[SOLUTION]])
+    assert rm.usage.calls - before == 1
+    one_each = load("rlhflow_prm", max_tokens_per_batch=1)  # every solution in its own batch
+    one_each.score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
+    assert one_each.usage.calls == sum(len(s) for s in MIXED_SOLUTIONS)
+    assert one_each.usage.prompt_tokens > 0 and one_each.usage.seconds > 0
+
+
+def test_empty_solution_and_shapes(load):
+    rm = load("token_classification")
+    scores = rm.score([Q, Q], [["", "\n\n  \n\n", SOLUTION], []])
+    assert scores[0][0] == [] and scores[0][1] == [] and len(scores[0][2]) == 3 and scores[1] == []
+    with pytest.raises(ValueError):
+        rm.score([Q], [])
+
+
+# ---- names: presets, inference, errors ----
+
+
+def test_presets_resolve_without_loading():
+    names = preset_names("reward_models")
+    expected = {
+        "math-shepherd": ("peiyi9979/math-shepherd-mistral-7b-prm", "math_shepherd"),
+        "qwen2.5-math-prm-7b": ("Qwen/Qwen2.5-Math-PRM-7B", "qwen_prm"),
+        "qwen2.5-math-prm-72b": ("Qwen/Qwen2.5-Math-PRM-72B", "qwen_prm"),
+        "skywork-prm-1.5b": ("Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B", "skywork_prm"),
+        "skywork-prm-7b": ("Skywork/Skywork-o1-Open-PRM-Qwen-2.5-7B", "skywork_prm"),
+        "rlhflow-llama3.1-8b-prm-deepseek": ("RLHFlow/Llama3.1-8B-PRM-Deepseek-Data", "rlhflow_prm"),
+        "skywork-reward-llama-3.1-8b": ("Skywork/Skywork-Reward-Llama-3.1-8B", "orm"),
+        "h4-qwen2.5-math-1.5b-prm": ("HuggingFaceH4/Qwen2.5-Math-1.5B-Instruct-PRM-0.2", "token_classification"),
+    }
+    for name, (path, fmt) in expected.items():
+        assert name in names
+        spec = resolve_reward_model(name)
+        assert (spec.path, spec.format, spec.name) == (path, fmt, name)
+        # every option a preset sets is an option of its format
+        FORMATS[fmt].check_options(spec.options)
+    assert resolve_reward_model("qwen2.5-math-prm-7b").options["step_token"] == "<extra_0>"
+    for name in names:
+        assert resolve_reward_model(name).format == load_preset("reward_models", name)["format"]
+    lines = list_reward_models()
+    assert any(line.startswith("math-shepherd ") for line in lines)
+    assert all(any(line.startswith(f"{fmt} ") for line in lines) for fmt in FORMATS)
+
+
+def test_weight_free_formats_resolve_by_name():
+    for name in ("self_certainty", "mean_logprob", "llm_judge"):
+        spec = resolve_reward_model(name)
+        assert spec.path is None and spec.format == name
+
+
+def test_format_inferred_from_config(tmp_path, token_classification_dir, orm_dir):
+    assert infer_format(str(token_classification_dir)) == "token_classification"
+    assert infer_format(str(orm_dir)) == "orm"
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForProcessRewardModel"]}))
+    assert infer_format(str(tmp_path)) == "qwen_prm"
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(UserError, match="pass format=.*math_shepherd"):
+        resolve_reward_model(str(tmp_path))
+
+
+def test_unknown_format_and_options_are_user_errors(token_classification_dir):
+    with pytest.raises(UserError, match=r"unknown reward model format 'nope'.*math_shepherd.*token_classification"):
+        load_reward_model(str(token_classification_dir), format="nope")
+    with pytest.raises(UserError, match="accepted: separator, add_bos"):
+        load_reward_model(str(token_classification_dir), format="token_classification", colour="red")
+    with pytest.raises(UserError, match="not a preset"):
+        resolve_reward_model("no such thing!")
+    with pytest.raises(UserError, match="needs a checkpoint"):
+        resolve_reward_model("math_shepherd")
