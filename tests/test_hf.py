@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inferencekit.models.base import GeneratorSpec, SamplingParams
-from inferencekit.models.hf import HFGenerator
+from inferencekit.models.hf import HFGenerator, _RowSampler
 
 PROMPTS = [
     "Hello there, how are you today my friend? Tell me a long story about the sea.",
@@ -79,6 +79,21 @@ def test_sampling_reproducible_and_batch_invariant(gen, small_batch_gen, top_p, 
     for completions in batch:
         assert len({c.text for c in completions}) == 3  # samples of one prompt differ
     assert texts(gen.generate(PROMPTS, params.replace(seed=8))) != texts(batch)
+
+
+def test_sampler_distribution_and_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+
+    def frequencies(**settings) -> list[float]:
+        sampler = _RowSampler([SamplingParams(temperature=1.0, **settings)], [123], want_logprobs=False)
+        counts = torch.zeros(4)
+        for _ in range(4000):
+            counts += sampler(torch.zeros((1, 1), dtype=torch.long), logits.clone())[0] == 0
+        return (counts / 4000).tolist()
+
+    assert frequencies() == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.03)
+    assert frequencies(top_p=0.7) == pytest.approx([0.625, 0.375, 0, 0], abs=0.03)
+    assert frequencies(top_k=1) == [1, 0, 0, 0]
 
 
 def test_stop_strings_cut_only_their_row(gen):

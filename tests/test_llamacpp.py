@@ -37,8 +37,10 @@ def texts(results) -> list[list[str]]:
 
 
 def test_greedy_same_alone_in_batch_and_across_calls(gen, prompts, embedded_gguf):
-    batched = gen.generate(prompts, GREEDY)
+    batched = gen.generate(prompts, GREEDY)  # the short answer ends first: the others move down
+    computed = gen.usage.computed_prompt_tokens
     again = gen.generate(prompts, GREEDY)  # reuses the cached prompts
+    assert gen.usage.computed_prompt_tokens - computed == 2 * len(prompts)  # the last 2 tokens each
     solo = make(embedded_gguf)
     alone = [solo.generate([p], GREEDY)[0] for p in prompts]
     assert texts(batched) == texts(again) == texts(alone)

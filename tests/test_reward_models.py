@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -39,6 +40,7 @@ MIXED_SOLUTIONS = [
     ["7*6 = 42, which is a fairly large number for a small problem.\n\nHalf of it is 21.\n\n21+7 = 28.", "28"],
 ]
 
+DEVICE = os.environ.get("INFERENCEKIT_TEST_DEVICE", "cpu")  # e.g. cuda, to check the GPU path
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
@@ -156,6 +158,7 @@ FORMAT_DIRS = {
     "self_certainty": "causal_dir",
 }
 
+
 @pytest.fixture(scope="module")
 def loaded() -> dict:
     return {}
@@ -168,9 +171,9 @@ def load(request, loaded):
     def loader(fmt: str, **kwargs):
         folder = request.getfixturevalue(FORMAT_DIRS[fmt])
         if kwargs:
-            return load_reward_model(str(folder), format=fmt, device="cpu", **kwargs)
+            return load_reward_model(str(folder), format=fmt, device=DEVICE, **kwargs)
         if fmt not in loaded:
-            loaded[fmt] = load_reward_model(str(folder), format=fmt, device="cpu")
+            loaded[fmt] = load_reward_model(str(folder), format=fmt, device=DEVICE)
         return loaded[fmt]
 
     return loader
@@ -285,7 +288,7 @@ def test_orm_two_labels_gives_softmax_class_one(tokenizer_dir, tmp_path):
 
     tok = fresh_tokenizer(tokenizer_dir)
     folder = save(build(LlamaForSequenceClassification, llama_config(tok, num_labels=2)), tok, tmp_path)
-    rm = load_reward_model(str(folder), device="cpu")  # format inferred from config.json
+    rm = load_reward_model(str(folder), device=DEVICE)  # format inferred from config.json
     assert rm.format_name == "orm"
     model, _ = model_and_tokenizer(folder, "AutoModelForSequenceClassification")
     messages = [{"role": "user", "content": Q}, {"role": "assistant", "content": SOLUTION}]
@@ -309,7 +312,33 @@ def test_self_certainty_is_exp_mean_logprob_of_each_step(load, causal_dir):
         logprobs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
     expected = [math.exp(sum(float(logprobs[t - 1, ids[t]]) for t in span) / len(span)) for span in spans]
     assert approx(scores, expected)
-    assert load_reward_model(str(causal_dir), format="mean_logprob", device="cpu").format_name == "self_certainty"
+    assert load_reward_model(str(causal_dir), format="mean_logprob", device=DEVICE).format_name == "self_certainty"
+
+
+def test_self_certainty_chunked_logits_and_generator_model(load, causal_dir, monkeypatch):
+    import inferencekit.reward_models.self_certainty as module
+
+    expected = load("self_certainty").score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
+    monkeypatch.setattr(module, "LOGITS_CHUNK", 7)  # many chunks of full-vocabulary logits per batch
+    assert all(
+        approx(a, b)
+        for qa, qb in zip(load("self_certainty").score(MIXED_QUESTIONS, MIXED_SOLUTIONS), expected, strict=True)
+        for a, b in zip(qa, qb, strict=True)
+    )
+
+    class HFLike(FakeGenerator):  # an hf-backend generator: its loaded model is reused, no score_text
+        score_text = None
+
+        def __init__(self, model, tokenizer):
+            super().__init__()
+            self.model, self.tokenizer = model, tokenizer
+
+        def chat_prompt(self, messages, add_generation_prompt=True):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    model, tok = model_and_tokenizer(causal_dir, "AutoModelForCausalLM")
+    rm = load_reward_model("self_certainty", generator=HFLike(model.to(DEVICE), tok))
+    assert approx(rm.score([Q], [[SOLUTION]])[0][0], expected[0][0])
 
 
 class FakeGenerator(Generator):
@@ -375,7 +404,8 @@ def test_self_certainty_uses_generator_score_text():
 def test_batched_scores_equal_one_at_a_time(load, fmt):
     rm = load(fmt)
     batched = rm.score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
-    alone = [[rm.score([q], [[s]])[0][0] for s in sols] for q, sols in zip(MIXED_QUESTIONS, MIXED_SOLUTIONS, strict=True)]
+    pairs = zip(MIXED_QUESTIONS, MIXED_SOLUTIONS, strict=True)
+    alone = [[rm.score([q], [[s]])[0][0] for s in sols] for q, sols in pairs]
     small_batches = load(fmt, max_tokens_per_batch=200).score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
     for got in (batched, small_batches):
         for q_got, q_alone, sols in zip(got, alone, MIXED_SOLUTIONS, strict=True):

@@ -84,6 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--aggregation", help="min | last | prod | mean | model (default: the run's)")
     ev.add_argument("--box-match", help="last | any (default: the run's)")
 
+    cmp = sub.add_parser("compare", help="compare two runs sample by sample (2x2 table, exact McNemar test)")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    cmp.add_argument("--vote", help="vote to compare (default: the first vote both runs have)")
+    cmp.add_argument("--format", choices=["md", "json"], default="md", help="output format (default md)")
+    cmp.add_argument("--show", type=int, default=5, help="samples listed per disagreement cell (default 5)")
+
+    rep = sub.add_parser("report", help="metrics table, accuracy plots and an HTML page across runs")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default="report", help="folder for index.html, metrics.csv and plots (default report)")
+    rep.add_argument("--max-samples", type=int, default=200, help="samples listed per run in the page (default 200)")
+
+    chat = sub.add_parser("chat", help="multi-turn chat with a model, replies scored by a reward model")
+    chat.add_argument("--model", help="preset name, local folder, .gguf file or hub id (default: smollm2-135m)")
+    chat.add_argument("--backend", help="hf | llamacpp | openai (default: inferred)")
+    chat.add_argument("--model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    chat.add_argument("--reward-model", help="reward model preset, path or format (e.g. llm_judge)")
+    chat.add_argument("--aggregation", default="last", choices=["min", "last", "prod", "mean", "model"],
+                      help="how step scores make one reward (default last)")
+    chat.add_argument("--max-new-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--top-p", type=float)
+    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--system", help="system prompt")
+
     ls = sub.add_parser("list", help="show what is registered")
     ls.add_argument("what", choices=["models", "datasets", "methods", "reward-models", "votes"])
     return parser
@@ -124,6 +149,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from inferencekit.results.compare import compare_runs, format_json, format_markdown
+
+    result = compare_runs(args.run_a, args.run_b, vote=args.vote, show=args.show)
+    sys.stdout.write(format_json(result) if args.format == "json" else format_markdown(result))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from inferencekit.results.report import build_report
+
+    files = build_report(args.run_dirs, args.out, max_samples=args.max_samples)
+    print(f"report written: {files['index.html']}")
+    for name, path in files.items():
+        if name != "index.html":
+            print(f"  {path}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from inferencekit.chat import open_session, run_chat
+
+    session = open_session(
+        args.model, backend=args.backend, model_args=dict(args.model_arg), reward_model=args.reward_model,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        system=args.system, aggregation=args.aggregation,
+    )
+    try:
+        return run_chat(session)
+    finally:
+        session.generator.close()
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from inferencekit.presets import load_preset, preset_names
 
@@ -155,7 +213,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "evaluate": cmd_evaluate, "list": cmd_list}
+COMMANDS = {
+    "run": cmd_run, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "chat": cmd_chat,
+    "list": cmd_list,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,16 +104,14 @@ class _RowSampler(LogitsProcessor):
         self.generators = [
             None if p.greedy else torch.Generator().manual_seed(s) for p, s in zip(self.params, seeds, strict=True)
         ]
-        # rows without top-k/top-p sample in vocabulary order, the others in sorted order; the path
-        # depends only on the row's own params, which keeps a row's sample independent of its batch
+        # only rows with top-k/top-p need the (costly) sort that finds their cutoff
         self.plain = [i for i, p in enumerate(self.params) if not p.greedy and p.top_k <= 0 and p.top_p >= 1]
         self.filtered = [i for i, p in enumerate(self.params) if not p.greedy and (p.top_k > 0 or p.top_p < 1)]
         self.want_logprobs = want_logprobs
         self.logprobs: list[torch.Tensor] = []
 
     def _uniforms(self, rows: list[int], device: torch.device) -> torch.Tensor:
-        draws = [torch.rand(1, generator=self.generators[i], dtype=torch.float64) for i in rows]
-        return torch.cat(draws).to(device=device, dtype=torch.float32)
+        return torch.cat([torch.rand(1, generator=self.generators[i]) for i in rows]).to(device)
 
     def _temperatures(self, rows: list[int], device: torch.device) -> torch.Tensor:
         return torch.tensor([self.params[i].temperature for i in rows], device=device).unsqueeze(1)
@@ -128,19 +126,22 @@ class _RowSampler(LogitsProcessor):
             chosen[index] = _invert_cdf(probs, self._uniforms(self.plain, device))
         if self.filtered:
             index = torch.tensor(self.filtered, device=device)
-            sorted_logits, order = torch.sort(logits[index] / self._temperatures(self.filtered, device), -1, True)
+            scaled = logits[index] / self._temperatures(self.filtered, device)
+            sorted_logits = torch.sort(scaled, dim=-1, descending=True).values
             vocab = logits.shape[-1]
             top_k = torch.tensor(
                 [self.params[i].top_k if self.params[i].top_k > 0 else vocab for i in self.filtered], device=device
             )
-            ranks = torch.arange(vocab, device=device).unsqueeze(0)
-            sorted_logits = sorted_logits.masked_fill(ranks >= top_k.unsqueeze(1), float("-inf"))
+            top_p = torch.tensor([self.params[i].top_p for i in self.filtered], device=device)
             probs = torch.softmax(sorted_logits, dim=-1)
-            top_p = torch.tensor([self.params[i].top_p for i in self.filtered], device=device).unsqueeze(1)
-            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-            picked = _invert_cdf(probs, self._uniforms(self.filtered, device))
-            chosen[index] = order.gather(1, picked.unsqueeze(1)).squeeze(1)
+            # the smallest prefix whose mass reaches top_p (at least one token), at most top_k long
+            kept = ((probs.cumsum(-1) - probs) < top_p.unsqueeze(1)).sum(-1).clamp(min=1)
+            kept = torch.minimum(kept, top_k.clamp(max=vocab))
+            threshold = sorted_logits.gather(1, (kept - 1).unsqueeze(1))
+            # sample in vocabulary order, not sorted order: near-tied logits that swap places under
+            # batch-dependent rounding would otherwise change which token a uniform number lands on
+            filtered = torch.softmax(scaled.masked_fill(scaled < threshold, float("-inf")), dim=-1)
+            chosen[index] = _invert_cdf(filtered, self._uniforms(self.filtered, device))
         if self.want_logprobs:
             self.logprobs.append(torch.log_softmax(logits, dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1))
         out = torch.full_like(scores, float("-inf"))
@@ -151,7 +152,10 @@ def _invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Index of the first token whose cumulative probability exceeds u * total, per row."""
     cdf = probs.cumsum(dim=-1)
     targets = (uniforms * cdf[:, -1]).unsqueeze(1)
-    return torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+    picked = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    # rounding can put u * total at the very top: fall back to the last token that has mass
+    last_with_mass = (probs > 0).int().cumsum(-1).argmax(-1)
+    return torch.minimum(picked, last_with_mass)
 
 
 @dataclass

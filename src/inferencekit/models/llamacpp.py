@@ -5,16 +5,21 @@ every live sequence advances one token per `llama_decode`. Work beyond the conte
 in waves of whole prompts. Sampling is done here in numpy: sample `j` of a prompt draws only from
 `np.random.default_rng([seed, j])`, whatever else shares the batch.
 
-Why one KV stream per sequence (`kv_unified=False`) and no flash attention: with a unified cache, or
-with llama.cpp's CPU flash attention, a sequence's logits depend on where its cells sit among other
-sequences' cells, and this quantised model turns those last-bit differences into different tokens.
-With separate streams each sequence's cells are laid out as if it ran alone, so results are
-bit-identical whatever the batch (the tests check this), and attention skips other sequences' cells.
-The price is memory: every sequence reserves a whole stream, so the context is sized to each call's
-need under a budget (`spec.extra["kv_cache_mib"]`, default 1024), and sharing a prompt copies a stream.
+Results are bit-identical whatever else shares the batch, however the work is split into waves, and
+whether a prompt prefix came from the cache (the tests check this). That rules out three llama.cpp
+settings, each of which changes a sequence's logits in the last bits, which this quantised model turns
+into other tokens: a unified KV cache (the cell layout among other sequences changes the order of the
+attention sums), CPU flash attention, and a sequence with a single token in a multi-token ubatch
+(computed with other kernels). So each sequence has its own KV stream (`kv_unified=False`), flash
+attention is off, and prompts are decoded one at a time in chunks of two tokens or more. Separate
+streams also spare each query the other sequences' cells. Their cost is memory: each sequence reserves
+a whole stream, so the context is sized to the calls' needs within `spec.extra["kv_cache_mib"]`
+(default 1024), and sharing a prompt copies a stream (cheap next to decoding).
 
-Sequences stay cached after a call: a later prompt that starts with a cached token prefix reuses it
-and computes only the rest (counted in `computed_prompt_tokens`), as tree search needs.
+Streams stay cached after a call: a later prompt that starts with a cached prompt computes only the
+rest (counted in `computed_prompt_tokens`), as tree search needs. `spec.extra["reuse_generated_kv"]`
+also reuses generated tokens' KV: faster for tree search, but those were computed one token at a time,
+so results then differ in the last bits from computing the same text as a prompt.
 """
 
 from __future__ import annotations
@@ -88,7 +93,12 @@ class _Job:
 
 
 class LlamaCppGenerator(Generator):
-    """A GGUF model run by llama.cpp, decoding many sequences per step."""
+    """A GGUF model run by llama.cpp, decoding many sequences per step.
+
+    Uses `spec.path` (a .gguf file, a folder holding one, or the folder of `spec.gguf_file`), `n_ctx`
+    (per sequence), `max_batch_sequences`, `n_threads` (None: all cores) and `chat_template`.
+    A completion's `tokens` include the EOS token that ended it, as do its `logprobs`.
+    """
 
     name = "llamacpp"
 
@@ -117,6 +127,7 @@ class LlamaCppGenerator(Generator):
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
         self._bos = lc.llama_vocab_bos(self._vocab)
         self._template = spec.chat_template or self._llm.metadata.get("tokenizer.chat_template")
+        self._formatters: dict[bool, object] = {}
 
     # ---------------------------------------------------------------- tokenizer and chat template
 
@@ -148,11 +159,14 @@ class LlamaCppGenerator(Generator):
         """Render `messages` with the spec's template or the GGUF's `tokenizer.chat_template`."""
         if not self._template:
             raise ValueError(f"{self.spec.path} has no chat template; set chat_template in the model spec")
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        fmt = self._formatters.get(add_generation_prompt)
+        if fmt is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        special = (lc.llama_vocab_eos(self._vocab), self._bos)
-        eos, bos = (self._piece(t, special=True).decode("utf-8", "replace") if t >= 0 else "" for t in special)
-        fmt = Jinja2ChatFormatter(self._template, eos, bos, add_generation_prompt=add_generation_prompt)
+            special = (lc.llama_vocab_eos(self._vocab), self._bos)
+            eos, bos = (self._piece(t, special=True).decode("utf-8", "replace") if t >= 0 else "" for t in special)
+            fmt = Jinja2ChatFormatter(self._template, eos, bos, add_generation_prompt=add_generation_prompt)
+            self._formatters[add_generation_prompt] = fmt
         return fmt(messages=list(messages)).prompt
 
     # ---------------------------------------------------------------- context
@@ -160,14 +174,15 @@ class LlamaCppGenerator(Generator):
     def _ensure_context(self, seqs: int, per_seq: int) -> None:
         """Have a context with streams of at least `per_seq` cells and, budget allowing, `seqs` streams."""
         per = max(self._per_seq, min(-(-per_seq // _PAD) * _PAD, max(self.n_ctx, per_seq)))
-        cap = max(1, min(self.spec.max_batch_sequences, _MAX_SEQ, self._budget // per))
+        cap = max(1, min(self.spec.max_batch_sequences, _MAX_SEQ - 1, self._budget // per - 1))
         n_seq = min(max(seqs, 1), cap)
         if self._ctx and per <= self._per_seq and n_seq <= self._n_seq:
             return
-        n_seq = max(n_seq, min(self._n_seq, cap))
+        n_seq = max(n_seq, min(2 * self._n_seq, cap))  # grow in steps: a new context loses the cache
         self._free_context()
         cp = lc.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = n_seq * per, n_seq, _BATCH, _BATCH
+        streams = n_seq + (n_seq > 1)  # one spare stream, for swaps (see _move_down)
+        cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = streams * per, streams, _BATCH, _BATCH
         cp.kv_unified, cp.flash_attn_type = False, 0  # see the module docstring
         cp.n_threads = cp.n_threads_batch = self._threads
         log = logging.getLogger("llama-cpp-python")  # its callback shows llama.cpp warnings as errors
@@ -178,7 +193,7 @@ class LlamaCppGenerator(Generator):
         finally:
             log.setLevel(level)
         if not self._ctx:
-            raise RuntimeError(f"llama.cpp could not create a context of {n_seq} x {per} cells")
+            raise RuntimeError(f"llama.cpp could not create a context of {streams} x {per} cells")
         self._n_seq, self._per_seq = n_seq, lc.llama_n_ctx_seq(self._ctx)
         self._mem = lc.llama_get_memory(self._ctx)
 
@@ -319,17 +334,21 @@ class LlamaCppGenerator(Generator):
         return sum(len(toks[job.prompt]) - n for job, n in zip(wave, prefix, strict=True))
 
     def _move_down(self, live: list[_Seq], owner: dict[int, _Seq]) -> None:
-        """Move live sequences onto sequences 0 .. len(live) - 1, over finished ones.
+        """Swap live sequences onto sequences 0 .. len(live) - 1, finished ones out of their way.
 
         llama.cpp splits a batch into one ubatch per run of consecutive sequence ids, and each ubatch
-        reads all weights again; a stream copy is cheap next to that.
+        reads all weights again; copying streams is cheap next to that. Swapping, rather than
+        overwriting, keeps finished streams for the cache.
         """
-        holes = [i for i in range(len(live)) if i not in owner or owner[i].finish is not None]
+        holes = [i for i in range(len(live)) if owner[i].finish is not None]
+        spare = self._n_seq
         for hole, s in zip(holes, [s for s in live if s.seq >= len(live)], strict=False):
-            lc.llama_memory_seq_cp(self._mem, s.seq, hole, -1, -1)
-            lc.llama_memory_seq_rm(self._mem, s.seq, -1, -1)
-            del owner[s.seq]
-            s.seq, owner[hole] = hole, s
+            done = owner[hole]
+            for src, dst in ((s.seq, spare), (hole, s.seq), (spare, hole)):  # run in this order
+                lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            lc.llama_memory_seq_rm(self._mem, spare, -1, -1)
+            done.seq, s.seq = s.seq, hole
+            owner[done.seq], owner[hole] = done, s
         live.sort(key=lambda s: s.seq)
 
     def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:

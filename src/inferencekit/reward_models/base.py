@@ -93,6 +93,8 @@ class RewardModel(ABC):
         """
         if isinstance(questions, str) or len(questions) != len(solutions):
             raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")
+        if any(isinstance(sols, str) for sols in solutions):
+            raise ValueError("solutions must hold one list of solution texts per question")
         items = [
             (question, split_steps(solution, self.step_separator))
             for question, sols in zip(questions, solutions, strict=True)

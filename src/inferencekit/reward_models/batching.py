@@ -26,14 +26,19 @@ def pack_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return batches
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right", multiple: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """(input_ids, attention_mask, position_ids, offsets): offsets[r] is where row r's first token sits.
 
-    Position ids count real tokens only, so a left-padded row sees the same positions as alone.
+    The width is rounded up to `multiple`. Position ids count real tokens only, so a left-padded row
+    sees the same positions as alone.
     """
-    width = max(len(s) for s in sequences)
+    width = round_up(max(len(s) for s in sequences), multiple)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     offsets = []

@@ -23,7 +23,10 @@ class MathShepherdPRM(TransformersRewardModel):
         self.candidates = self.tokenizer.encode(f"{good_token} {bad_token}", add_special_tokens=False)
         if len(self.candidates) != 2:
             raise ValueError(f"{good_token!r} and {bad_token!r} must be one token each for this tokenizer")
-        self.tag_ids = {last_token_id(self.tokenizer, step_tag), self.tokenizer.encode(step_tag.strip())[-1]}
+        self.tag_ids = {
+            last_token_id(self.tokenizer, step_tag),
+            self.tokenizer.encode(step_tag.strip(), add_special_tokens=False)[-1],
+        }
 
     def encode(self, question: str, steps: list[str]) -> Encoded:
         pieces: list[str | Marker] = [f"{question} "]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from inferencekit.errors import UserError
 from inferencekit.reward_models.encoding import SENTINEL, Encoded, chat_pieces, encode_marked
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -32,7 +33,10 @@ class QwenPRM(TransformersRewardModel):
 
     def configure(self, step_token: str = "<extra_0>", system_prompt: str | None = QWEN_MATH_SYSTEM) -> None:
         self.step_token = step_token
-        self.step_token_ids = {self.tokenizer.convert_tokens_to_ids(step_token)}
+        token_id = self.tokenizer.convert_tokens_to_ids(step_token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise UserError(f"step token {step_token!r} is not a token of {self.settings.path}'s tokenizer")
+        self.step_token_ids = {token_id}
         self.system_prompt = system_prompt
 
     def encode(self, question: str, steps: list[str]) -> Encoded:

@@ -15,6 +15,7 @@ from inferencekit.reward_models.transformers_base import TransformersRewardModel
 
 # token log-probs of each continuation given its prompt; a backend offering this as `score_text` is used as is
 TextScorer = Callable[[list[str], list[str]], list[list[float]]]
+LOGITS_CHUNK = 1024  # positions (over the batch) whose full-vocabulary logits exist at once
 
 
 def mean_prob(logprobs: list[float]) -> float:
@@ -80,11 +81,22 @@ class SelfCertainty(TransformersRewardModel):
         return Encoded(ids, spans)
 
     def token_scores(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        logits = self.forward(input_ids, attention_mask, position_ids).logits.float()
         # log-prob of token t comes from the logits at t - 1; the first token has none
-        chosen = logits[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        out = torch.full(input_ids.shape, float("nan"), device=logits.device)
-        out[:, 1:] = chosen - logits[:, :-1].logsumexp(-1)
+        out = torch.full(input_ids.shape, float("nan"), device=input_ids.device)
+        targets = input_ids[:, 1:]
+        parts = self.hidden_and_head(input_ids, attention_mask, position_ids)
+        if parts is None:
+            logits = self.forward(input_ids, attention_mask, position_ids).logits[:, :-1].float()
+            out[:, 1:] = (logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)).to(out.device)
+            return out
+        hidden, head = parts
+        # full-vocabulary logits a chunk of positions at a time, to bound memory
+        chunk = max(1, LOGITS_CHUNK // max(1, input_ids.shape[0]))
+        for start in range(0, input_ids.shape[1] - 1, chunk):
+            end = min(start + chunk, input_ids.shape[1] - 1)
+            logits = head(hidden[:, start:end]).float()
+            picked = logits.gather(-1, targets[:, start:end, None].to(logits.device)).squeeze(-1)
+            out[:, start + 1 : end + 1] = (picked - logits.logsumexp(-1)).to(out.device)
         return out
 
     def reduce(self, values: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ import torch
 from inferencekit.errors import UserError
 from inferencekit.models.base import Timer, Usage
 from inferencekit.reward_models.base import RewardModel
-from inferencekit.reward_models.batching import pack_batches, pad_batch
+from inferencekit.reward_models.batching import pack_batches, pad_batch, round_up
 from inferencekit.reward_models.encoding import Encoded
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -95,6 +95,9 @@ class TransformersRewardModel(RewardModel):
         tok = self.tokenizer
         self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
         self.max_length = self.settings.max_length or context_length(self.model, tok)
+        # GPU kernels (cuDNN attention in half precision) plan per input shape, which costs more than a
+        # small model's forward pass: rounding widths up lets batches of similar length reuse a plan.
+        self.pad_multiple = 64 if self.input_device.type == "cuda" else 1
 
     def choose_auto_class(self, path: str) -> str:
         """The transformers auto class loading `path` (formats override to look at the config)."""
@@ -130,7 +133,8 @@ class TransformersRewardModel(RewardModel):
                 for i in too_long:
                     encoded[i] = encoded[i].truncated_left(self.max_length)
             keys = list(encoded)
-            batches = pack_batches([len(encoded[k].ids) for k in keys], self.settings.max_tokens_per_batch)
+            widths = [round_up(len(encoded[k].ids), self.pad_multiple) for k in keys]
+            batches = pack_batches(widths, self.settings.max_tokens_per_batch)
             usage = Usage()
             with torch.inference_mode():
                 for batch in batches:
@@ -145,7 +149,9 @@ class TransformersRewardModel(RewardModel):
         return results
 
     def _run_batch(self, rows: list[Encoded]) -> list[list[float]]:
-        ids, mask, positions, offsets = pad_batch([r.ids for r in rows], self.pad_id, self.padding_side)
+        ids, mask, positions, offsets = pad_batch(
+            [r.ids for r in rows], self.pad_id, self.padding_side, self.pad_multiple
+        )
         device = self.input_device
         scores = self.token_scores(ids.to(device), mask.to(device), positions.to(device)).float().cpu()
         return [
@@ -157,24 +163,32 @@ class TransformersRewardModel(RewardModel):
         """The model's output for a padded batch."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
 
-    def candidate_logits(
-        self, token_ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Logits of a few vocabulary entries at every position: [batch, tokens, len(token_ids)].
+    def hidden_and_head(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.nn.Linear] | None:
+        """The decoder's last hidden states and the LM head, or None when logits are more than head(hidden).
 
-        Applies only those rows of the LM head to the decoder's hidden states: the full logits of a
-        128k vocabulary over a batch would take gigabytes for two numbers per position.
+        Lets formats apply only the part of the LM head they need: the full logits of a 128k vocabulary
+        over a batch take gigabytes.
         """
         head = self.model.get_output_embeddings()
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
         config = self.model.config
         plain = all(getattr(config, name, None) is None for name in ("final_logit_softcapping", "logit_scale"))
         if not (plain and isinstance(head, torch.nn.Linear) and decoder is not None):
-            return self.forward(input_ids, attention_mask, position_ids).logits[..., token_ids].float()
+            return None
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)[0]
+        return hidden.to(head.weight.device), head
+
+    def candidate_logits(
+        self, token_ids: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of a few vocabulary entries at every position: [batch, tokens, len(token_ids)]."""
+        parts = self.hidden_and_head(input_ids, attention_mask, position_ids)
+        if parts is None:
+            return self.forward(input_ids, attention_mask, position_ids).logits[..., token_ids].float()
+        hidden, head = parts
         index = torch.tensor(token_ids, device=head.weight.device)
         bias = head.bias[index] if head.bias is not None else None
-        return torch.nn.functional.linear(hidden.to(head.weight.device), head.weight[index], bias).float()
+        return torch.nn.functional.linear(hidden, head.weight[index], bias).float()
 
     def close(self) -> None:
         self.model = None

@@ -1,0 +1,216 @@
+"""End to end through the real command line, on the embedded GGUF model and on a tiny HF model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+FAST = ["--limit", "3", "--max-new-tokens", "40", "--no-progress", "--batch-size", "2"]
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inferencekit.cli", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def run_dir(work: Path) -> Path:
+    (path,) = work.glob("*/*+*+*")
+    return path
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def greedy_run(tmp_path_factory) -> Path:
+    """One uninterrupted greedy run on the embedded model, shared by the tests below."""
+    work = tmp_path_factory.mktemp("greedy")
+    result = cli("run", *FAST, "--limit", "4", "--work-dir", str(work))
+    assert result.returncode == 0, result.stderr
+    assert "majority" in result.stdout and "tokens" in result.stdout
+    return run_dir(work)
+
+
+def test_run_folder_has_the_fixed_layout(greedy_run):
+    assert greedy_run.parent.name == "gsm8k-mini" and greedy_run.name == "smollm2-135m+none+default"
+    config = yaml.safe_load((greedy_run / "config.yaml").read_text())
+    assert config["model"] == "smollm2-135m" and config["backend"] == "llamacpp" and config["limit"] == 4
+    rows = records(greedy_run)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    for row in rows:
+        assert {"index", "input", "reference", "candidates", "predictions", "correct", "usage"} <= set(row)
+        (cand,) = row["candidates"]
+        assert {"text", "answer", "step_scores", "tokens"} <= set(cand)
+        assert 0 < cand["tokens"] <= 40 and cand["text"]
+        assert row["usage"]["completion_tokens"] == cand["tokens"]
+    metrics = json.loads((greedy_run / "metrics.json").read_text())
+    m = metrics["votes"]["majority"]
+    assert m["n"] == 4 and m["correct"] == sum(r["correct"]["majority"] for r in rows)
+    assert 0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1
+    assert metrics["usage"]["completion_tokens"] == sum(r["candidates"][0]["tokens"] for r in rows)
+    assert "resuming" not in (greedy_run / "run.log").read_text()
+
+
+def test_rerun_resumes_without_generating(greedy_run):
+    before = (greedy_run / "predictions.jsonl").read_bytes()
+    result = cli("run", *FAST, "--limit", "4", "--work-dir", str(greedy_run.parents[1]))
+    assert result.returncode == 0, result.stderr
+    assert (greedy_run / "predictions.jsonl").read_bytes() == before
+    assert "4 of 4 samples already finished" in (greedy_run / "run.log").read_text()
+
+
+def test_sigkill_then_resume_gives_the_same_results(greedy_run, tmp_path):
+    args = ["run", *FAST, "--limit", "4", "--batch-size", "1", "--work-dir", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "inferencekit.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    predictions = tmp_path / "gsm8k-mini" / "smollm2-135m+none+default" / "predictions.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if predictions.is_file() and predictions.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = predictions.read_bytes().count(b"\n")
+    assert 2 <= killed_at < 4, "the run should have been killed part way"
+    with predictions.open("ab") as f:  # and as if the kill had torn a line in half
+        f.write(b'{"index": 2, "input": "torn')
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    resumed = run_dir(tmp_path)
+    assert f"{killed_at} of 4 samples already finished" in (resumed / "run.log").read_text()
+    strip = lambda rows: [(r["index"], r["candidates"][0]["text"], r["predictions"]) for r in rows]  # noqa: E731
+    assert strip(records(resumed)) == strip(records(greedy_run))
+    metrics = lambda p: json.loads((p / "metrics.json").read_text())["votes"]  # noqa: E731
+    assert metrics(resumed) == metrics(greedy_run)
+
+
+def test_changed_settings_are_refused_unless_no_resume(greedy_run, tmp_path):
+    work = str(greedy_run.parents[1])
+    result = cli("run", *FAST, "--limit", "4", "--work-dir", work, "--temperature", "0.5")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "temperature: 0.0 -> 0.5" in result.stderr
+    assert "--no-resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_resume_starts_over_and_keeps_old_results(tmp_path):
+    first = cli("run", *FAST, "--limit", "1", "--work-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    path = run_dir(tmp_path)
+    old = (path / "predictions.jsonl").read_text()
+    again = cli("run", *FAST, "--limit", "1", "--work-dir", str(tmp_path), "--max-new-tokens", "8", "--no-resume")
+    assert again.returncode == 0, again.stderr
+    assert (path / "previous-1" / "predictions.jsonl").read_text() == old
+    assert records(path)[0]["candidates"][0]["tokens"] <= 8
+
+
+def test_best_of_n_with_votes_and_scaling_curves(tmp_path):
+    result = cli("run", *FAST, "--limit", "2", "--method", "best_of_n", "--n", "4", "--temperature", "0.8",
+                 "--seed", "3", "--work-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    path = run_dir(tmp_path)
+    rows = records(path)
+    assert all(len(r["candidates"]) == 4 for r in rows)
+    assert len({c["text"] for c in rows[0]["candidates"]}) > 1  # sampled, not copies
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert set(metrics["curves"]) == {"pass@k", "maj@k"}
+    assert list(metrics["curves"]["pass@k"]) == ["1", "2", "4"]
+    pass_k = list(metrics["curves"]["pass@k"].values())
+    assert pass_k == sorted(pass_k)  # pass@k never falls with k
+    assert "pass@k" in result.stdout
+    # The prompt's KV cache is shared between the 4 samples: fewer prompt tokens computed than sent.
+    assert metrics["usage"]["computed_prompt_tokens"] < metrics["usage"]["prompt_tokens"]
+
+
+def test_evaluate_regrades_without_generating(greedy_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(greedy_run, copy)
+    rows = records(copy)
+    rows[0]["candidates"][0]["text"] = f"... so the answer is \\boxed{{{rows[0]['reference']}}}"
+    (copy / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("evaluate", str(copy))
+    assert result.returncode == 0, result.stderr
+    again = records(copy)
+    assert again[0]["correct"]["majority"] is True and again[0]["predictions"]["majority"] == rows[0]["reference"]
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["votes"]["majority"]["correct"] == sum(r["correct"]["majority"] for r in again)
+    bad = cli("evaluate", str(copy), "--vote", "weighted")
+    assert bad.returncode == 2 and "need step scores" in bad.stderr
+
+
+def test_tiny_hf_model_through_the_cli(tiny_llama_dir, tmp_path):
+    result = cli("run", "--model", str(tiny_llama_dir), "--limit", "2", "--max-new-tokens", "6", "--no-progress",
+                 "--work-dir", str(tmp_path), "--dtype", "float32")
+    assert result.returncode == 0, result.stderr
+    path = run_dir(tmp_path)
+    assert path.name == f"{tiny_llama_dir.name}+none+default"
+    assert yaml.safe_load((path / "config.yaml").read_text())["backend"] == "hf"
+    assert all(r["candidates"][0]["tokens"] <= 6 for r in records(path))
+
+
+def test_local_dataset_file_and_gguf_path(tmp_path):
+    from inferencekit.models.embedded import embedded_gguf_path
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"q": f"What is {i} + {i}?", "a": 2 * i}) + "\n" for i in range(2)))
+    result = cli("run", "--model", str(embedded_gguf_path()), "--dataset", str(data), "--input-field", "q",
+                 "--reference-field", "a", "--max-new-tokens", "24", "--no-progress", "--work-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    path = run_dir(tmp_path)
+    assert path.parent.name == "sums" and path.name.startswith("SmolLM2-135M-Instruct.Q4_1+none+")
+    assert [r["reference"] for r in records(path)] == ["0", "2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--model", "gpt-17"], "unknown model 'gpt-17'"),
+        (["run", "--dataset", "gsm9k"], "unknown dataset 'gsm9k'; accepted: aime24, amc23, gsm8k"),
+        (["run", "--method", "magic"], "unknown method 'magic'; accepted: best_of_n, cot"),
+        (["run", "--vote", "majority,mode"], "unknown vote 'mode'; accepted: "),
+        (["run", "--vote", "weighted"], "need step scores: give --reward-model"),
+        (["run", "--n", "many"], "argument --n: invalid int value: 'many'"),
+        (["run", "--temperature", "-1"], "temperature: Input should be greater than or equal to 0"),
+        (["run", "--aggregation", "max"], "aggregation: Input should be 'min', 'last', 'prod', 'mean' or 'model'"),
+        (["run", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+        (["run", "--model", "/nope/x.gguf"], "model file not found: /nope/x.gguf"),
+        (["run", "--dataset", "math500", "--data-dir", "/nope"], "no test.jsonl/.json/.csv/.parquet in /nope/math500"),
+        (["run", "--model-arg", "n_gpu=1"], "unknown model argument(s) n_gpu; accepted:"),
+        (["evaluate", "/nope/run"], "/nope/run is not a run folder"),
+        (["list", "widgets"], "invalid choice: 'widgets'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_2(args, message, tmp_path):
+    result = cli(*args, "--work-dir", str(tmp_path)) if args[0] == "run" else cli(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_model_that_fails_to_load_says_why(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    result = cli("run", "--model", str(bad), "--limit", "1", "--work-dir", str(tmp_path))
+    assert result.returncode == 2 and "could not load model" in result.stderr and str(bad) in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(("what", "expected"), [("models", "smollm2-135m"), ("datasets", "math500"),
+                                                ("methods", "best_of_n"), ("votes", "weighted")])
+def test_list(what, expected):
+    result = cli("list", what)
+    assert result.returncode == 0 and expected in result.stdout
