@@ -157,7 +157,7 @@ class ChatSession:
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"cannot load {path}: {exc}") from None
-        if not ok:
+        if not ok or not isinstance(data.get("system"), (str, type(None))):
             raise UserError(f"cannot load {path}: messages must be user/assistant turns with text content")
         self.system = data.get("system")
         self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -262,15 +262,21 @@ class LlamaCppGenerator(Generator):
         pending = {k for k in range(len(wave)) if prefix[k] and src[k] != first[k]}
         while pending:
             ready = [k for k in sorted(pending) if all(src[o] != first[k] for o in pending if o != k)]
-            if not ready:  # a cycle of copies: recompute one prompt
-                k = min(pending)
-                prefix[k] = 0
-                pending.discard(k)
+            if not ready:  # copies in a cycle: park one target's content in the spare stream, or recompute
+                k, spare = min(pending), self._n_seq
+                if spare > 1 and all(src[o] != spare for o in pending):
+                    lc.llama_memory_seq_cp(self._mem, first[k], spare, -1, -1)
+                    src = [spare if x == first[k] else x for x in src]
+                else:
+                    prefix[k] = 0
+                    pending.discard(k)
             for k in ready:
                 lc.llama_memory_seq_cp(self._mem, src[k], first[k], -1, -1)  # whole streams only
                 pending.discard(k)
         for k in range(len(wave)):
             lc.llama_memory_seq_rm(self._mem, first[k], prefix[k], -1)
+        if self._n_seq > 1:
+            lc.llama_memory_seq_rm(self._mem, self._n_seq, -1, -1)
         return prefix
 
     def _feed(self, tokens: list[int], start: int, seq: int) -> np.ndarray:

@@ -8,6 +8,7 @@ A format subclass says which auto class loads its checkpoint, how to encode one 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from abc import abstractmethod
@@ -70,6 +71,20 @@ def context_length(model: Any, tokenizer: Any) -> int:
     return int(length)
 
 
+def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager:
+    """On GPU, scaled-dot-product attention without the cuDNN backend, for this block only.
+
+    cuDNN attention (chosen for half precision on recent GPUs) builds a plan for every new input
+    shape, and scoring sees a new shape in nearly every batch: measured on an H200 with a small PRM in
+    bf16, 64 solutions took 2.5 s batched with it and 0.12 s without.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class TransformersRewardModel(RewardModel):
     """Base of the formats that run a transformers checkpoint (see module docstring)."""
 
@@ -95,9 +110,9 @@ class TransformersRewardModel(RewardModel):
         tok = self.tokenizer
         self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
         self.max_length = self.settings.max_length or context_length(self.model, tok)
-        # GPU kernels (cuDNN attention in half precision) plan per input shape, which costs more than a
-        # small model's forward pass: rounding widths up lets batches of similar length reuse a plan.
-        self.pad_multiple = 64 if self.input_device.type == "cuda" else 1
+        self.pad_multiple = 8 if self.input_device.type == "cuda" else 1  # tensor-core friendly widths
+        if not getattr(self, "device", None):  # a model handed over by a generator
+            self.device = str(self.input_device)
 
     def choose_auto_class(self, path: str) -> str:
         """The transformers auto class loading `path` (formats override to look at the config)."""
@@ -153,7 +168,8 @@ class TransformersRewardModel(RewardModel):
             [r.ids for r in rows], self.pad_id, self.padding_side, self.pad_multiple
         )
         device = self.input_device
-        scores = self.token_scores(ids.to(device), mask.to(device), positions.to(device)).float().cpu()
+        with attention_kernels(device):
+            scores = self.token_scores(ids.to(device), mask.to(device), positions.to(device)).float().cpu()
         return [
             [math.nan if span is None else self.reduce(scores[row, off + span[0] : off + span[1]]) for span in r.spans]
             for row, (r, off) in enumerate(zip(rows, offsets, strict=True))
