@@ -1,0 +1,123 @@
+"""Grade candidates, vote, and compute a run's metrics; the same code serves live runs and re-evaluation."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from inferencekit.grading import Grader, canonical_form, extract_answer
+from inferencekit.results.metrics import accuracy, pass_at_k, powers_of_two, sum_usage
+from inferencekit.voting import needs_scores, vote
+
+CURVE_DRAWS = 256  # random k-subsets per k for maj@k / weighted@k
+
+
+def grade_records(
+    records: Sequence[dict[str, Any]],
+    grader: Grader,
+    *,
+    style: str,
+    votes: Sequence[str],
+    aggregation: str,
+    box_match: str = "last",
+) -> None:
+    """Fill, in place, each candidate's `answer` and `correct`, and each record's `predictions` and `correct`."""
+    items = []
+    for record in records:
+        for cand in record["candidates"]:
+            cand["answer"] = extract_answer(cand["text"], style)
+            items.append((cand["text"], record["reference"], style))
+    flags = iter(grader.grade_many(items, box_match=box_match))
+    for record in records:
+        for cand in record["candidates"]:
+            cand["correct"] = next(flags)
+
+    pairs, slots = [], []
+    for record in records:
+        answers = [c["answer"] for c in record["candidates"]]
+        scores = [c.get("step_scores") for c in record["candidates"]]
+        record["predictions"] = {v: vote(v, answers, scores, aggregation) for v in votes}
+        record["correct"] = {}
+        for name, prediction in record["predictions"].items():
+            # Under --box-match any a candidate can be right through an earlier box: its group counts too.
+            group_right = box_match == "any" and any(
+                c["correct"] for c in record["candidates"] if _same(c["answer"], prediction)
+            )
+            if prediction is None or group_right:
+                record["correct"][name] = group_right
+            else:
+                pairs.append((prediction, record["reference"]))
+                slots.append((record, name))
+    for (record, name), ok in zip(slots, grader.is_equiv_many(pairs), strict=True):
+        record["correct"][name] = ok
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and canonical_form(a) == canonical_form(b)
+
+
+def compute_metrics(
+    records: Sequence[dict[str, Any]], votes: Sequence[str], aggregation: str, seed: int = 0
+) -> dict[str, Any]:
+    """Per-vote accuracy with 95% interval, scaling curves for k = 1, 2, 4, ... <= N, usage totals."""
+    metrics: dict[str, Any] = {"n_samples": len(records), "aggregation": aggregation, "votes": {}}
+    for name in votes:
+        metrics["votes"][name] = accuracy([bool(r["correct"].get(name)) for r in records])
+    n_min = min((len(r["candidates"]) for r in records), default=0)
+    if n_min > 1:
+        metrics["curves"] = scaling_curves(records, n_min, aggregation, seed)
+    metrics["usage"] = sum_usage(records)
+    n = len(records) or 1
+    metrics["usage"]["completion_tokens_per_sample"] = round(metrics["usage"].get("completion_tokens", 0) / n, 2)
+    return metrics
+
+
+def scaling_curves(records: Sequence[dict[str, Any]], n: int, aggregation: str, seed: int = 0) -> dict[str, Any]:
+    """pass@k (exact unbiased estimator), maj@k and weighted@k (mean over random k-subsets) from N samples."""
+    ks = powers_of_two(n)
+    has_scores = all(c.get("step_scores") for r in records for c in r["candidates"][:n])
+    curves: dict[str, dict[str, float]] = {"pass@k": {}, "maj@k": {}}
+    if has_scores:
+        curves["weighted@k"] = {}
+    rng = random.Random(seed)
+    for k in ks:
+        pass_k, maj_k, weighted_k = [], [], []
+        for record in records:
+            cands = record["candidates"][:n]
+            pass_k.append(pass_at_k(n, sum(bool(c["correct"]) for c in cands), k))
+            maj_k.append(_subset_vote_accuracy(cands, k, "majority", aggregation, rng))
+            if has_scores:
+                weighted_k.append(_subset_vote_accuracy(cands, k, "weighted", aggregation, rng))
+        curves["pass@k"][str(k)] = _mean(pass_k)
+        curves["maj@k"][str(k)] = _mean(maj_k)
+        if has_scores:
+            curves["weighted@k"][str(k)] = _mean(weighted_k)
+    return curves
+
+
+def _subset_vote_accuracy(cands: list[dict], k: int, how: str, aggregation: str, rng: random.Random) -> float:
+    right = {canonical_form(c["answer"]) for c in cands if c["correct"] and c["answer"] is not None}
+    if len(cands) == k:
+        subsets = [list(range(k))]
+    else:
+        subsets = [rng.sample(range(len(cands)), k) for _ in range(CURVE_DRAWS)]
+    hits = 0
+    for subset in subsets:
+        picked = [cands[i] for i in subset]
+        answer = vote(how, [c["answer"] for c in picked], [c.get("step_scores") for c in picked], aggregation)
+        hits += answer is not None and canonical_form(answer) in right
+    return hits / len(subsets)
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 6) if values else 0.0
+
+
+def check_votes(votes: Sequence[str], has_scores: bool) -> None:
+    """Votes that need reward scores are refused on a run without them."""
+    from inferencekit.errors import UserError
+
+    missing = [v for v in votes if needs_scores(v)]
+    if missing and not has_scores:
+        raise UserError(f"vote(s) {', '.join(missing)} need step scores: give --reward-model")

@@ -1,0 +1,248 @@
+"""A report across runs: a metrics table (CSV), accuracy plots (PNG) and one self-contained HTML page.
+
+The page needs nothing outside itself: CSS inline, plots as data URIs, a small inline script for the
+sample filter. All text from runs (model output included) is escaped with `html.escape`, and a
+Content-Security-Policy allows only that one script (by hash), so run text can never act as markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inferencekit.errors import UserError
+from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.store import RunStore, write_atomic
+
+COLUMNS = ("run", "vote", "accuracy", "ci95_low", "ci95_high", "correct", "n", "samples_per_problem",
+           "tokens_per_problem", "seconds", "reward_calls")
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def n(self) -> int:
+        return int(self.config.get("n") or max((len(r["candidates"]) for r in self.records), default=1))
+
+    @property
+    def tokens_per_problem(self) -> float:
+        usage = self.metrics.get("usage", {})
+        return float(usage.get("completion_tokens_per_sample") or usage.get("completion_tokens", 0) / max(
+            1, len(self.records)))
+
+
+def load_run(path: str | Path, label: str) -> Run:
+    """One run folder; metrics are recomputed from the predictions when metrics.json is missing."""
+    store = RunStore(path)
+    config = store.read_config()  # UserError when not a run folder
+    records = store.records()
+    metrics = store.read_metrics()
+    if not metrics:
+        votes = list((records[0].get("correct") or {}) if records else config.get("votes", []))
+        metrics = compute_metrics(records, votes, config.get("aggregation", "last"))
+    return Run(label, store.path, config, metrics, records)
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Short unique names: `<dataset>/<run folder>`, numbered when two agree."""
+    labels = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    return [f"{lab} ({i + 1})" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
+
+
+def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run and vote, with the columns of `COLUMNS`."""
+    rows = []
+    for run in runs:
+        usage = run.metrics.get("usage", {})
+        for vote, m in run.metrics.get("votes", {}).items():
+            rows.append({
+                "run": run.label, "vote": vote, "accuracy": m["accuracy"], "ci95_low": m["ci95"][0],
+                "ci95_high": m["ci95"][1], "correct": m["correct"], "n": m["n"], "samples_per_problem": run.n,
+                "tokens_per_problem": round(run.tokens_per_problem, 2), "seconds": usage.get("seconds", 0.0),
+                "reward_calls": round(usage.get("reward_calls", 0), 2),
+            })
+    return rows
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_accuracy(runs: list[Run]) -> dict[str, bytes]:
+    """PNG bytes of accuracy vs N (the scaling curves; runs without curves as one point at their N) and vs tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for name, xlabel in (("accuracy_vs_n", "N (samples per problem)"), ("accuracy_vs_tokens", "tokens per problem")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for i, run in enumerate(runs):
+            if name == "accuracy_vs_tokens" and run.tokens_per_problem <= 0:
+                continue  # no token counts: nothing to place on a log axis
+            color = f"C{i % 10}"
+            scale = run.tokens_per_problem / run.n if name == "accuracy_vs_tokens" else 1.0
+            curves = run.metrics.get("curves") or {}
+            for style, (curve, values) in zip(("-o", "--s", ":^"), curves.items(), strict=False):
+                ks = sorted(values, key=int)
+                ax.plot([int(k) * scale for k in ks], [values[k] for k in ks], style, color=color,
+                        label=f"{run.label} {curve}")
+            if not curves:
+                for vote, m in run.metrics.get("votes", {}).items():
+                    lo, hi = m["ci95"]
+                    x = run.n * scale
+                    ax.errorbar([x], [m["accuracy"]], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]], fmt="o",
+                                color=color, capsize=3, label=f"{run.label} {vote}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        out[name] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- HTML
+
+E = html.escape
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+td{white-space:nowrap}td.l{text-align:left;white-space:normal}th{background:#f3f3f3;text-align:left}
+img{max-width:49%;border:1px solid #ddd}pre{white-space:pre-wrap;background:#f8f8f8;padding:6px;margin:4px 0}
+details{border:1px solid #ddd;margin:4px 0;padding:2px 8px}summary{cursor:pointer}
+.ok{color:#08730f}.no{color:#b00020}.cand{border-left:3px solid #ccc;padding-left:8px;margin:6px 0}
+.muted{color:#666}#filter{margin:0.5em 0}
+"""
+# Filters the sample list; marks the body when it ran (the browser test checks that it did).
+SCRIPT = """
+const q=document.getElementById('q'),w=document.getElementById('wrong');
+function f(){const t=q.value.toLowerCase();for(const d of document.querySelectorAll('details.s')){
+const hit=(!t||d.textContent.toLowerCase().includes(t))&&(!w.checked||d.dataset.ok==='0');d.hidden=!hit;}}
+q.addEventListener('input',f);w.addEventListener('change',f);document.body.dataset.ready='1';
+"""
+
+
+def _mark(ok: Any) -> str:
+    return '<span class="ok">✓</span>' if ok else '<span class="no">✗</span>'
+
+
+def _scores(scores: Any) -> str:
+    if not scores:
+        return "none"
+    return " ".join("nan" if s is None or (isinstance(s, float) and math.isnan(s)) else f"{s:.3f}" for s in scores)
+
+
+def _sample_html(run: Run, record: dict[str, Any], open_: bool = False) -> str:
+    correct = record.get("correct") or {}
+    first_ok = next(iter(correct.values()), False)
+    predictions = (record.get("predictions") or {}).items()
+    votes = " ".join(f"{E(v)}: {E(str(a))} {_mark(correct.get(v))}" for v, a in predictions)
+    parts = [
+        f'<details class="s" data-ok="{int(bool(first_ok))}"{" open" * open_}>'
+        f'<summary>{E(run.label)} #{record["index"]} '
+        f'{_mark(first_ok)} <span class="muted">{E(" ".join(str(record.get("input", "")).split())[:110])}</span>'
+        "</summary>",
+        f"<p><b>input</b></p><pre>{E(str(record.get('input', '')))}</pre>",
+        f"<p><b>reference</b> {E(str(record.get('reference')))} &nbsp; <b>votes</b> {votes}</p>",
+    ]
+    for j, cand in enumerate(record.get("candidates", [])):
+        parts.append(
+            f'<div class="cand"><b>candidate {j + 1}</b> answer {E(str(cand.get("answer")))} '
+            f"{_mark(cand.get('correct'))} · {cand.get('tokens', '?')} tokens · step scores "
+            f"{E(_scores(cand.get('step_scores')))}<pre>{E(str(cand.get('text', '')))}</pre></div>"
+        )
+    parts.append("</details>")
+    return "\n".join(parts)
+
+
+def render_html(runs: list[Run], rows: list[dict[str, Any]], plots: dict[str, bytes], max_samples: int) -> str:
+    """The report page; `max_samples` bounds the samples listed per run."""
+    head = "".join(f"<th>{E(c)}</th>" for c in ("run", "vote", "accuracy", "95% CI", "correct / n", "N",
+                                                 "tokens / problem", "seconds", "reward calls"))
+    body = "\n".join(
+        f'<tr class="m"><td class="l">{E(r["run"])}</td><td class="l">{E(r["vote"])}</td>'
+        f"<td>{r['accuracy']:.1%}</td><td>[{r['ci95_low']:.1%}, {r['ci95_high']:.1%}]</td>"
+        f"<td>{r['correct']} / {r['n']}</td><td>{r['samples_per_problem']}</td><td>{r['tokens_per_problem']:.1f}</td>"
+        f"<td>{r['seconds']:.1f}</td><td>{r['reward_calls']:.3g}</td></tr>"
+        for r in rows
+    )
+    imgs = "".join(
+        f'<img alt="{E(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        for name, data in plots.items()
+    )
+    samples = []
+    for run in runs:
+        shown = run.records[:max_samples]
+        samples.append(f"<h3>{E(run.label)} <span class='muted'>({len(shown)} of {len(run.records)} samples; "
+                       f"{E(str(run.config.get('model')))}, {E(str(run.config.get('method')))}, "
+                       f"reward model {E(str(run.config.get('reward_model') or 'none'))})</span></h3>")
+        # the first run's first wrong sample starts open: what went wrong is what one looks for
+        wrong = next((r for r in shown if not next(iter((r.get("correct") or {}).values()), False)), None)
+        samples += [_sample_html(run, r, open_=run is runs[0] and r is wrong) for r in shown]
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<title>inferencekit report</title><style>{CSS}</style></head>
+<body><h1>inferencekit report</h1>
+<p class="muted">{len(runs)} run(s): {E(", ".join(str(r.path) for r in runs))}</p>
+<h2>Metrics</h2><table id="metrics"><thead><tr>{head}</tr></thead><tbody>
+{body}
+</tbody></table>
+<h2>Accuracy vs N and vs tokens</h2><p>{imgs}</p>
+<h2>Samples</h2>
+<div id="filter"><input id="q" placeholder="filter text"> <label><input type="checkbox" id="wrong">
+only samples the first vote got wrong</label></div>
+{chr(10).join(samples)}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path, max_samples: int = 200) -> dict[str, Path]:
+    """Write metrics.csv, the PNG plots and index.html into `out`; return the written files by name."""
+    if not run_dirs:
+        raise UserError("give at least one run folder")
+    paths = [Path(p) for p in run_dirs]
+    runs = [load_run(p, label) for p, label in zip(paths, _labels(paths), strict=True)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(runs)
+    plots = plot_accuracy(runs)
+    files = {"metrics.csv": out / "metrics.csv", "index.html": out / "index.html"}
+    write_csv(rows, files["metrics.csv"])
+    for name, data in plots.items():
+        files[f"{name}.png"] = out / f"{name}.png"
+        tmp = out / f".{name}.png.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(files[f"{name}.png"])
+    write_atomic(files["index.html"], render_html(runs, rows, plots, max_samples))
+    return files

@@ -1,0 +1,126 @@
+"""A run's folder: resolved config, predictions appended one line per finished sample, metrics, log.
+
+Writes never lose finished work: predictions are appended and flushed (and fsynced) one line at a
+time; config.yaml and metrics.json are written to a temporary file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inferencekit.errors import UserError
+
+CONFIG = "config.yaml"
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+LOG = "run.log"
+
+
+def run_dir_for(work_dir: str | Path, dataset: str, model: str, reward_model: str | None, exp_name: str) -> Path:
+    """`<work_dir>/<dataset>/<model>+<reward_model or none>+<exp_name>/` (DESIGN.md)."""
+    parts = [_safe(model), _safe(reward_model or "none"), _safe(exp_name)]
+    return Path(work_dir) / _safe(dataset) / "+".join(parts)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "x"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write-then-rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """Reads and writes one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / PREDICTIONS
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.exists():
+            raise UserError(f"{self.path} is not a run folder (no {CONFIG})")
+        return yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8")) or {}
+
+    def write_config(self, text: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / CONFIG, text)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Finished samples, one per index (the last record wins); a torn last line is skipped."""
+        by_index: dict[int, dict[str, Any]] = {}
+        for record in self._read_lines():
+            by_index[int(record["index"])] = record
+        return [by_index[i] for i in sorted(by_index)]
+
+    def _read_lines(self) -> Iterator[dict[str, Any]]:
+        if not self.predictions_path.is_file():
+            return
+        with self.predictions_path.open("rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a crash mid-write: that sample is redone
+                try:
+                    yield json.loads(raw)
+                except json.JSONDecodeError:
+                    logging.getLogger("inferencekit").warning("skipping a corrupt line in %s", self.predictions_path)
+
+    def repair(self) -> None:
+        """Cut a torn last line off the predictions file so appends start on a fresh line."""
+        path = self.predictions_path
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with path.open("rb+") as f:
+            data = f.read()
+            if data.endswith(b"\n"):
+                return
+            f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one finished sample and make it durable before returning."""
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self.predictions_path.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_atomic(self.path / METRICS, json.dumps(metrics, indent=2) + "\n")
+
+    def read_metrics(self) -> dict[str, Any]:
+        path = self.path / METRICS
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def set_aside(self) -> Path | None:
+        """Move old predictions and metrics aside (for --no-resume); returns the backup folder."""
+        old = [self.path / n for n in (PREDICTIONS, METRICS) if (self.path / n).exists()]
+        if not old:
+            return None
+        k = 1
+        while (self.path / f"previous-{k}").exists():
+            k += 1
+        backup = self.path / f"previous-{k}"
+        backup.mkdir()
+        for p in old:
+            os.replace(p, backup / p.name)
+        return backup
