@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inferencekit.errors import UserError, unknown
+from inferencekit.errors import UserError
 from inferencekit.presets import load_preset, preset_names
 
 DATA_DIR_ENV = "INFERENCEKIT_DATA_DIR"
@@ -101,7 +101,10 @@ def load_dataset(
         samples = _to_samples(rows, input_field, reference_field, parser, str(path))
         dataset = Dataset(name=dataset_label(name_or_path), samples=samples, style=style)
     else:
-        raise unknown("dataset", name_or_path, [*dataset_names(), "<path to .jsonl/.json/.csv/.parquet>"])
+        raise UserError(
+            f"unknown dataset {name_or_path!r}; accepted: {', '.join(dataset_names())}, "
+            f"or a {'/'.join(TABLE_SUFFIXES)} file"
+        )
     if num_shots > len(dataset.shots):
         raise UserError(f"dataset {dataset.name} has {len(dataset.shots)} worked examples; asked for {num_shots} shots")
     dataset.shots = dataset.shots[:num_shots]

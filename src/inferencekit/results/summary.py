@@ -25,7 +25,8 @@ def print_summary(metrics: dict[str, Any], run_dir: Path | str, console: Console
     tokens = usage.get("completion_tokens", 0)
     rate = f", {tokens / seconds:.0f} tokens/s" if seconds else ""
     line = f"tokens: {tokens} generated ({usage.get('completion_tokens_per_sample', 0)} per sample){rate}"
-    line += f"; prompt tokens {usage.get('prompt_tokens', 0):.0f} ({usage.get('computed_prompt_tokens', 0):.0f} computed)"
+    prompt, computed = usage.get("prompt_tokens", 0), usage.get("computed_prompt_tokens", 0)
+    line += f"; prompt tokens {prompt:.0f} ({computed:.0f} computed)"
     line += f"; {seconds:.1f} s generating"
     if usage.get("reward_calls"):
         line += f"; reward model: {usage['reward_calls']:.0f} calls, {usage.get('reward_prompt_tokens', 0):.0f} tokens"
