@@ -1,0 +1,39 @@
+"""Diverse verifier tree search (DVTS): N / M independent subtrees per problem, each greedy on the reward.
+
+Round 0 samples N first steps per problem and deals them out, M to a subtree. Each round every live
+subtree keeps its best node (by the reward model; `lookahead` applies) and continues it M ways; a
+subtree stops when its best node is finished. A subtree only ever sees its own nodes, and seeds come
+from tree positions, so subtrees do not influence each other. The candidates are each subtree's last
+M siblings, its choice first (search-and-learn's output), so N per problem.
+"""
+
+from __future__ import annotations
+
+from inferencekit.search.base import Candidate, Problem, register_method
+from inferencekit.search.tree import Node, TreeSearch, rank
+
+
+@register_method("dvts")
+class DVTS(TreeSearch):
+    """Diverse verifier tree search: N/M independent subtrees, each expanding its best node M ways."""
+
+    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        m = min(self.config.beam_width, self.config.n)
+        subtrees = max(1, self.config.n // m)
+        roots = [Node(i) for i in range(len(problems))]
+        groups = [kids[s * m : (s + 1) * m] for kids in self.expand(problems, roots, subtrees * m)
+                  for s in range(subtrees)]
+        live = [g for g, kids in enumerate(groups) if kids]
+        while live:
+            nodes = [node for g in live for node in groups[g]]
+            self.score(problems, nodes)
+            self.lookahead(problems, nodes)
+            best = {g: rank(groups[g])[0] for g in live}
+            live = [g for g in live if not best[g].terminal]
+            for g, kids in zip(live, self.expand(problems, [best[g] for g in live], m), strict=True):
+                groups[g] = kids
+        out: list[list[Candidate]] = [[] for _ in problems]
+        for kids in groups:
+            if kids:
+                out[kids[0].problem] += [self.to_candidate(node) for node in rank(kids)]
+        return out

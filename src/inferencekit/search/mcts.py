@@ -1,0 +1,91 @@
+"""Monte Carlo tree search over solution steps, batched across problems.
+
+Each iteration, per problem: select a leaf by PUCT from the root (Q = mean backed-up value, a
+child's own evaluation before its first visit; prior uniform or proportional to the reward); expand
+it with M (`beam_width`) sampled next steps; evaluate each child by the reward model, or with
+`mcts_rollout` by the reward of a greedy rollout to a final answer; back the mean child value up to
+the leaf and every ancestor (one visit per iteration, so the root's visits count the iterations).
+A selected finished leaf is re-evaluated without generation. The leaves of all problems go to the
+generator and the reward model in one call each. Budget: `mcts_iterations` (default `n`) and, per
+problem, `mcts_token_budget` generated tokens.
+
+The answer: walk from the root to a finished solution by visit count (or value, `mcts_select_by`).
+Every finished node and rollout is a candidate, for voting; the chosen one comes first, with
+`meta["chosen"]`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from inferencekit.search.base import Candidate, Problem, register_method
+from inferencekit.search.tree import Node, TreeSearch, rank
+
+
+@register_method("mcts")
+class MCTS(TreeSearch):
+    """Monte Carlo tree search: PUCT selection, M-way expansion, reward/rollout evaluation, backpropagation."""
+
+    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        c = self.config
+        roots = [Node(i) for i in range(len(problems))]
+        spent = [0] * len(problems)
+        finals: list[list[Node]] = [[] for _ in problems]  # finished nodes and rollout leaves
+        budget = c.mcts_token_budget or math.inf
+        for _ in range(c.mcts_iterations or c.n):
+            leaves = [self.select(root) for root in roots if spent[root.problem] < budget]
+            if not leaves:
+                break
+            grown = self.expand(problems, leaves, c.beam_width)
+            kids = [kid for g in grown for kid in g]
+            self.score(problems, kids)
+            if c.mcts_rollout:
+                live = [kid for kid in kids if not kid.terminal]
+                ends = self.rollout(problems, live)
+                self.score(problems, ends)
+                for kid, end in zip(live, ends, strict=True):
+                    kid.score = end.score
+                    spent[kid.problem] += end.tokens - kid.tokens
+                    finals[kid.problem].append(end)
+            for leaf, g in zip(leaves, grown, strict=True):
+                spent[leaf.problem] += sum(kid.tokens - leaf.tokens for kid in g)
+                finals[leaf.problem] += [kid for kid in g if kid.terminal]
+                self.set_priors(g)
+                leaf.backpropagate(sum(kid.value for kid in g) / len(g) if g else leaf.value)
+        return [self.candidates(root, found) for root, found in zip(roots, finals, strict=True)]
+
+    def select(self, root: Node) -> Node:
+        """Descend by PUCT to a node without children (unexpanded, or finished); first child on ties."""
+        node, c_puct = root, self.config.mcts_c_puct
+        while node.children:
+            explore = c_puct * math.sqrt(node.visits)
+            node = max(node.children, key=lambda ch: ch.value + explore * ch.prior / (1 + ch.visits))
+        return node
+
+    def set_priors(self, kids: list[Node]) -> None:
+        weights = [max(kid.value, 0.0) for kid in kids] if self.config.mcts_prior == "score" else []
+        total = sum(weights)
+        for i, kid in enumerate(kids):
+            kid.prior = weights[i] / total if total > 0 else 1 / len(kids)
+
+    def key(self, node: Node) -> tuple[float, float]:
+        return (node.visits, node.value) if self.config.mcts_select_by == "visits" else (node.value, node.visits)
+
+    def candidates(self, root: Node, found: list[Node]) -> list[Candidate]:
+        """The chosen solution first, then every other finished one, best reward first."""
+        def finished_below(node: Node) -> bool:
+            return node.terminal or node.rollout is not None or any(map(finished_below, node.children))
+
+        node: Node | None = root
+        while node is not None and not node.terminal:
+            options = [ch for ch in node.children if finished_below(ch)]
+            if not options:
+                node = node.rollout
+                break
+            node = max(options, key=self.key)
+        if node is None:  # nothing finished: the most visited unfinished path
+            node = root
+            while node.children:
+                node = max(node.children, key=self.key)
+        others = [self.to_candidate(x) for x in rank(found) if x is not node]
+        return [self.to_candidate(node, chosen=True), *others]

@@ -1,0 +1,270 @@
+"""The tree that step-level searches grow, and the batched operations every tree method shares.
+
+A `Node` is a partial solution: the text generated so far for one problem. The operations work on
+nodes of every problem in the batch at once, so each search round costs one generator call
+(`expand`, `rollout`) and one reward-model call (`score`), whatever the number of problems:
+
+- `expand`: "continue these prefixes until the step separator", k samples each;
+- `score`: step scores of each node's path, and one aggregated score to rank by;
+- `rollout`: a greedy continuation to a later step or to the end (lookahead, MCTS evaluation);
+- `rank` / `top` / `unique`: deterministic selection; `to_candidate`: a node as a finished `Candidate`.
+
+Sampling seeds come from the problem's seed and the node's position in its tree (`node_seed`), never
+from the batch, so a search gives the same tree whatever else it runs with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferencekit.grading.extract import boxed_contents
+from inferencekit.models.base import Generator, SamplingParams
+from inferencekit.search.base import Candidate, Problem, SearchMethod
+from inferencekit.voting import aggregate
+
+
+@dataclass(eq=False)
+class Node:
+    """A partial solution of problem `problem` (its index in the batch).
+
+    `step` is the text this node adds; `text` the whole path's text (a non-terminal node's ends with
+    the step separator); `path` the child indices from the root (the node's identity, and its seed);
+    `tokens` the tokens generated along the path. `step_scores` are the reward model's scores of the
+    path's steps and `score` the value the search ranks by (their aggregate, or a rollout's).
+    `visits` / `value_sum` are MCTS statistics, `prior` its PUCT prior.
+    """
+
+    problem: int
+    parent: Node | None = None
+    step: str = ""
+    path: tuple[int, ...] = ()
+    tokens: int = 0
+    terminal: bool = False
+    finish_reason: str = "stop"
+    step_scores: list[float] | None = None
+    score: float = math.nan
+    prior: float = 1.0
+    visits: int = 0
+    value_sum: float = 0.0
+    children: list[Node] = field(default_factory=list)
+    rollout: Node | None = None  # leaf of a greedy rollout from here, when one was made
+    text: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text = (self.parent.text if self.parent else "") + self.step
+
+    @property
+    def depth(self) -> int:
+        return len(self.path)
+
+    @property
+    def value(self) -> float:
+        """Mean backed-up value; before any visit the node's own score (0 when it has none)."""
+        if self.visits:
+            return self.value_sum / self.visits
+        return 0.0 if math.isnan(self.score) else self.score
+
+    def backpropagate(self, value: float) -> None:
+        """Add one visit with `value` to this node and every ancestor."""
+        node: Node | None = self
+        while node is not None:
+            node.visits += 1
+            node.value_sum += value
+            node = node.parent
+
+
+def node_seed(seed: int, path: Sequence[int], salt: int = 0) -> int:
+    """A sampling seed from a problem's seed and a node's position: stable across runs and batches."""
+    digest = hashlib.blake2b(repr((seed, tuple(path), salt)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**31
+
+
+def has_final_answer(text: str) -> bool:
+    """Whether `text` holds a complete `\\boxed{...}` answer."""
+    return "boxed" in text and bool(boxed_contents(text))
+
+
+def expand(
+    generator: Generator,
+    problems: Sequence[Problem],
+    nodes: Sequence[Node],
+    k: int,
+    params: SamplingParams,
+    *,
+    separator: str | None,
+    chunk: int | None = None,
+    max_steps: int | None = None,
+    attach: bool = True,
+) -> list[list[Node]]:
+    """Continue every node `k` ways, in ONE generator call for all nodes of all problems.
+
+    The prompt is the problem's prompt plus the node's text; a continuation stops at `separator`
+    (None: none) or after `chunk` tokens, and a path never exceeds `params.max_new_tokens` tokens in
+    all. A child is terminal when it ends otherwise (EOS, a user stop string, the token cap), holds a
+    final `\\boxed{}` answer, or reaches depth `max_steps`. Terminal nodes get no children.
+    """
+    todo = [node for node in nodes if not node.terminal and node.tokens < params.max_new_tokens]
+    if not todo:
+        return [[] for _ in nodes]
+    stop = ((separator,) if separator else ()) + tuple(s for s in params.stop if s != separator)
+    per_node = []
+    for node in todo:
+        left = params.max_new_tokens - node.tokens
+        per_node.append(
+            params.replace(
+                n=k, stop=stop, include_stop=False, max_new_tokens=min(chunk or left, left),
+                seed=node_seed(problems[node.problem].seed, node.path),
+            )
+        )
+    prompts = [problems[node.problem].prompt + node.text for node in todo]
+    outputs = generator.generate(prompts, per_node)
+    made: dict[int, list[Node]] = {}
+    for node, p, completions in zip(todo, per_node, outputs, strict=True):
+        kids = []
+        for j, c in enumerate(completions):
+            at_separator = separator is not None and c.stop_reason == separator
+            tokens = node.tokens + c.tokens
+            capped = tokens >= params.max_new_tokens or (c.finish_reason == "length" and c.tokens < p.max_new_tokens)
+            if chunk is not None and not capped and c.finish_reason == "length":
+                ended = False  # a chunk ran its course; the solution goes on
+            else:
+                ended = not at_separator or capped
+            child = Node(
+                node.problem, parent=node, step=c.text + (separator if at_separator else ""),
+                path=node.path + (j,), tokens=tokens,
+            )
+            deep = max_steps is not None and child.depth >= max_steps
+            child.terminal = ended or deep or has_final_answer(c.text)
+            child.finish_reason = "length" if capped or (deep and not ended) else "stop"
+            kids.append(child)
+        if attach:
+            node.children.extend(kids)
+        made[id(node)] = kids
+    return [made.get(id(node), []) for node in nodes]
+
+
+def score(
+    reward_model: Any, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str = "last"
+) -> None:
+    """Fill `step_scores` and `score` of the nodes not scored yet, in ONE reward-model call for all."""
+    todo = [node for node in nodes if node.step_scores is None]
+    if not todo:
+        return
+    scores = reward_model.score([problems[n.problem].question for n in todo], [[n.text] for n in todo])
+    for node, (steps,) in zip(todo, scores, strict=True):
+        node.step_scores = [float(s) for s in steps]
+        node.score = aggregate(node.step_scores, aggregation)
+
+
+def rollout(
+    generator: Generator,
+    problems: Sequence[Problem],
+    nodes: Sequence[Node],
+    params: SamplingParams,
+    *,
+    separator: str,
+    steps: int | None = None,
+    max_steps: int | None = None,
+) -> list[Node]:
+    """Greedy continuations of the nodes, kept out of the tree: `steps` more steps, or to the end (None).
+
+    To the end is one generator call (no separator stop); `steps` steps take one call per step.
+    Each node's leaf is also stored in `node.rollout`; a terminal node is its own leaf.
+    """
+    greedy = params.replace(temperature=0.0)
+    if steps is None:
+        leaves = [kids[0] if kids else node for node, kids in zip(
+            nodes, expand(generator, problems, nodes, 1, greedy, separator=None, attach=False), strict=True
+        )]
+    else:
+        leaves = list(nodes)
+        for _ in range(steps):
+            grown = expand(generator, problems, leaves, 1, greedy, separator=separator, max_steps=max_steps,
+                           attach=False)
+            leaves = [kids[0] if kids else leaf for leaf, kids in zip(leaves, grown, strict=True)]
+    for node, leaf in zip(nodes, leaves, strict=True):
+        node.rollout = leaf
+    return leaves
+
+
+def _finite(x: float) -> float:
+    return -math.inf if x is None or math.isnan(x) else x
+
+
+def rank(nodes: Iterable[Node]) -> list[Node]:
+    """Nodes by score, best first (no score counts as worst); ties by tree position, so never by batch order."""
+    return sorted(nodes, key=lambda n: (-_finite(n.score), n.path))
+
+
+def top(nodes: Iterable[Node], k: int) -> list[Node]:
+    """The `k` best nodes (see `rank`)."""
+    return rank(nodes)[:k]
+
+
+def unique(nodes: Iterable[Node]) -> list[Node]:
+    """The nodes without repeats: the first node of each (problem, text up to whitespace) is kept."""
+    seen: set[tuple[int, str]] = set()
+    out = []
+    for node in nodes:
+        key = (node.problem, " ".join(node.text.split()))
+        if key not in seen:
+            seen.add(key)
+            out.append(node)
+    return out
+
+
+def to_candidate(node: Node, separator: str | None = None, **meta: Any) -> Candidate:
+    """A node as a candidate: its path's text (trailing separator dropped), tokens and step scores."""
+    text = node.text.removesuffix(separator) if separator else node.text
+    finish = node.finish_reason if node.terminal else "length"  # an unfinished path was cut short
+    return Candidate(text=text, tokens=node.tokens, step_scores=list(node.step_scores or []),
+                     finish_reason=finish, meta=meta)
+
+
+def group(nodes: Iterable[Node], n_problems: int) -> list[list[Node]]:
+    """Nodes split by problem, in order."""
+    out: list[list[Node]] = [[] for _ in range(n_problems)]
+    for node in nodes:
+        out[node.problem].append(node)
+    return out
+
+
+class TreeSearch(SearchMethod):
+    """Base of the tree methods: the shared operations bound to this run's generator, reward model and settings."""
+
+    needs_reward_model = True
+    chunk: int | None = None  # token-level methods expand by chunks of tokens instead of steps
+
+    @property
+    def separator(self) -> str | None:
+        return None if self.chunk else self.config.step_separator
+
+    def base_params(self) -> SamplingParams:
+        return self.sampling_params(0)
+
+    def expand(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
+        return expand(self.generator, problems, nodes, k, self.base_params(), separator=self.separator,
+                      chunk=self.chunk, max_steps=self.config.max_steps)
+
+    def score(self, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str | None = None) -> None:
+        score(self.reward_model, problems, nodes, aggregation or self.config.aggregation)
+
+    def rollout(self, problems: Sequence[Problem], nodes: Sequence[Node], steps: int | None = None) -> list[Node]:
+        return rollout(self.generator, problems, nodes, self.base_params(), separator=self.config.step_separator,
+                       steps=steps, max_steps=self.config.max_steps)
+
+    def lookahead(self, problems: Sequence[Problem], nodes: Sequence[Node]) -> None:
+        """Rank live nodes by the score of a greedy rollout `config.lookahead` steps further."""
+        live = [n for n in nodes if not n.terminal]
+        if self.config.lookahead and live:
+            leaves = self.rollout(problems, live, self.config.lookahead)
+            self.score(problems, leaves)
+            for node, leaf in zip(live, leaves, strict=True):
+                node.score = leaf.score
+
+    def to_candidate(self, node: Node, **meta: Any) -> Candidate:
+        return to_candidate(node, self.separator, **meta)
