@@ -161,3 +161,18 @@ def test_bad_paths(tmp_path, embedded_gguf):
     g = make(folder)  # a folder holding one .gguf
     assert g.count_tokens("hello") > 0
     g.close()
+
+
+def test_score_text_reads_the_log_probs_of_given_text(gen, prompts):
+    (out,) = gen.generate(prompts[:1], SamplingParams(max_new_tokens=10, logprobs=True))[0][:1]
+    calls = gen.usage.calls
+    (scored,) = gen.score_text(prompts[:1], [out.text])
+    assert gen.usage.calls == calls + 1
+    # The same tokens (less the EOS that may end a completion), read in one pass instead of one by one:
+    # llama.cpp's kernels for a run of tokens differ slightly from single-token decoding.
+    assert len(scored) == gen.count_tokens(out.text) and len(scored) <= out.tokens
+    assert all(x <= 0 for x in scored)
+    assert scored == pytest.approx(out.logprobs[: len(scored)], abs=0.25)
+    assert scored[0] == pytest.approx(out.logprobs[0], abs=1e-6)  # the first token comes from the same logits
+    # Scoring leaves generation untouched.
+    assert gen.generate(prompts[:1], SamplingParams(max_new_tokens=10))[0][0].text == out.text

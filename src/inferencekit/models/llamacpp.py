@@ -405,6 +405,47 @@ class LlamaCppGenerator(Generator):
             logprobs=list(s.logprobs) if p.logprobs else None,
         )
 
+    # ---------------------------------------------------------------- scoring given text
+
+    def score_text(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each token of each continuation given its prompt (for self_certainty).
+
+        The continuation is tokenised on its own (no BOS) and appended to the prompt's tokens, as a
+        step appended by a search method is. Sequences run one after another in stream 0.
+        """
+        out: list[list[float]] = []
+        total = 0
+        with self._lock, Timer() as timer:
+            for prompt, cont in zip(prompts, continuations, strict=True):
+                head = self._tokenize(prompt, add_bos=True) or [self._bos]
+                tail = self._tokenize(cont, add_bos=False)
+                tokens = head + tail
+                if not tail:
+                    out.append([])
+                    continue
+                if len(tokens) > self.n_ctx:
+                    raise ValueError(f"prompt and continuation of {len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
+                self._ensure_context(1, len(tokens))
+                self._cache.pop(0, None)
+                lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
+                logprobs: list[float] = []
+                first_out = len(head) - 1  # the logits at position i predict token i + 1
+                for start in range(0, len(tokens), _BATCH):
+                    end = min(len(tokens), start + _BATCH)
+                    want = [first_out <= i < len(tokens) - 1 for i in range(start, end)]
+                    self._decode([(tokens[i], i, 0, want[i - start]) for i in range(start, end)])
+                    for i in range(start, end):
+                        if want[i - start]:
+                            x = self._logits(i - start)[0].astype(np.float64)
+                            m = x.max()
+                            logprobs.append(float(x[tokens[i + 1]] - m - np.log(np.exp(x - m).sum())))
+                total += len(tokens)
+                out.append(logprobs)
+            if self._ctx:
+                lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
+        self._record(Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=total, seconds=timer.seconds))
+        return out
+
     def close(self) -> None:
         """Free the llama.cpp context, batch and model."""
         if getattr(self, "_batch", None) is not None:
