@@ -20,3 +20,14 @@ def embedded_gguf() -> Path:
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A saved 2-layer random Llama with SmolLM2's tokenizer and chat template."""
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_prm_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    """A saved tiny random token-classification PRM with SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tiny_models import make_tiny_prm
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    return make_tiny_prm(tmp_path_factory.mktemp("tiny_prm"), tokenizer)

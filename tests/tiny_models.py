@@ -50,3 +50,34 @@ def make_tiny_llama(directory: str | Path, seed: int = 0, tokenizer=None, **conf
     model = LlamaForCausalLM(LlamaConfig(**settings)).eval()
     model.save_pretrained(str(directory))
     return directory
+
+
+def make_tiny_prm(directory: str | Path, tokenizer, kind: str = "token_classification", seed: int = 0) -> Path:
+    """Save a tiny random process reward model laid out like a real one; return the folder.
+
+    `kind`: "token_classification" (a 2-label Llama token classifier, as TRL trains) or "math_shepherd"
+    (a causal Llama with the ` ки` step tag added to the vocabulary). `tokenizer` is copied, not changed.
+    """
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = copy.deepcopy(tokenizer)
+    if kind == "math_shepherd":
+        tokenizer.add_tokens(["ки"])
+        cls, extra = LlamaForCausalLM, {}
+    elif kind == "token_classification":
+        cls, extra = LlamaForTokenClassification, {"num_labels": 2}
+    else:
+        raise ValueError(f"unknown tiny PRM kind {kind!r}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+    torch.manual_seed(seed)
+    cls(config).eval().save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory

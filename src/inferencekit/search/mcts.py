@@ -27,6 +27,11 @@ class MCTS(TreeSearch):
     """Monte Carlo tree search: PUCT selection, M-way expansion, reward/rollout evaluation, backpropagation."""
 
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        roots, finals = self.grow(problems)
+        return [self.candidates(root, found) for root, found in zip(roots, finals, strict=True)]
+
+    def grow(self, problems: list[Problem]) -> tuple[list[Node], list[list[Node]]]:
+        """Run the iterations; return each problem's root and its finished nodes and rollout leaves."""
         c = self.config
         roots = [Node(i) for i in range(len(problems))]
         spent = [0] * len(problems)
@@ -52,7 +57,7 @@ class MCTS(TreeSearch):
                 finals[leaf.problem] += [kid for kid in g if kid.terminal]
                 self.set_priors(g)
                 leaf.backpropagate(sum(kid.value for kid in g) / len(g) if g else leaf.value)
-        return [self.candidates(root, found) for root, found in zip(roots, finals, strict=True)]
+        return roots, finals
 
     def select(self, root: Node) -> Node:
         """Descend by PUCT to a node without children (unexpanded, or finished); first child on ties."""
