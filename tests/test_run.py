@@ -214,3 +214,38 @@ def test_a_model_that_fails_to_load_says_why(tmp_path):
 def test_list(what, expected):
     result = cli("list", what)
     assert result.returncode == 0 and expected in result.stdout
+
+
+def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
+    votes = "majority,weighted,best,min_vote,last_vote"
+    result = cli("run", *FAST, "--limit", "2", "--method", "best_of_n", "--n", "4", "--temperature", "0.8",
+                 "--reward-model", "self_certainty", "--aggregation", "min", "--vote", votes, "--work-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    path = run_dir(tmp_path)
+    assert path.name == "smollm2-135m+self_certainty+default"
+    live = records(path)
+    for row in live:
+        assert set(row["predictions"]) == set(votes.split(","))
+        for cand in row["candidates"]:
+            assert cand["step_scores"] and all(0 < s <= 1 for s in cand["step_scores"])
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert set(metrics["curves"]) == {"pass@k", "maj@k", "weighted@k"}
+    assert metrics["usage"]["reward_calls"] > 0
+    # Re-voting the stored step scores with the same settings reproduces the live votes exactly ...
+    same = cli("evaluate", str(path), "--vote", votes, "--aggregation", "min")
+    assert same.returncode == 0, same.stderr
+    assert [r["predictions"] for r in records(path)] == [r["predictions"] for r in live]
+    # ... and another aggregation changes only what depends on it.
+    other = cli("evaluate", str(path), "--vote", "majority,min_vote,last_vote,weighted", "--aggregation", "last")
+    assert other.returncode == 0, other.stderr
+    for before, after in zip(live, records(path), strict=True):
+        for name in ("majority", "min_vote", "last_vote"):
+            assert after["predictions"][name] == before["predictions"][name]
+    assert json.loads((path / "metrics.json").read_text())["aggregation"] == "last"
+
+
+def test_reward_model_args_reach_the_reward_model(tmp_path):
+    result = cli("run", *FAST, "--limit", "1", "--method", "best_of_n", "--n", "2", "--reward-model", "self_certainty",
+                 "--reward-model-arg", "colour=blue", "--work-dir", str(tmp_path))
+    assert result.returncode == 2 and "unknown option(s) colour" in result.stderr
+    assert result.stderr.count("\n") == 1

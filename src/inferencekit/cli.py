@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, help="samples (or search width) per problem")
     g.add_argument("--beam-width", type=int)
     g.add_argument("--reward-model", help="reward model preset, path or format")
+    g.add_argument("--reward-model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="reward model setting, e.g. format=token_classification or max_tokens_per_batch=4096")
     g.add_argument("--aggregation", help="min | last | prod | mean | model")
     g.add_argument("--vote", help="comma-separated votes, e.g. majority,weighted,best")
     g.add_argument("--box-match", help="last (default): grade the last \\boxed{}; any: accept any correct box")
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _GENERATION = {"temperature", "top_p", "top_k", "max_new_tokens", "seed"}
 _MODEL_ARG_FLAGS = {"dtype", "device_map", "attn_implementation", "trust_remote_code"}
-_NOT_CONFIG = {"command", "config", "no_resume", "no_progress", "model_arg", "vote"}
+_NOT_CONFIG = {"command", "config", "no_resume", "no_progress", "model_arg", "reward_model_arg", "vote"}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -141,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     model_args.update(dict(args.model_arg))
     if args.vote is not None:
         flags["votes"] = args.vote
+    if args.reward_model_arg:
+        flags["reward_model_args"] = dict(args.reward_model_arg)
     config = resolve_config(
         runtime=flags, generation=generation, model_args=model_args,
         config_file=args.config, preset_defaults=model_defaults,
