@@ -1,14 +1,16 @@
 """Cost of step-level beam search against best-of-N: same model, N, problems and token cap, one process.
 
     python benchmarks/search_cost.py [--n 8] [--beam-width 4] [--problems 3] [--max-new-tokens 256]
-                                     [--reward-model tiny-prm|self_certainty|llm_judge] [--threads T]
+                                     [--reward-model tiny-prm|self_certainty|llm_judge] [--seed S] [--threads T]
 
 The policy is the embedded model (SmolLM2-135M, llama.cpp) on the first GSM8K-mini problems at
 temperature 0.8. The reward model scores best-of-N's N solutions once and every beam-search round:
 `tiny-prm` is a random token-classification PRM (Llama, hidden 256, 4 layers; transformers on CPU,
 built in a temporary folder), so the comparison is about generation; `self_certainty` and
 `llm_judge` score with the policy itself. A warm-up call computes the prompts first, for both.
-Prints each method's seconds and work, and last `ratio=<beam seconds / best-of-n seconds>`.
+llama.cpp runs on one thread by default: on a small machine shared with other jobs its spinning
+worker threads slow down many times over when another process takes a core, which swamps the
+comparison. Prints each method's seconds and work, and last `ratio=<beam seconds / best-of-n seconds>`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ except ImportError:  # run from a source checkout without installing
 from inferencekit.config import RunConfig
 from inferencekit.datasets import load_dataset
 from inferencekit.models import load_generator, resolve_model
-from inferencekit.models.base import SamplingParams, Usage
+from inferencekit.models.base import SamplingParams
 from inferencekit.prompts import build_messages
 from inferencekit.reward_models import load_reward_model
 from inferencekit.search import Problem, get_method
@@ -43,14 +45,13 @@ def load_rm(name: str, generator, folder: str):
     return load_reward_model(name, generator=generator)
 
 
-def timed(method, problems, generator, rm) -> tuple[float, Usage, float, list]:
-    before, rm_before = Usage(**vars(generator.usage)), rm.usage.seconds
+def timed(method, problems, generator, rm) -> tuple[float, float, int, list]:
+    """Seconds in all, seconds scoring, tokens generated, candidates."""
+    tokens, rm_seconds = generator.usage.completion_tokens, rm.usage.seconds
     start = time.perf_counter()
     candidates = method.search(problems)
     seconds = time.perf_counter() - start
-    after = generator.usage
-    delta = Usage(**{k: getattr(after, k) - getattr(before, k) for k in vars(before)})
-    return seconds, delta, rm.usage.seconds - rm_before, candidates
+    return seconds, rm.usage.seconds - rm_seconds, generator.usage.completion_tokens - tokens, candidates
 
 
 def main() -> None:
@@ -60,14 +61,15 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--reward-model", default="tiny-prm")
-    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    ap.add_argument("--seed", type=int, default=0, help="run seed: problem i samples with seed 1000 * seed + i")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads; 0: all cores (default 1, see above)")
     args = ap.parse_args()
 
     model_args = {"n_threads": args.threads} if args.threads else {}
     generator = load_generator(resolve_model("smollm2-135m", None, model_args))
     dataset = load_dataset("gsm8k-mini", limit=args.problems)
     problems = [
-        Problem(s.index, s.input, generator.chat_prompt(build_messages(s, dataset)), 1000 + s.index)
+        Problem(s.index, s.input, generator.chat_prompt(build_messages(s, dataset)), 1000 * args.seed + s.index)
         for s in dataset.samples
     ]
     config = RunConfig(n=args.n, beam_width=args.beam_width, max_new_tokens=args.max_new_tokens, temperature=0.8)
@@ -78,17 +80,13 @@ def main() -> None:
         results = {}
         for name in ("best_of_n", "beam_search"):
             method = get_method(name)(config.model_copy(update={"method": name}), generator, rm)
-            seconds, usage, rm_seconds, candidates = timed(method, problems, generator, rm)
+            seconds, rm_seconds, tokens, candidates = timed(method, problems, generator, rm)
             results[name] = seconds
-            paths = sum(len(c) for c in candidates)
-            print(
-                f"{name}: {seconds:.2f} s ({usage.seconds:.2f} generating in {usage.calls} calls, "
-                f"{rm_seconds:.2f} scoring); {usage.completion_tokens} tokens generated, "
-                f"{usage.computed_prompt_tokens} of {usage.prompt_tokens} prompt tokens computed; {paths} candidates"
-            )
+            print(f"{name}: {seconds:.2f} s, of which {rm_seconds:.2f} s scoring; {tokens} tokens generated "
+                  f"({tokens / max(seconds - rm_seconds, 1e-9):.0f}/s); {sum(map(len, candidates))} candidates")
     generator.close()
     print(f"reward_model={args.reward_model} n={args.n} beam_width={args.beam_width} problems={args.problems} "
-          f"max_new_tokens={args.max_new_tokens}")
+          f"max_new_tokens={args.max_new_tokens} seed={args.seed} threads={args.threads}")
     print(f"ratio={results['beam_search'] / results['best_of_n']:.2f}")
 
 

@@ -155,6 +155,7 @@ def test_beam_search_keeps_exactly_the_top_beams():
                             "a3\n\nb4 \\boxed{4}"]
     assert cands[0].step_scores == [0.9, 0.6, 0.95] and cands[1].step_scores == [0.9, 0.7]
     assert cands[0].tokens == 3 + 3 + 13 and all(c.finish_reason == "stop" for c in cands)
+    assert search.generated == [gen.usage.completion_tokens] == [80]  # every expansion, pruned ones too
 
 
 def test_beam_search_batches_problems_and_each_is_independent_of_the_batch():
@@ -293,6 +294,7 @@ def test_mcts_rollout_evaluates_by_the_finished_rollout():
     a1, a2 = root.children
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a2\n\n"] and gen.calls[1][0][1].stop == ()  # one call to the end
     assert a1.rollout.text == "a1\n\nb2\n\nend \\boxed{5}" and a1.score == 0.05 and a2.score == 0.3
+    assert search.generated == [gen.usage.completion_tokens]  # rollouts count
     assert root.value_sum == pytest.approx((0.05 + 0.3) / 2) and found == [a1.rollout, a2.rollout]
 
 

@@ -23,7 +23,7 @@ class BeamSearch(TreeSearch):
         n = self.config.n
         m = min(self.config.beam_width, n)
         keep = max(1, n // m)
-        roots = [Node(i) for i in range(len(problems))]
+        roots = self.roots(problems)
         pools: list[list[Node]] = [[] for _ in problems]
         frontier = [kid for kids in self.expand(problems, roots, n) for kid in kids]
         while frontier:

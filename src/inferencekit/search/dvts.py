@@ -10,7 +10,7 @@ M siblings, its choice first (search-and-learn's output), so N per problem.
 from __future__ import annotations
 
 from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, rank
+from inferencekit.search.tree import TreeSearch, rank
 
 
 @register_method("dvts")
@@ -20,7 +20,7 @@ class DVTS(TreeSearch):
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         m = min(self.config.beam_width, self.config.n)
         subtrees = max(1, self.config.n // m)
-        roots = [Node(i) for i in range(len(problems))]
+        roots = self.roots(problems)
         groups = [kids[s * m : (s + 1) * m] for kids in self.expand(problems, roots, subtrees * m)
                   for s in range(subtrees)]
         live = [g for g, kids in enumerate(groups) if kids]

@@ -33,12 +33,11 @@ class MCTS(TreeSearch):
     def grow(self, problems: list[Problem]) -> tuple[list[Node], list[list[Node]]]:
         """Run the iterations; return each problem's root and its finished nodes and rollout leaves."""
         c = self.config
-        roots = [Node(i) for i in range(len(problems))]
-        spent = [0] * len(problems)
+        roots = self.roots(problems)
         finals: list[list[Node]] = [[] for _ in problems]  # finished nodes and rollout leaves
         budget = c.mcts_token_budget or math.inf
         for _ in range(c.mcts_iterations or c.n):
-            leaves = [self.select(root) for root in roots if spent[root.problem] < budget]
+            leaves = [self.select(root) for root in roots if self.generated[root.problem] < budget]
             if not leaves:
                 break
             grown = self.expand(problems, leaves, c.beam_width)
@@ -50,10 +49,8 @@ class MCTS(TreeSearch):
                 self.score(problems, ends)
                 for kid, end in zip(live, ends, strict=True):
                     kid.score = end.score
-                    spent[kid.problem] += end.tokens - kid.tokens
                     finals[kid.problem].append(end)
             for leaf, g in zip(leaves, grown, strict=True):
-                spent[leaf.problem] += sum(kid.tokens - leaf.tokens for kid in g)
                 finals[leaf.problem] += [kid for kid in g if kid.terminal]
                 self.set_priors(g)
                 leaf.backpropagate(sum(kid.value for kid in g) / len(g) if g else leaf.value)

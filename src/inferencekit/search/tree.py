@@ -16,15 +16,21 @@ from the batch, so a search gives the same tree whatever else it runs with.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferencekit.grading.extract import boxed_contents
 from inferencekit.models.base import Generator, SamplingParams
 from inferencekit.search.base import Candidate, Problem, SearchMethod
 from inferencekit.voting import aggregate
+
+if TYPE_CHECKING:
+    from inferencekit.config import RunConfig
+
+log = logging.getLogger("inferencekit")
 
 
 @dataclass(eq=False)
@@ -77,9 +83,9 @@ class Node:
             node = node.parent
 
 
-def node_seed(seed: int, path: Sequence[int], salt: int = 0) -> int:
+def node_seed(seed: int, path: Sequence[int]) -> int:
     """A sampling seed from a problem's seed and a node's position: stable across runs and batches."""
-    digest = hashlib.blake2b(repr((seed, tuple(path), salt)).encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(repr((seed, tuple(path))).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**31
 
 
@@ -100,7 +106,7 @@ def expand(
     max_steps: int | None = None,
     attach: bool = True,
 ) -> list[list[Node]]:
-    """Continue every node `k` ways, in ONE generator call for all nodes of all problems.
+    """Continue every (distinct) node `k` ways, in ONE generator call for all nodes of all problems.
 
     The prompt is the problem's prompt plus the node's text; a continuation stops at `separator`
     (None: none) or after `chunk` tokens, and a path never exceeds `params.max_new_tokens` tokens in
@@ -138,7 +144,7 @@ def expand(
                 path=node.path + (j,), tokens=tokens,
             )
             deep = max_steps is not None and child.depth >= max_steps
-            child.terminal = ended or deep or has_final_answer(c.text)
+            child.terminal = ended or deep or has_final_answer(child.text)  # a chunk may split the box
             child.finish_reason = "length" if capped or (deep and not ended) else "stop"
             kids.append(child)
         if attach:
@@ -234,10 +240,29 @@ def group(nodes: Iterable[Node], n_problems: int) -> list[list[Node]]:
 
 
 class TreeSearch(SearchMethod):
-    """Base of the tree methods: the shared operations bound to this run's generator, reward model and settings."""
+    """Base of the tree methods: the shared operations bound to this run's generator, reward model and settings.
+
+    `generated[i]` counts the tokens generated for problem i of the last `search` (pruned branches and
+    rollouts included, shared prefixes once), which the candidates' path tokens do not show.
+    """
 
     needs_reward_model = True
     chunk: int | None = None  # token-level methods expand by chunks of tokens instead of steps
+
+    def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
+        super().__init__(config, generator, reward_model)
+        self.generated: list[int] = []
+        if config.temperature == 0:
+            log.warning("%s samples several continuations per node: at temperature 0 they are all equal", self.name)
+
+    def roots(self, problems: Sequence[Problem]) -> list[Node]:
+        """A fresh root per problem; resets `generated`."""
+        self.generated = [0] * len(problems)
+        return [Node(i) for i in range(len(problems))]
+
+    def _count(self, nodes: Sequence[Node], grown: list[list[Node]]) -> None:
+        for node, kids in zip(nodes, grown, strict=True):
+            self.generated[node.problem] += sum(kid.tokens - node.tokens for kid in kids)
 
     @property
     def separator(self) -> str | None:
@@ -247,15 +272,19 @@ class TreeSearch(SearchMethod):
         return self.sampling_params(0)
 
     def expand(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
-        return expand(self.generator, problems, nodes, k, self.base_params(), separator=self.separator,
-                      chunk=self.chunk, max_steps=self.config.max_steps)
+        grown = expand(self.generator, problems, nodes, k, self.base_params(), separator=self.separator,
+                       chunk=self.chunk, max_steps=self.config.max_steps)
+        self._count(nodes, grown)
+        return grown
 
     def score(self, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str | None = None) -> None:
         score(self.reward_model, problems, nodes, aggregation or self.config.aggregation)
 
     def rollout(self, problems: Sequence[Problem], nodes: Sequence[Node], steps: int | None = None) -> list[Node]:
-        return rollout(self.generator, problems, nodes, self.base_params(), separator=self.config.step_separator,
-                       steps=steps, max_steps=self.config.max_steps)
+        leaves = rollout(self.generator, problems, nodes, self.base_params(), separator=self.config.step_separator,
+                         steps=steps, max_steps=self.config.max_steps)
+        self._count(nodes, [[leaf] for leaf in leaves])
+        return leaves
 
     def lookahead(self, problems: Sequence[Problem], nodes: Sequence[Node]) -> None:
         """Rank live nodes by the score of a greedy rollout `config.lookahead` steps further."""
