@@ -145,7 +145,9 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
             before = _usage_snapshot(generator, reward_model)
             with Timer() as timer:
                 candidates = method.search(problems)
-            usages = _split_usage(before, _usage_snapshot(generator, reward_model), candidates, timer.seconds)
+            # Tree searches count every generated token, pruned branches included; else the candidates' own.
+            generated = getattr(method, "generated", None) or [sum(c.tokens for c in cs) for cs in candidates]
+            usages = _split_usage(before, _usage_snapshot(generator, reward_model), generated, timer.seconds)
             records = [
                 _record(sample, problem, cands, usage, dataset.style)
                 for sample, problem, cands, usage in zip(batch, problems, candidates, usages, strict=True)
@@ -180,12 +182,12 @@ def _usage_snapshot(generator, reward_model) -> dict[str, Usage]:
     return snap
 
 
-def _split_usage(before, after, candidates: list[list[Candidate]], seconds: float) -> list[dict[str, Any]]:
+def _split_usage(before, after, generated: list[int], seconds: float) -> list[dict[str, Any]]:
     """Share one batch's usage among its samples: generated tokens exactly, the rest evenly."""
-    k = len(candidates)
+    k = len(generated)
     out = []
-    for cands in candidates:
-        usage: dict[str, Any] = {"seconds": round(seconds / k, 4), "completion_tokens": sum(c.tokens for c in cands)}
+    for tokens in generated:
+        usage: dict[str, Any] = {"seconds": round(seconds / k, 4), "completion_tokens": tokens}
         for who, end in after.items():
             start = before[who]
             prefix = "" if who == "generator" else "reward_"
