@@ -176,3 +176,14 @@ def test_score_text_reads_the_log_probs_of_given_text(gen, prompts):
     assert scored[0] == pytest.approx(out.logprobs[0], abs=1e-6)  # the first token comes from the same logits
     # Scoring leaves generation untouched.
     assert gen.generate(prompts[:1], SamplingParams(max_new_tokens=10))[0][0].text == out.text
+
+
+def test_stream_yields_pieces_that_continue_the_text(gen):
+    from inferencekit.models.base import stream
+
+    prompt = gen.chat_prompt([{"role": "user", "content": "Write a short story about a cat."}])
+    pieces = list(stream(gen, prompt, SamplingParams(max_new_tokens=24), chunk_tokens=8))
+    full = gen.generate([prompt], SamplingParams(max_new_tokens=24))[0][0].text
+    assert len(pieces) >= 2 and all(pieces)
+    assert full.startswith(pieces[0])  # the first chunk is the first 8 greedy tokens
+    assert gen.count_tokens("".join(pieces)) <= 24 + 2

@@ -1,8 +1,8 @@
 """A multi-turn chat with a model in the terminal, each reply scored by an optional reward model.
 
 Lines starting with `/` are commands (see HELP); everything else is a user message. With a terminal,
-input comes from `input()` (with readline history when available) and replies stream when the
-generator has a `stream(prompt, params)` method; piped input is read line by line without prompts.
+input comes from `input()` (with readline history when available); piped input is read line by line
+without prompts. Replies stream as they are generated (`inferencekit.models.base.stream`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from inferencekit.errors import UserError
-from inferencekit.models.base import Generator, Message, SamplingParams
+from inferencekit.models.base import Generator, Message, SamplingParams, stream
 from inferencekit.results.store import write_atomic
 
 HELP = ("commands: /bon N (answer the last message again by best-of-N), /system TEXT, /reset, /save FILE, "
@@ -75,9 +75,9 @@ class ChatSession:
             prompt = self._prompt()
             params = self._next_params()
             start = time.perf_counter()
-            if self.stream and callable(getattr(self.generator, "stream", None)):
+            if self.stream:
                 pieces = []
-                for piece in self.generator.stream(prompt, params):
+                for piece in stream(self.generator, prompt, params):
                     pieces.append(piece)
                     self.out.write(piece)
                     self.out.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 
@@ -199,3 +199,29 @@ class GeneratorSpec:
     api_key: str | None = None
     tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
     extra: dict = field(default_factory=dict)
+
+
+def stream(generator: Generator, prompt: str, params: SamplingParams, chunk_tokens: int = 8) -> Iterator[str]:
+    """Yield the text of one completion as it is produced.
+
+    A backend with its own `stream(prompt, params)` is used as is; otherwise the completion is
+    generated `chunk_tokens` at a time, each chunk continuing the prompt plus the text so far (backends
+    with a prefix cache, like llama.cpp's, recompute only the new tokens).
+    """
+    own = getattr(generator, "stream", None)
+    if callable(own):
+        yield from own(prompt, params)
+        return
+    text, left, step = "", params.max_new_tokens, 0
+    while left > 0:
+        chunk = params.replace(n=1, max_new_tokens=min(chunk_tokens, left), seed=params.seed + step, stop=())
+        completion = generator.generate([prompt + text], chunk)[0][0]
+        piece, stop = truncate_at_stop(text + completion.text, params.stop)
+        piece = piece[len(text) :]
+        text += piece
+        left -= completion.tokens
+        step += 1
+        if piece:
+            yield piece
+        if stop is not None or completion.finish_reason == "stop" or completion.tokens == 0:
+            return
