@@ -52,8 +52,8 @@ def resolve_model(name_or_path: str, backend: str | None = None, model_args: dic
     path = preset["path"] if preset else name_or_path
     if path == "embedded":
         path = str(embedded_gguf_path())
-    inferred = (preset or {}).get("backend") or _infer_backend(path)
-    backend = backend or inferred
+    # A served model's name means nothing locally: an explicit openai backend skips the path checks.
+    backend = backend or (preset or {}).get("backend") or _infer_backend(path)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     unknown = set(model_args) - _SPEC_FIELDS

@@ -1,0 +1,91 @@
+"""The openai backend against a real OpenAI-compatible server: llama.cpp's, on 127.0.0.1, serving the embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
+
+from inferencekit.models import load_generator, resolve_model  # noqa: E402
+from inferencekit.models.base import SamplingParams  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(embedded_gguf):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("llama_cpp.server exited")
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gen(server):
+    return load_generator(resolve_model("smollm2", backend="openai", model_args={"base_url": server}))
+
+
+def test_samples_greedy_stop_and_logprobs(gen):
+    prompt = gen.chat_prompt([{"role": "user", "content": "Count from 1 to 10."}])
+    assert prompt.startswith("<|im_start|>user\nCount") and prompt.endswith("<|im_start|>assistant\n")
+    (greedy,) = gen.generate([prompt], SamplingParams(max_new_tokens=12))
+    again = gen.generate([prompt], SamplingParams(max_new_tokens=12, n=2))[0]
+    assert [c.text for c in again] == [greedy[0].text] * 2
+    samples = gen.generate([prompt], SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1))[0]
+    assert len(samples) == 3 and len({c.text for c in samples}) > 1  # the server ignores n: asked again
+    (long,) = gen.generate([prompt], SamplingParams(max_new_tokens=6, logprobs=True))[0]
+    assert long.finish_reason == "length" and long.tokens == 6 and len(long.logprobs) == 6
+    assert all(x <= 0 for x in long.logprobs)
+    full = gen.generate([prompt], SamplingParams(max_new_tokens=40))[0][0].text
+    stop = full[12:16]
+    cut = gen.generate([prompt], SamplingParams(max_new_tokens=40, stop=(stop,)))[0][0]
+    assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
+    assert gen.usage.calls == 6 and gen.usage.completion_tokens > 0
+    assert gen.count_tokens("hello world") >= 2
+
+
+def test_run_through_the_cli(server, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "inferencekit.cli", "run", "--backend", "openai", "--model", "smollm2",
+         "--model-arg", f"base_url={server}", "--limit", "2", "--max-new-tokens", "24", "--no-progress",
+         "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    (path,) = tmp_path.glob("*/*+*+*")
+    rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["candidates"][0]["text"] for r in rows)
+
+
+def test_missing_server_is_one_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "inferencekit.cli", "run", "--backend", "openai", "--model", "smollm2",
+         "--limit", "1", "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_BASE_URL": ""},
+    )
+    assert result.returncode == 2 and "base_url" in result.stderr and result.stderr.count("\n") == 1
