@@ -273,3 +273,24 @@ def test_store_ignores_and_repairs_a_torn_last_line(tmp_path):
     store.append({"index": 2, "x": 3})
     assert [r["x"] for r in store.records()] == [1, 2, 3]
     assert store.predictions_path.read_text().count("\n") == 3
+
+
+@pytest.mark.parametrize("template", ["Solve {input} and put it in \\boxed{}", "No placeholder here"])
+def test_prompt_templates_are_checked(template):
+    with pytest.raises(UserError, match="prompt_template"):
+        resolve_config(runtime={"prompt_template": template})
+    assert resolve_config(runtime={"prompt_template": "Q: {input}\nA: \\boxed{{}}"}).prompt_template
+
+
+def test_api_keys_stay_out_of_config_yaml():
+    config = RunConfig(model_args={"api_key": "sk-secret", "base_url": "http://127.0.0.1:1/v1"})
+    assert "sk-secret" not in config.to_yaml()
+    other = RunConfig(model_args={"api_key": "other", "base_url": "http://127.0.0.1:2/v1"})
+    assert config.result_keys() == other.result_keys()
+
+
+def test_rows_missing_a_field_name_the_row(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"question": "a", "answer": "1"}) + "\n" + json.dumps({"question": "b"}) + "\n")
+    with pytest.raises(UserError, match="row 1 lacks the field"):
+        load_dataset(str(path))

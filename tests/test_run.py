@@ -190,6 +190,10 @@ def test_local_dataset_file_and_gguf_path(tmp_path):
         (["run", "--dataset", "math500", "--data-dir", "/nope"], "no test.jsonl/.json/.csv/.parquet in /nope/math500"),
         (["run", "--model-arg", "n_gpu=1"], "unknown model argument(s) n_gpu; accepted:"),
         (["evaluate", "/nope/run"], "/nope/run is not a run folder"),
+        (["run", "--model-arg", "n_ctx=[1,"], "invalid model argument: n_ctx: Input should be a valid integer"),
+        (["run", "--vote", ""], "votes: List should have at least 1 item"),
+        (["run", "--model-arg", "n_ctx=64"], "does not fit the context of 64: raise it with --model-arg n_ctx=N"),
+        (["run", "--reward-model", "no-such-prm"], "no-such-prm"),
         (["list", "widgets"], "invalid choice: 'widgets'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
@@ -250,3 +254,17 @@ def test_reward_model_args_reach_the_reward_model(tmp_path):
                  "--reward-model-arg", "colour=blue", "--work-dir", str(tmp_path))
     assert result.returncode == 2 and "unknown option(s) colour" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_unreadable_run_config_is_one_line(tmp_path):
+    (tmp_path / "config.yaml").write_text("temperature: [unclosed\n")
+    result = cli("evaluate", str(tmp_path))
+    assert result.returncode == 2 and "cannot be read" in result.stderr and result.stderr.count("\n") == 1
+    (tmp_path / "config.yaml").write_text("no_such_key: 1\n")
+    result = cli("evaluate", str(tmp_path))
+    assert result.returncode == 2 and "unknown key 'no_such_key'" in result.stderr
+
+
+def test_where_a_model_runs_may_change_on_resume(greedy_run):
+    result = cli("run", *FAST, "--limit", "4", "--work-dir", str(greedy_run.parents[1]), "--model-arg", "n_threads=1")
+    assert result.returncode == 0, result.stderr

@@ -29,8 +29,15 @@ class _Parser(argparse.ArgumentParser):
 def _key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+    # Only numbers, booleans and null change type; "a: b" stays text unless written as a mapping.
+    if isinstance(value, (dict, list)) and not raw.lstrip().startswith(("{", "[")):
+        return key.strip(), raw
+    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inferencekit.errors import UserError
 
-GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed", "stop")
 # Keys that change neither generation nor grading: a resumed run may differ in these.
-RUNTIME_KEYS = ("limit", "work_dir", "batch_size", "grading_workers", "votes", "resume", "log_level")
+RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "grading_workers", "votes")
+# Model arguments that say where or how fast a model runs, not what it computes.
+RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map")
 
 
 class RunConfig(BaseModel):
@@ -46,7 +47,7 @@ class RunConfig(BaseModel):
     reward_model: str | None = None
     reward_model_args: dict[str, Any] = Field(default_factory=dict)
     aggregation: Literal["min", "last", "prod", "mean", "model"] = "last"
-    votes: list[str] = Field(default_factory=lambda: ["majority"])
+    votes: list[str] = Field(default_factory=lambda: ["majority"], min_length=1)
     # tree search (beam_search, dvts, mcts, token_beam)
     max_steps: int = Field(40, ge=1)  # most steps (token_beam: chunks) in a path
     lookahead: int = Field(0, ge=0)  # beam_search/dvts: rank by a greedy rollout this many steps further
@@ -80,17 +81,46 @@ class RunConfig(BaseModel):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_input(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            filled = value.format(input="\x00")
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"must be a str.format template with only {{input}}; double literal braces ({exc})"
+            ) from None
+        if "\x00" not in filled:
+            raise ValueError("must contain {input}")
+        return value
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True)
+        """The config as YAML, with any API key left out."""
+        data = self.model_dump()
+        if "api_key" in data["model_args"]:
+            data["model_args"]["api_key"] = None
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     def result_keys(self) -> dict[str, Any]:
         """The settings that determine results: a resumed run must match these."""
-        return {k: v for k, v in self.model_dump().items() if k not in RUNTIME_KEYS}
+        data = {k: v for k, v in self.model_dump().items() if k not in RUNTIME_KEYS}
+        data["model_args"] = {k: v for k, v in data["model_args"].items() if k not in RUNTIME_MODEL_ARGS}
+        return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a mapping into a `RunConfig`; a bad key or value is a one-line `UserError`."""
+    try:
+        return RunConfig(**data)
+    except ValidationError as exc:
+        raise UserError(validation_message(exc, source)) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -146,10 +176,7 @@ def resolve_config(
         merged["model_args"] = {**merged.get("model_args", {}), **model_args}
     _merge(merged, generation)
     _merge(merged, runtime)
-    try:
-        return RunConfig(**merged)
-    except ValidationError as exc:
-        raise UserError(validation_message(exc)) from None
+    return config_from_dict(merged)
 
 
 def _merge(into: dict[str, Any], layer: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ class RunProgress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=Console(file=sys.stderr),
-            disable=not enabled,
+            disable=not (enabled and sys.stderr.isatty()),  # a bar is for terminals, not log files
         )
         self._task = self._progress.add_task("generating", total=total, completed=done, acc="")
 

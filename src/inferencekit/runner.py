@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferencekit.config import RunConfig
+from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError
 from inferencekit.grading import Grader
@@ -19,7 +20,6 @@ from inferencekit.prompts import build_messages
 from inferencekit.results.evaluate import check_votes, compute_metrics, grade_records
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
-from inferencekit.voting import vote_names
 
 log = logging.getLogger("inferencekit")
 
@@ -38,9 +38,6 @@ def problem_seed(seed: int, index: int) -> int:
 
 def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> RunResult:
     """Run `config` to completion in its run folder, resuming what an earlier invocation finished."""
-    for name in config.votes:
-        if name not in vote_names():
-            raise UserError(f"unknown vote {name!r}; accepted: {', '.join(vote_names())}")
     method_cls = get_method(config.method)
     check_votes(config.votes, has_scores=config.reward_model is not None)
     if method_cls.needs_reward_model and config.reward_model is None:
@@ -56,7 +53,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
     )
     spec = resolve_model(config.model, config.backend, config.model_args)
     config.backend = spec.backend
-    rm_label = _reward_label(config.reward_model)
+    rm_label = _check_reward_model(config)
     store = RunStore(run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name))
     _prepare_store(store, config, resume)
 
@@ -68,12 +65,14 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
             finished = len(dataset.samples) - len(todo)
             log.info("resuming: %d of %d samples already finished", finished, len(dataset.samples))
         if todo:
-            generator = load_generator(spec)
+            generator, reward_model = load_generator(spec), None
             try:
                 reward_model = _load_reward_model(config, generator)
                 method = method_cls(config, generator, reward_model)
                 _generate(method, generator, reward_model, dataset, todo, store, config, show_progress)
             finally:
+                if reward_model is not None:
+                    reward_model.close()
                 generator.close()
         records = _finish_records(store, dataset, config)
         metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)
@@ -82,12 +81,18 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
     return RunResult(run_dir=store.path, metrics=metrics, generated=len(todo))
 
 
-def _reward_label(reward_model: str | None) -> str | None:
-    if reward_model is None:
+def _check_reward_model(config: RunConfig) -> str | None:
+    """Resolve the reward model and check its options before any model loads; return its label."""
+    if config.reward_model is None:
         return None
-    from inferencekit.models import model_label
+    from inferencekit.reward_models import resolve_reward_model
+    from inferencekit.reward_models.loading import load_reward_model
+    from inferencekit.reward_models.registry import format_class
 
-    return model_label(reward_model)
+    spec = resolve_reward_model(config.reward_model, config.reward_model_args.get("format"))
+    settings = set(inspect.signature(load_reward_model).parameters) - {"name_or_path", "kwargs"}
+    format_class(spec.format).check_options({k: v for k, v in config.reward_model_args.items() if k not in settings})
+    return spec.name
 
 
 def _load_reward_model(config: RunConfig, generator: Generator):
@@ -104,8 +109,8 @@ def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
     """Refuse to resume a run whose results-defining settings changed; --no-resume sets old results aside."""
     if store.exists() and resume:
         try:
-            old = RunConfig(**store.read_config())
-        except Exception:  # an unreadable old config cannot be trusted to match
+            old = config_from_dict(store.read_config())
+        except UserError:  # an unreadable old config cannot be trusted to match
             raise UserError(f"{store.path}/config.yaml cannot be read; rerun with --no-resume") from None
         new = config.result_keys()
         changed = sorted(k for k, v in old.result_keys().items() if new.get(k) != v)

@@ -85,8 +85,7 @@ def _weighted_groups(answers: Sequence[str | None], weights: Sequence[float]) ->
         first.setdefault(key, answer)
     if not totals:
         return None
-    best = max(totals, key=lambda k: (totals[k], -list(totals).index(k)))
-    return first[best]
+    return first[max(totals, key=totals.__getitem__)]  # max keeps the first of equal keys: first-seen wins
 
 
 @register_vote("majority")

@@ -172,7 +172,7 @@ def read_table(path: Path) -> list[dict]:
 
             kind = "csv" if path.suffix == ".csv" else "parquet"
             return [dict(r) for r in hf_datasets.load_dataset(kind, data_files=str(path), split="train")]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError) as exc:
         raise UserError(f"cannot read dataset file {path}: {exc}") from None
     raise UserError(f"unsupported dataset file {path}; accepted: {', '.join(TABLE_SUFFIXES)}")
 
@@ -186,6 +186,8 @@ def _to_samples(
 ) -> list[Sample]:
     if not rows:
         raise UserError(f"dataset {source} is empty")
+    if not isinstance(rows[0], dict):
+        raise UserError(f"dataset {source}: rows must be objects with named fields")
     keys = list(rows[0])
     input_field = input_field or next((k for k in _INPUT_FIELDS if k in keys), None)
     reference_field = reference_field or next((k for k in _REFERENCE_FIELDS if k in keys), None)
@@ -197,6 +199,8 @@ def _to_samples(
             )
     samples = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict) or input_field not in row or reference_field not in row:
+            raise UserError(f"dataset {source}: row {i} lacks the field {input_field!r} or {reference_field!r}")
         reference = _answer_text(row[reference_field])
         meta = {k: v for k, v in row.items() if k not in (input_field, reference_field) and _jsonable(v)}
         if parser:  # keep the worked solution: k-shot prompts show it

@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from inferencekit.config import validation_message
 from inferencekit.errors import UserError
 from inferencekit.models.base import Completion, Generator, GeneratorSpec, SamplingParams, Usage
 from inferencekit.models.embedded import embedded_gguf_path
@@ -61,7 +64,12 @@ def resolve_model(name_or_path: str, backend: str | None = None, model_args: dic
         raise UserError(
             f"unknown model argument(s) {', '.join(sorted(unknown))}; accepted: {', '.join(sorted(_SPEC_FIELDS))}"
         )
-    return GeneratorSpec(name=model_label(name_or_path), path=path, backend=backend, **model_args)
+    try:
+        return TypeAdapter(GeneratorSpec).validate_python(
+            {"name": model_label(name_or_path), "path": path, "backend": backend, **model_args}
+        )
+    except ValidationError as exc:
+        raise UserError(validation_message(exc, "model argument")) from None
 
 
 def _infer_backend(path: str) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
+from inferencekit.errors import UserError
 from inferencekit.models.base import (
     Completion,
     Generator,
@@ -212,7 +213,10 @@ class LlamaCppGenerator(Generator):
             toks = [self._tokenize(p, add_bos=True) or [self._bos] for p in prompts]
             for p, t in zip(prompts, toks, strict=True):
                 if len(t) >= self.n_ctx:
-                    raise ValueError(f"prompt of {len(t)} tokens does not fit n_ctx={self.n_ctx}: {p[:40]!r}")
+                    raise UserError(
+                        f"a prompt of {len(t)} tokens does not fit the context of {self.n_ctx}: "
+                        f"raise it with --model-arg n_ctx=N ({p[:40]!r}...)"
+                    )
             need = [1 if p.greedy else p.n for p in plist]
             if prompts:
                 per = max(len(t) + self._cap(len(t), p) for t, p in zip(toks, plist, strict=True))

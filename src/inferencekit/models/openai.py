@@ -8,6 +8,7 @@ another seed, until each prompt has its `n` samples.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,18 @@ _FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+_warned_stop_reason = False
+
+
+def _warn_stop_reason() -> None:
+    global _warned_stop_reason
+    _warned_stop_reason = True
+    logging.getLogger("inferencekit").warning(
+        "this server does not report which stop string ended a completion (vLLM and SGLang do): "
+        "tree search cannot tell a finished step from a finished solution with it"
+    )
 
 
 class OpenAIGenerator(Generator):
@@ -121,7 +134,13 @@ class OpenAIGenerator(Generator):
             tokens = len(logprobs)
         text, stop_reason = truncate_at_stop(choice.text, params.stop)  # stops past the API's first 4
         if stop_reason is None and choice.finish_reason == "stop" and params.stop:
-            stop_reason = getattr(choice, "stop_reason", None)
+            # The server cut the stop string off; vLLM says which in `stop_reason`, SGLang in `matched_stop`.
+            extra = choice.model_extra or {}
+            reported = extra.get("stop_reason", extra.get("matched_stop"))
+            if isinstance(reported, str) and reported in params.stop:
+                stop_reason = reported
+            elif reported is None and not _warned_stop_reason:
+                _warn_stop_reason()
         if stop_reason and params.include_stop:
             text += stop_reason
         finish = "length" if choice.finish_reason == "length" and stop_reason is None else "stop"

@@ -8,7 +8,7 @@ from typing import Any
 
 from inferencekit.grading import Grader, canonical_form, extract_answer
 from inferencekit.results.metrics import accuracy, pass_at_k, powers_of_two, sum_usage
-from inferencekit.voting import needs_scores, vote
+from inferencekit.voting import needs_scores, vote, vote_names
 
 CURVE_DRAWS = 256  # random k-subsets per k for maj@k / weighted@k
 
@@ -115,9 +115,12 @@ def _mean(values: list[float]) -> float:
 
 
 def check_votes(votes: Sequence[str], has_scores: bool) -> None:
-    """Votes that need reward scores are refused on a run without them."""
-    from inferencekit.errors import UserError
+    """Unknown votes, and votes that need reward scores on a run without them, are refused."""
+    from inferencekit.errors import UserError, unknown
 
+    for name in votes:
+        if name not in vote_names():
+            raise unknown("vote", name, vote_names())
     missing = [v for v in votes if needs_scores(v)]
     if missing and not has_scores:
         raise UserError(f"vote(s) {', '.join(missing)} need step scores: give --reward-model")

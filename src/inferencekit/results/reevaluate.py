@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from inferencekit.config import RunConfig
+from inferencekit.config import config_from_dict
 from inferencekit.errors import UserError
 from inferencekit.grading import Grader
 from inferencekit.results.evaluate import check_votes, compute_metrics, grade_records
 from inferencekit.results.store import RunStore, write_atomic
-from inferencekit.voting import AGGREGATIONS, vote_names
 
 
 def reevaluate(
@@ -22,17 +21,10 @@ def reevaluate(
 ) -> dict[str, Any]:
     """Recompute answers, votes, correctness and metrics of a run; rewrite its predictions and metrics."""
     store = RunStore(run_dir)
-    config = RunConfig(**store.read_config())
-    vote_list = RunConfig(votes=votes).votes if votes is not None else config.votes
-    aggregation = aggregation or config.aggregation
-    box_match = box_match or config.box_match
-    for name in vote_list:
-        if name not in vote_names():
-            raise UserError(f"unknown vote {name!r}; accepted: {', '.join(vote_names())}")
-    if aggregation not in AGGREGATIONS:
-        raise UserError(f"unknown aggregation {aggregation!r}; accepted: {', '.join(AGGREGATIONS)}")
-    if box_match not in ("last", "any"):
-        raise UserError(f"unknown box match {box_match!r}; accepted: any, last")
+    config = config_from_dict(store.read_config(), f"{store.path}/config.yaml")
+    changes = {"votes": votes, "aggregation": aggregation, "box_match": box_match}
+    config = config_from_dict({**config.model_dump(), **{k: v for k, v in changes.items() if v is not None}})
+    vote_list, aggregation, box_match = config.votes, config.aggregation, config.box_match
     records = store.records()
     if not records:
         raise UserError(f"{store.path} has no finished samples to evaluate")

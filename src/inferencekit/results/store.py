@@ -60,7 +60,13 @@ class RunStore:
     def read_config(self) -> dict[str, Any]:
         if not self.exists():
             raise UserError(f"{self.path} is not a run folder (no {CONFIG})")
-        return yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            data = None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.path}/{CONFIG} cannot be read as a run configuration")
+        return data
 
     def write_config(self, text: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
