@@ -17,7 +17,7 @@ from inferencekit.grading import Grader
 from inferencekit.models import Generator, Usage, load_generator, resolve_model
 from inferencekit.models.base import Timer
 from inferencekit.prompts import build_messages
-from inferencekit.results.evaluate import check_votes, compute_metrics, grade_records
+from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
 
@@ -210,12 +210,7 @@ def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> lis
     wanted = {s.index for s in dataset.samples}
     records = [r for r in store.records() if r["index"] in wanted]
     stale = [r for r in records if set(config.votes) - set(r.get("correct", {}))]
-    if stale:
-        with Grader(workers=config.grading_workers, timeout=config.grading_timeout) as grader:
-            grade_records(
-                stale, grader, style=dataset.style, votes=config.votes,
-                aggregation=config.aggregation, box_match=config.box_match,
-            )
+    apply_votes(stale, config.votes, config.aggregation)
     return records
 
 

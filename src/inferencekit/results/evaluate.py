@@ -23,6 +23,12 @@ def grade_records(
     box_match: str = "last",
 ) -> None:
     """Fill, in place, each candidate's `answer` and `correct`, and each record's `predictions` and `correct`."""
+    grade_candidates(records, grader, style=style, box_match=box_match)
+    apply_votes(records, votes, aggregation)
+
+
+def grade_candidates(records: Sequence[dict[str, Any]], grader: Grader, *, style: str, box_match: str = "last") -> None:
+    """Fill each candidate's extracted `answer` and its `correct` flag, grading in the grader's workers."""
     items = []
     for record in records:
         for cand in record["candidates"]:
@@ -33,24 +39,20 @@ def grade_records(
         for cand in record["candidates"]:
             cand["correct"] = next(flags)
 
-    pairs, slots = [], []
+
+def apply_votes(records: Sequence[dict[str, Any]], votes: Sequence[str], aggregation: str) -> None:
+    """Fill each record's `predictions` and `correct` per vote from its graded candidates."""
     for record in records:
-        answers = [c["answer"] for c in record["candidates"]]
-        scores = [c.get("step_scores") for c in record["candidates"]]
+        cands = record["candidates"]
+        answers = [c["answer"] for c in cands]
+        scores = [c.get("step_scores") for c in cands]
         record["predictions"] = {v: vote(v, answers, scores, aggregation) for v in votes}
-        record["correct"] = {}
-        for name, prediction in record["predictions"].items():
-            # Under --box-match any a candidate can be right through an earlier box: its group counts too.
-            group_right = box_match == "any" and any(
-                c["correct"] for c in record["candidates"] if _same(c["answer"], prediction)
-            )
-            if prediction is None or group_right:
-                record["correct"][name] = group_right
-            else:
-                pairs.append((prediction, record["reference"]))
-                slots.append((record, name))
-    for (record, name), ok in zip(slots, grader.is_equiv_many(pairs), strict=True):
-        record["correct"][name] = ok
+        # A vote returns one candidate's answer; its group's graded candidates say whether it is right
+        # (under --box-match any, a candidate can be right through an earlier box).
+        record["correct"] = {
+            name: any(c["correct"] for c in cands if _same(c["answer"], prediction))
+            for name, prediction in record["predictions"].items()
+        }
 
 
 def _same(a: str | None, b: str | None) -> bool:
