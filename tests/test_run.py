@@ -235,7 +235,13 @@ def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
             assert cand["step_scores"] and all(0 < s <= 1 for s in cand["step_scores"])
     metrics = json.loads((path / "metrics.json").read_text())
     assert set(metrics["curves"]) == {"pass@k", "maj@k", "weighted@k"}
-    assert metrics["usage"]["reward_calls"] > 0
+    assert metrics["usage"]["reward_calls"] > 0 and metrics["usage"]["reward_prompt_tokens"] > 0
+    # Scoring with the policy's own llama.cpp model counts as reward-model work, not generation.
+    from inferencekit.models import load_generator, resolve_model
+
+    policy = load_generator(resolve_model("smollm2-135m"))
+    assert metrics["usage"]["prompt_tokens"] == 4 * sum(policy.count_tokens(r["prompt"]) for r in live)
+    policy.close()
     # Re-voting the stored step scores with the same settings reproduces the live votes exactly ...
     same = cli("evaluate", str(path), "--vote", votes, "--aggregation", "min")
     assert same.returncode == 0, same.stderr

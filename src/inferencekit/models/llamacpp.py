@@ -411,11 +411,14 @@ class LlamaCppGenerator(Generator):
 
     # ---------------------------------------------------------------- scoring given text
 
-    def score_text(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
+    def score_text(
+        self, prompts: Sequence[str], continuations: Sequence[str], usage: Usage | None = None
+    ) -> list[list[float]]:
         """Log-probability of each token of each continuation given its prompt (for self_certainty).
 
         The continuation is tokenised on its own (no BOS) and appended to the prompt's tokens, as a
-        step appended by a search method is. Sequences run one after another in stream 0.
+        step appended by a search method is. Sequences run one after another in stream 0. The work is
+        added to `usage` when given (a reward model's), else to this generator's.
         """
         out: list[list[float]] = []
         total = 0
@@ -447,7 +450,11 @@ class LlamaCppGenerator(Generator):
                 out.append(logprobs)
             if self._ctx:
                 lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
-        self._record(Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=total, seconds=timer.seconds))
+        work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=total, seconds=timer.seconds)
+        if usage is None:
+            self._record(work)
+        else:
+            usage.add(work)
         return out
 
     def close(self) -> None:

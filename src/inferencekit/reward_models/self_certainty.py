@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
 
 # token log-probs of each continuation given its prompt; a backend offering this as `score_text` is used as is
+# (with `usage=`, where it accepts it, so its work counts as the reward model's)
 TextScorer = Callable[[list[str], list[str]], list[list[float]]]
 LOGITS_CHUNK = 1024  # positions (over the batch) whose full-vocabulary logits exist at once
 
@@ -112,9 +114,14 @@ class SelfCertainty(TransformersRewardModel):
             for i, step in enumerate(steps):
                 prompts.append(prompt + "".join(s + self.step_separator for s in steps[:i]))
                 continuations.append(step)
-        with Timer() as timer:
-            logprobs = self.text_scorer(prompts, continuations) if prompts else []
-        self.usage.add(Usage(calls=1 if prompts else 0, seconds=timer.seconds))
+        if not prompts:
+            return [[] for _ in items]
+        if "usage" in inspect.signature(self.text_scorer).parameters:  # the backend accounts the work here
+            logprobs = self.text_scorer(prompts, continuations, usage=self.usage)
+        else:
+            with Timer() as timer:
+                logprobs = self.text_scorer(prompts, continuations)
+            self.usage.add(Usage(calls=1, seconds=timer.seconds))
         flat = iter(logprobs)
         return [[mean_prob(list(next(flat))) for _ in steps] for _, steps in items]
 
