@@ -381,6 +381,7 @@ def test_llm_judge_reads_p_yes_from_first_token():
     assert len(gen.prompts) == 3 and "Is this step correct? Answer Yes or No." in gen.prompts[0]
     assert STEPS[0] in gen.prompts[1] and "(none)" in gen.prompts[0]  # earlier steps are shown as context
     assert rm.usage.calls == 1 and rm.usage.prompt_tokens == 30
+    assert gen.usage.calls == 0 and gen.usage.prompt_tokens == 0  # judged work is not generation
     with pytest.raises(UserError, match="needs a generator"):
         load_reward_model("llm_judge")
 

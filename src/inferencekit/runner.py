@@ -181,9 +181,9 @@ def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dic
 
 
 def _usage_snapshot(generator, reward_model) -> dict[str, Usage]:
-    snap = {"generator": Usage(**vars(generator.usage))}
+    snap = {"generator": generator.usage.copy()}
     if reward_model is not None and hasattr(reward_model, "usage"):
-        snap["reward_model"] = Usage(**vars(reward_model.usage))
+        snap["reward_model"] = reward_model.usage.copy()
     return snap
 
 

@@ -91,6 +91,13 @@ class Usage:
         for name in ("calls", "prompt_tokens", "computed_prompt_tokens", "completion_tokens", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def since(self, before: Usage) -> Usage:
+        """The work done between the snapshot `before` and now."""
+        return Usage(**{k: getattr(self, k) - getattr(before, k) for k in self.__dataclass_fields__})
+
+    def copy(self) -> Usage:
+        return Usage(**asdict(self))
+
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 

@@ -61,19 +61,14 @@ class LLMJudge(RewardModel):
         prompts = [self.prompt(q, steps[:i], step) for q, steps in items for i, step in enumerate(steps)]
         if not prompts:
             return [[] for _ in items]
-        before = Usage(**vars(self.generator.usage))
+        before = self.generator.usage.copy()
         params = SamplingParams(temperature=0.0, max_new_tokens=1, logprobs=True)
         with Timer() as timer:
             completions = self.generator.generate(prompts, params)
-        after = self.generator.usage
-        self.usage.add(
-            Usage(
-                calls=1,
-                prompt_tokens=after.prompt_tokens - before.prompt_tokens,
-                computed_prompt_tokens=after.computed_prompt_tokens - before.computed_prompt_tokens,
-                completion_tokens=after.completion_tokens - before.completion_tokens,
-                seconds=timer.seconds,
-            )
-        )
+        work = self.generator.usage.since(before)
+        # The judge's calls are reward-model work: move them off the generator's account.
+        self.generator.usage.add(Usage(**{k: -v for k, v in vars(work).items()}))
+        work.calls, work.seconds = 1, timer.seconds
+        self.usage.add(work)
         flat = iter(p_yes(c[0]) for c in completions)
         return [[next(flat) for _ in steps] for _, steps in items]
