@@ -225,6 +225,8 @@ def stream(generator: Generator, prompt: str, params: SamplingParams, chunk_toke
         completion = generator.generate([prompt + text], chunk)[0][0]
         piece, stop = truncate_at_stop(text + completion.text, params.stop)
         piece = piece[len(text) :]
+        if completion.finish_reason == "length" and stop is None:
+            piece = piece.rstrip("\ufffd")  # a character cut between chunks: the next chunk redoes it
         text += piece
         left -= completion.tokens
         step += 1
