@@ -241,8 +241,6 @@ def build_report(run_dirs: list[str | Path], out: str | Path, max_samples: int =
     write_csv(rows, files["metrics.csv"])
     for name, data in plots.items():
         files[f"{name}.png"] = out / f"{name}.png"
-        tmp = out / f".{name}.png.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(files[f"{name}.png"])
+        write_atomic(files[f"{name}.png"], data)
     write_atomic(files["index.html"], render_html(runs, rows, plots, max_samples))
     return files
