@@ -142,6 +142,20 @@ def test_logprobs_are_raw_model_logprobs(gen):
     assert all(lp <= 0 for lp in completion.logprobs)
 
 
+def test_top_logprobs(gen):
+    (greedy, sampled) = gen.generate(
+        [PROMPTS[2], PROMPTS[0]], [SamplingParams(max_new_tokens=5, top_logprobs=3),
+                       SamplingParams(max_new_tokens=5, temperature=1.0, logprobs=True, top_logprobs=1)]
+    )
+    ids, expected = manual_greedy(gen, PROMPTS[2], 5)
+    top = greedy[0].top_logprobs
+    assert len(top) == 5 and all(len(t) == 3 for t in top) and greedy[0].logprobs is None
+    assert [t[0][1] for t in top] == pytest.approx(expected, abs=1e-4)
+    assert [t[0][0] for t in top] == [gen.tokenizer.decode([i]) for i in ids]
+    assert all(t[0][1] >= t[1][1] >= t[2][1] for t in top)
+    assert all(len(t) == 1 for t in sampled[0].top_logprobs) and len(sampled[0].top_logprobs) == sampled[0].tokens
+
+
 def test_usage(tiny_llama_dir):
     fresh = make_generator(tiny_llama_dir)
     lengths = [len(fresh.encode(p)) for p in PROMPTS]

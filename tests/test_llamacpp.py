@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -124,6 +125,20 @@ def test_length_and_logprobs(gen, prompts):
     assert len(c.logprobs) == 6 and all(lp <= 0 for lp in c.logprobs)
     s = gen.generate([prompts[0]], SAMPLED.replace(logprobs=True))[0]
     assert all(len(x.logprobs) == x.tokens and max(x.logprobs) <= 0 for x in s)
+
+
+def test_top_logprobs(gen, prompts):
+    (c,) = gen.generate([prompts[2]], SamplingParams(max_new_tokens=4, logprobs=True, top_logprobs=5))[0]
+    assert len(c.top_logprobs) == 4 and all(len(top) == 5 for top in c.top_logprobs)
+    for top, chosen in zip(c.top_logprobs, c.logprobs, strict=True):
+        values = [lp for _, lp in top]
+        assert values == sorted(values, reverse=True) and sum(math.exp(v) for v in values) <= 1 + 1e-9
+        assert values[0] == pytest.approx(chosen, abs=1e-9)  # greedy takes the likeliest token
+    assert "".join(top[0][0] for top in c.top_logprobs) == c.text
+    # the second likeliest first token, appended to the prompt, is what greedy decoding then sees
+    other = c.top_logprobs[0][1][0]
+    (after,) = gen.generate([prompts[2] + other], SamplingParams(max_new_tokens=1, top_logprobs=2))[0]
+    assert after.top_logprobs and len(after.top_logprobs[0]) == 2
 
 
 def test_multibyte_text_split_across_tokens(gen):

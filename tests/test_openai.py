@@ -61,11 +61,15 @@ def test_samples_greedy_stop_and_logprobs(gen):
     (long,) = gen.generate([prompt], SamplingParams(max_new_tokens=6, logprobs=True))[0]
     assert long.finish_reason == "length" and long.tokens == 6 and len(long.logprobs) == 6
     assert all(x <= 0 for x in long.logprobs)
+    (top,) = gen.generate([prompt], SamplingParams(max_new_tokens=3, top_logprobs=3))[0]
+    assert top.logprobs is None and len(top.top_logprobs) == 3
+    assert all(len(t) == 3 and t[0][1] >= t[1][1] >= t[2][1] for t in top.top_logprobs)
+    assert "".join(t[0][0] for t in top.top_logprobs) == top.text
     full = gen.generate([prompt], SamplingParams(max_new_tokens=40))[0][0].text
     stop = full[12:16]
     cut = gen.generate([prompt], SamplingParams(max_new_tokens=40, stop=(stop,)))[0][0]
     assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
-    assert gen.usage.calls == 6 and gen.usage.completion_tokens > 0
+    assert gen.usage.calls == 7 and gen.usage.completion_tokens > 0
     assert gen.count_tokens("hello world") >= 2
 
 

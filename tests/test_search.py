@@ -29,14 +29,15 @@ class ScriptedGenerator(Generator):
     """Sample j of a prompt continues with `script[prompt][j]` (cycled; `default` for unknown prompts).
 
     Stop strings cut the text as a backend does; one character is one token; a stop string or EOS
-    costs one more token.
+    costs one more token. With `top_logprobs` asked for, a prompt's next tokens are `tokens[prompt]`
+    ((text, logprob) pairs, best first; "" is EOS; EOS alone for unknown prompts).
     """
 
     name = "scripted"
 
-    def __init__(self, script: dict[str, list[str]], default: str = "\\boxed{0}") -> None:
+    def __init__(self, script: dict[str, list[str]], default: str = "\\boxed{0}", tokens=None) -> None:
         super().__init__()
-        self.script, self.default = script, default
+        self.script, self.default, self.tokens = script, default, tokens or {}
         self.calls: list[list[tuple[str, object]]] = []  # per call: (prompt, params)
 
     def generate(self, prompts, params):
@@ -44,6 +45,10 @@ class ScriptedGenerator(Generator):
         self.calls.append(list(zip(prompts, plist, strict=True)))
         out = []
         for prompt, p in zip(prompts, plist, strict=True):
+            if p.top_logprobs:
+                top = self.tokens.get(prompt, [("", 0.0)])[: p.top_logprobs]
+                out.append([Completion(top[0][0], 1, "stop" if top[0][0] == "" else "length", top_logprobs=[top])])
+                continue
             options = self.script.get(prompt, [self.default])
             completions = []
             for j in range(p.n):
@@ -85,9 +90,9 @@ def problem(i: int = 0) -> Problem:
     return Problem(index=i, question=f"question {i}", prompt=f"<P{i}>", seed=100 + i)
 
 
-def method(name: str, script, table, **settings):
+def method(name: str, script, table, tokens=None, **settings):
     config = RunConfig(method=name, n=4, beam_width=2, max_new_tokens=1000, temperature=1.0, **settings)
-    gen, rm = ScriptedGenerator(script), TableRewardModel(table)
+    gen, rm = ScriptedGenerator(script, tokens=tokens), TableRewardModel(table) if table is not None else None
     return get_method(name)(config, gen, rm), gen, rm
 
 
@@ -309,25 +314,59 @@ def test_mcts_budget_of_tokens_and_batching():
 # ---- token-level ----
 
 
-def test_token_beam_reranks_every_chunk():
-    script = {
-        "<P0>": ["aaaaXX", "bbbbYY", "ccccZZ", "ddddWW"],
-        "<P0>bbbb": ["E1", "E2"],
-        "<P0>cccc": ["E3", "E4"],
-    }
-    table = {"aaaa": 0.1, "bbbb": 0.9, "cccc": 0.8, "dddd": 0.2, "bbbbE1": 0.3, "bbbbE2": 0.7, "ccccE3": 0.5,
-             "ccccE4": 0.6}
-    search, gen, _ = method("token_beam", script, table, token_beam_chunk=4)
+TOKENS = {
+    "<P0>": [("a", -0.1), ("b", -0.5), ("c", -3.0)],
+    "<P0>a": [("x", -2.0), ("y", -0.2)],
+    "<P0>b": [("x", -0.1), ("", -0.3)],  # "" is EOS
+}
+
+
+def test_token_beam_keeps_the_likeliest_paths():
+    search, gen, _ = method("token_beam", {}, None, TOKENS)
     (cands,) = search.search([problem()])
-    assert all(p.stop == () and p.max_new_tokens == 4 for _, p in gen.calls[0])
-    assert gen.prompts(1) == ["<P0>bbbb", "<P0>cccc"]  # re-ranked after 4 tokens: the best two go on
-    assert texts(cands) == ["bbbbE2", "ccccE4", "ccccE3", "bbbbE1"]
-    assert [c.tokens for c in cands] == [7] * 4
+    first = gen.calls[0][0][1]
+    assert first.top_logprobs == 2 and first.max_new_tokens == 1 and first.temperature == 0 and first.n == 1
+    assert gen.prompts(1) == ["<P0>a", "<P0>b"]
+    # a-x -2.1, a-y -0.3, b-x -0.6, b-EOS -0.8 (finished): the best two live paths go on
+    assert gen.prompts(2) == ["<P0>ay", "<P0>bx"] and len(gen.calls) == 3
+    # the pool (both end at EOS next) ranked by log-probability per token
+    assert texts(cands) == ["ay", "bx", "b"]
+    assert [c.meta["logprob"] for c in cands] == [-0.3, -0.6, -0.8] and [c.tokens for c in cands] == [3, 3, 2]
+    assert search.generated == [5]  # one token computed per expanded path
 
 
-def test_search_methods_need_a_reward_model():
-    for name in ("beam_search", "dvts", "mcts", "token_beam"):
+def test_token_beam_reranks_by_the_reward_model_every_k_tokens():
+    table = {"ax": 0.9, "ay": 0.1, "bx": 0.5}
+    search, gen, rm = method("token_beam", {}, table, TOKENS, token_beam_chunk=2)
+    (cands,) = search.search([problem()])
+    assert rm.calls[0] == ["ax", "ay", "bx", "b"]  # after 2 tokens, not after 1
+    assert gen.prompts(2) == ["<P0>ax", "<P0>bx"]  # the reward model's choice, not the likeliest
+    assert texts(cands) == ["ax", "bx", "b"] and [c.step_scores for c in cands] == [[0.9], [0.5], [0.5]]
+
+
+def test_expand_tokens_ends_paths_and_skips_partial_characters():
+    from inferencekit.search.tree import expand_tokens
+
+    p = problem()
+    tokens = {"<P0>": [("ST", -0.1), ("\ufffd", -0.2), ("", -0.3), ("\\boxed{2}", -0.4), ("z", -0.5)],
+              "<P0>ST": [("OP", -0.1)]}
+    gen = ScriptedGenerator({}, tokens=tokens)
+    params = get_method("token_beam")(RunConfig(max_new_tokens=2, stop=["STOP"]), gen).sampling_params(0)
+    root = Node(0)
+    (kids,) = expand_tokens(gen, [p], [root], 5, params)
+    assert [k.text for k in kids] == ["ST", "", "\\boxed{2}", "z"]  # the partial character is skipped
+    assert [k.terminal for k in kids] == [False, True, True, False]
+    assert [k.path for k in kids] == [(0,), (2,), (3,), (4,)]
+    (grand,) = expand_tokens(gen, [p], [kids[0]], 5, params)
+    assert [(g.text, g.terminal, g.finish_reason) for g in grand] == [("", True, "stop")]  # the stop string is cut
+    (cap,) = expand_tokens(gen, [p], [kids[3]], 5, params)
+    assert [(g.terminal, g.finish_reason, g.tokens) for g in cap] == [(True, "stop", 2)]  # EOS at the cap
+
+
+def test_step_search_methods_need_a_reward_model():
+    for name in ("beam_search", "dvts", "mcts"):
         assert get_method(name).needs_reward_model
+    assert not get_method("token_beam").needs_reward_model
 
 
 # ---- real models, from the command line ----
@@ -408,3 +447,16 @@ def test_mcts_iterations_default_to_n():
     search, gen, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE)
     (root,), _ = search.grow([problem()])
     assert root.visits == 4 and isinstance(search, MCTS)
+
+
+def test_token_beam_without_a_reward_model_on_the_embedded_model(tmp_path):
+    args = ["--method", "token_beam", "--model-arg", "n_threads=1", "--n", "4", "--beam-width", "2", "--limit", "1",
+            "--max-new-tokens", "12", "--no-progress"]
+    (record,) = run_cli(args, tmp_path, "a")
+    cands = record["candidates"]
+    assert len(cands) == 4 and len({c["text"] for c in cands}) == 4
+    assert all(c["tokens"] <= 12 and c["step_scores"] == [] and c["meta"]["logprob"] < 0 for c in cands)
+    # ranked by log-probability per token, best first
+    per_token = [c["meta"]["logprob"] / c["tokens"] for c in cands]
+    assert per_token == sorted(per_token, reverse=True)
+    assert "reward_calls" not in record["usage"]

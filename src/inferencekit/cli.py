@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mcts-select-by", help="mcts: visits (default) | value")
     g.add_argument("--mcts-prior", help="mcts: uniform (default) | score")
     g.add_argument("--mcts-token-budget", type=int, help="mcts: generated tokens per problem")
-    g.add_argument("--token-beam-chunk", type=int, help="token_beam: tokens per round (default 16)")
+    g.add_argument("--token-beam-chunk", type=int, help="token_beam: reward re-rank every K tokens (default 16)")
     g = run.add_argument_group("generation")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)

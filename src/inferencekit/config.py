@@ -49,7 +49,7 @@ class RunConfig(BaseModel):
     aggregation: Literal["min", "last", "prod", "mean", "model"] = "last"
     votes: list[str] = Field(default_factory=lambda: ["majority"], min_length=1)
     # tree search (beam_search, dvts, mcts, token_beam)
-    max_steps: int = Field(40, ge=1)  # most steps (token_beam: chunks) in a path
+    max_steps: int = Field(40, ge=1)  # most steps in a path (not token_beam)
     lookahead: int = Field(0, ge=0)  # beam_search/dvts: rank by a greedy rollout this many steps further
     filter_duplicates: bool = False  # beam_search/token_beam: drop paths repeating another's text
     mcts_iterations: int | None = Field(None, ge=1)  # default: n
@@ -58,7 +58,7 @@ class RunConfig(BaseModel):
     mcts_select_by: Literal["visits", "value"] = "visits"
     mcts_prior: Literal["uniform", "score"] = "uniform"
     mcts_token_budget: int | None = Field(None, ge=1)  # generated tokens per problem
-    token_beam_chunk: int = Field(16, ge=1)  # tokens per token_beam round
+    token_beam_chunk: int = Field(16, ge=1)  # token_beam: re-rank by the reward model every K tokens
     box_match: Literal["last", "any"] = "last"
 
     temperature: float = Field(0.0, ge=0)

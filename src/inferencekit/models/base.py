@@ -22,7 +22,8 @@ class SamplingParams:
     one and copy it). `seed` makes sampling reproducible per prompt: a backend seeds each prompt's
     sampler from it, never from the batch it happens to sit in. `stop` strings end a completion and
     are not part of its text unless `include_stop` is set. `logprobs` asks for the log probability
-    of every generated token.
+    of every generated token; `top_logprobs = k` also for the k likeliest tokens at every position
+    (vLLM's `logprobs=k`), which token-level search reads.
     """
 
     n: int = 1
@@ -34,6 +35,7 @@ class SamplingParams:
     include_stop: bool = False
     seed: int = 0
     logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -44,6 +46,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
         object.__setattr__(self, "stop", tuple(self.stop))
 
     @property
@@ -60,7 +64,8 @@ class Completion:
 
     `finish_reason` is "stop" (EOS or a stop string), or "length" (hit `max_new_tokens`).
     `stop_reason` is the stop string that ended it, if any. `logprobs` holds one value per
-    generated token when asked for.
+    generated token when asked for. `top_logprobs` holds, per generated token, the likeliest tokens
+    there as (text, log probability) pairs, best first; an end-of-sequence token's text is "".
     """
 
     text: str
@@ -68,6 +73,7 @@ class Completion:
     finish_reason: str = "stop"
     stop_reason: str | None = None
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[str, float]]] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

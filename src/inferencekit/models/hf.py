@@ -96,10 +96,13 @@ class _RowSampler(LogitsProcessor):
     Greedy rows (temperature 0) take the argmax. Sampled rows apply temperature, top-k and top-p
     and invert their cumulative distribution at one uniform number from the row's own CPU
     generator. With `want_logprobs` it records the raw log-probability of each chosen token
-    (the scores it receives are the unprocessed logits: it is the only processor).
+    (the scores it receives are the unprocessed logits: it is the only processor), with `top` > 0
+    also the `top` likeliest tokens of every row and step.
     """
 
-    def __init__(self, params: Sequence[SamplingParams], seeds: Sequence[int | None], want_logprobs: bool):
+    def __init__(
+        self, params: Sequence[SamplingParams], seeds: Sequence[int | None], want_logprobs: bool, top: int = 0
+    ):
         self.params = list(params)
         self.generators = [
             None if p.greedy else torch.Generator().manual_seed(s) for p, s in zip(self.params, seeds, strict=True)
@@ -109,6 +112,9 @@ class _RowSampler(LogitsProcessor):
         self.filtered = [i for i, p in enumerate(self.params) if not p.greedy and (p.top_k > 0 or p.top_p < 1)]
         self.want_logprobs = want_logprobs
         self.logprobs: list[torch.Tensor] = []
+        self.top = top
+        self.top_values: list[torch.Tensor] = []
+        self.top_ids: list[torch.Tensor] = []
 
     def _uniforms(self, rows: list[int], device: torch.device) -> torch.Tensor:
         return torch.cat([torch.rand(1, generator=self.generators[i]) for i in rows]).to(device)
@@ -142,8 +148,14 @@ class _RowSampler(LogitsProcessor):
             # batch-dependent rounding would otherwise change which token a uniform number lands on
             filtered = torch.softmax(scaled.masked_fill(scaled < threshold, float("-inf")), dim=-1)
             chosen[index] = _invert_cdf(filtered, self._uniforms(self.filtered, device))
-        if self.want_logprobs:
-            self.logprobs.append(torch.log_softmax(logits, dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1))
+        if self.want_logprobs or self.top:
+            logprobs = torch.log_softmax(logits, dim=-1)
+            if self.want_logprobs:
+                self.logprobs.append(logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1))
+            if self.top:
+                values, ids = logprobs.topk(min(self.top, logprobs.shape[-1]), dim=-1)
+                self.top_values.append(values)
+                self.top_ids.append(ids)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen.unsqueeze(1), 0.0)
 
@@ -306,7 +318,8 @@ class HFGenerator(Generator):
         for i, p in enumerate(plist):
             if p.greedy:
                 first = done[i, 0]
-                out.append([first] + [replace(first, logprobs=_copy(first.logprobs)) for _ in range(p.n - 1)])
+                out.append([first] + [replace(first, logprobs=_copy(first.logprobs), top_logprobs=_copy(
+                    first.top_logprobs)) for _ in range(p.n - 1)])
             else:
                 out.append([done[i, j] for j in range(p.n)])
         self._record(
@@ -350,7 +363,8 @@ class HFGenerator(Generator):
             for r, p in zip(rows, row_params, strict=True)
         ]
         want_logprobs = any(p.logprobs for p in row_params)
-        sampler = _RowSampler(row_params, seeds, want_logprobs)
+        top = max(p.top_logprobs for p in row_params)
+        sampler = _RowSampler(row_params, seeds, want_logprobs, top)
         kwargs: dict = {}
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
@@ -366,10 +380,24 @@ class HFGenerator(Generator):
             )
         generated = sequences[:, width:].cpu().tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).cpu().tolist() if want_logprobs else None
-        return [
+        tops = None
+        if top:
+            values = torch.stack(sampler.top_values, dim=1).cpu().tolist()
+            ids = torch.stack(sampler.top_ids, dim=1).cpu().tolist()
+            tops = [[self._top_pairs(i, v, p.top_logprobs) for i, v in zip(ids[b], values[b], strict=True)]
+                    for b, p in enumerate(row_params)]
+        completions = [
             self._completion(generated[b], logprobs[b] if logprobs and p.logprobs else None, p, max_new_tokens)
             for b, p in enumerate(row_params)
         ]
+        for b, (c, p) in enumerate(zip(completions, row_params, strict=True)):
+            if tops is not None and p.top_logprobs:
+                c.top_logprobs = tops[b][: c.tokens]
+        return completions
+
+    def _top_pairs(self, ids: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
+        eos = set(self.eos_token_ids)
+        return [("" if t in eos else self._decode([t]), v) for t, v in zip(ids[:k], values[:k], strict=True)]
 
     def _attention_backends(self) -> AbstractContextManager:
         """On CUDA, keep torch's SDPA off its cuDNN backend during generation.
@@ -428,5 +456,5 @@ class HFGenerator(Generator):
         return high
 
 
-def _copy(values: list[float] | None) -> list[float] | None:
-    return None if values is None else list(values)
+def _copy(values: list | None) -> list | None:
+    return None if values is None else [list(v) if isinstance(v, list) else v for v in values]

@@ -81,6 +81,7 @@ class _Seq:
     rng: np.random.Generator | None  # None: greedy
     out: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[str, float]]] = field(default_factory=list)
     data: bytearray = field(default_factory=bytearray)
     finish: str | None = None
 
@@ -383,9 +384,13 @@ class LlamaCppGenerator(Generator):
         x = logits.astype(np.float64)
         tok = int(np.argmax(x)) if s.rng is None else _sample(x, p, s.rng)
         s.out.append(tok)
-        if p.logprobs:
+        if p.logprobs or p.top_logprobs:
             m = x.max()
-            s.logprobs.append(float(x[tok] - m - np.log(np.exp(x - m).sum())))
+            norm = m + np.log(np.exp(x - m).sum())
+            if p.logprobs:
+                s.logprobs.append(float(x[tok] - norm))
+            if p.top_logprobs:
+                s.top.append([(self._token_text(t), float(x[t] - norm)) for t in _top_k(x, p.top_logprobs)])
         if lc.llama_vocab_is_eog(self._vocab, tok):
             s.finish = "stop"
             return
@@ -399,6 +404,10 @@ class LlamaCppGenerator(Generator):
         if len(s.out) >= self._cap(prompt_len, p):
             s.finish = "length"
 
+    def _token_text(self, token: int) -> str:
+        """A token's text, "" for an end-of-generation token."""
+        return "" if lc.llama_vocab_is_eog(self._vocab, token) else self._piece(token).decode("utf-8", "replace")
+
     def _completion(self, s: _Seq, p: SamplingParams) -> Completion:
         text, stop = truncate_at_stop(bytes(s.data).decode("utf-8", "replace"), p.stop)
         return Completion(
@@ -407,6 +416,7 @@ class LlamaCppGenerator(Generator):
             finish_reason=s.finish or "length",
             stop_reason=stop,
             logprobs=list(s.logprobs) if p.logprobs else None,
+            top_logprobs=[list(t) for t in s.top] if p.top_logprobs else None,
         )
 
     # ---------------------------------------------------------------- scoring given text
@@ -474,8 +484,16 @@ class LlamaCppGenerator(Generator):
 
 def _copy(c: Completion) -> Completion:
     return Completion(
-        c.text, c.tokens, c.finish_reason, c.stop_reason, None if c.logprobs is None else list(c.logprobs)
+        c.text, c.tokens, c.finish_reason, c.stop_reason, None if c.logprobs is None else list(c.logprobs),
+        None if c.top_logprobs is None else [list(t) for t in c.top_logprobs],
     )
+
+
+def _top_k(x: np.ndarray, k: int) -> list[int]:
+    """Ids of the `k` largest logits, largest first (ties: lower id first)."""
+    k = min(k, x.size)
+    pool = np.argpartition(-x, k - 1)[:k]
+    return pool[np.lexsort((pool, -x[pool]))].tolist()
 
 
 def _sample(x: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:

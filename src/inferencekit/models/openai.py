@@ -110,7 +110,7 @@ class OpenAIGenerator(Generator):
                 max_tokens=params.max_new_tokens,
                 stop=list(params.stop)[:4] or None,  # the OpenAI API takes at most 4 stop strings
                 seed=params.seed + attempt,
-                logprobs=1 if params.logprobs else None,
+                logprobs=max(int(params.logprobs), params.top_logprobs) or None,
                 extra_body={"top_k": params.top_k} if params.top_k else None,
             )
             attempt += 1
@@ -132,6 +132,10 @@ class OpenAIGenerator(Generator):
         if choice.logprobs and choice.logprobs.token_logprobs is not None:
             logprobs = [float(x) for x in choice.logprobs.token_logprobs]
             tokens = len(logprobs)
+        tops = None
+        if params.top_logprobs and choice.logprobs and choice.logprobs.top_logprobs is not None:
+            tops = [sorted((d or {}).items(), key=lambda kv: -kv[1])[: params.top_logprobs]
+                    for d in choice.logprobs.top_logprobs]
         text, stop_reason = truncate_at_stop(choice.text, params.stop)  # stops past the API's first 4
         if stop_reason is None and choice.finish_reason == "stop" and params.stop:
             # The server cut the stop string off; vLLM says which in `stop_reason`, SGLang in `matched_stop`.
@@ -144,4 +148,5 @@ class OpenAIGenerator(Generator):
         if stop_reason and params.include_stop:
             text += stop_reason
         finish = "length" if choice.finish_reason == "length" and stop_reason is None else "stop"
-        return Completion(text=text, tokens=tokens, finish_reason=finish, stop_reason=stop_reason, logprobs=logprobs)
+        return Completion(text=text, tokens=tokens, finish_reason=finish, stop_reason=stop_reason,
+                          logprobs=logprobs if params.logprobs else None, top_logprobs=tops)

@@ -33,8 +33,9 @@ class BeamSearch(TreeSearch):
             for pool, nodes in zip(pools, group(frontier, len(problems)), strict=True):
                 ranked = unique(rank(nodes)) if self.config.filter_duplicates else rank(nodes)
                 pool += [node for node in ranked if node.terminal]
-                if len(pool) < n:
-                    beams += [node for node in ranked if not node.terminal][:keep]
+                need = n - len(pool)
+                if need > 0:
+                    beams += [node for node in ranked if not node.terminal][: min(keep, -(-need // m))]
             frontier = [kid for kids in self.expand(problems, beams, m) for kid in kids]
         finished = [unique(rank(pool)) if self.config.filter_duplicates else pool for pool in pools]
         return [[self.to_candidate(node) for node in top(pool, n)] for pool in finished]

@@ -1,31 +1,53 @@
-"""Token-level beam search, by chunks of K tokens, re-ranked by the reward model every chunk.
+"""Token-level beam search over the model's top-k next tokens, optionally re-ranked by a reward model.
 
-This is chunk-level, not per-token search over the model's top-k token log-probabilities: the
-generator interface has no call returning top-k logprobs of the next token. Each round every live
-beam samples M continuations of `token_beam_chunk` tokens (no step-separator stop), the reward
-model scores each partial solution and ranks it by its last step's score (for a PRM, the value of the
-prefix), and the best N/M beams go on. Otherwise it is `beam_search` (same loop and stopping rules;
-`max_steps` counts chunks; `lookahead` does not apply).
+N = `n`, M = `beam_width`. Each round every live beam is continued by each of its M likeliest next
+tokens (one generator call for all beams of all problems, asking for top-k log-probabilities), and
+the best N/M children by summed log-probability go on. With a reward model, every
+`token_beam_chunk` tokens the children are ranked by its score of the partial solution (its last
+step's score) instead. Finished paths (EOS, a stop string, a final `\\boxed{}`, the token cap) go to
+the pool; a problem stops at N finished paths. The pool is ranked by the reward model when there is
+one, else by log-probability per token. `filter_duplicates` drops repeated texts; `max_steps` and
+`lookahead` do not apply. Paths are text: each round re-tokenises the prompt plus the path, which
+the backends' prefix caches make cheap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from inferencekit.search.base import register_method
-from inferencekit.search.beam_search import BeamSearch
-from inferencekit.search.tree import Node
+from inferencekit.search.base import Candidate, Problem, register_method
+from inferencekit.search.tree import Node, TreeSearch, group, rank, unique
+from inferencekit.voting import aggregate
 
 
 @register_method("token_beam")
-class TokenBeam(BeamSearch):
-    """Token-level beam search over chunks of K tokens (chunk-level, not top-k logprobs), reward-ranked."""
+class TokenBeam(TreeSearch):
+    """Token-level beam search: keep the N/M likeliest paths, extend each by its M likeliest tokens."""
 
-    rank_aggregation = "last"
+    needs_reward_model = False
+    samples = False
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.chunk = self.config.token_beam_chunk
-
-    def lookahead(self, problems: Sequence, nodes: Sequence[Node]) -> None:
-        """No step lookahead at token level."""
+    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        n = self.config.n
+        m = min(self.config.beam_width, n)
+        keep = max(1, n // m)
+        pools: list[list[Node]] = [[] for _ in problems]
+        beams = self.roots(problems)
+        while beams:
+            kids = [kid for grown in self.expand_tokens(problems, beams, m) for kid in grown]
+            for kid in kids:
+                kid.score = kid.logprob
+            if self.reward_model is not None:
+                self.score(problems, [k for k in kids if k.tokens % self.config.token_beam_chunk == 0], "last")
+            beams = []
+            for pool, nodes in zip(pools, group(kids, len(problems)), strict=True):
+                ranked = unique(rank(nodes)) if self.config.filter_duplicates else rank(nodes)
+                pool += [node for node in ranked if node.terminal]
+                if len(pool) < n:
+                    beams += [node for node in ranked if not node.terminal][:keep]
+        finished = [node for pool in pools for node in pool]
+        if self.reward_model is not None:
+            self.score(problems, finished)  # those not scored on the way
+        for node in finished:
+            node.score = (aggregate(node.step_scores, self.config.aggregation) if self.reward_model is not None
+                          else node.logprob / max(1, node.tokens))
+        return [[self.to_candidate(node, logprob=round(node.logprob, 4)) for node in rank(pool)[:n]]
+                for pool in pools]

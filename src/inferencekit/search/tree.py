@@ -22,8 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from inferencekit.errors import UserError
 from inferencekit.grading.extract import boxed_contents
-from inferencekit.models.base import Generator, SamplingParams
+from inferencekit.models.base import Generator, SamplingParams, truncate_at_stop
 from inferencekit.search.base import Candidate, Problem, SearchMethod
 from inferencekit.voting import aggregate
 
@@ -41,7 +42,8 @@ class Node:
     the step separator); `path` the child indices from the root (the node's identity, and its seed);
     `tokens` the tokens generated along the path. `step_scores` are the reward model's scores of the
     path's steps and `score` the value the search ranks by (their aggregate, or a rollout's).
-    `visits` / `value_sum` are MCTS statistics, `prior` its PUCT prior.
+    `visits` / `value_sum` are MCTS statistics, `prior` its PUCT prior; `logprob` the sum of the
+    path's token log-probabilities (token-level search).
     """
 
     problem: int
@@ -56,6 +58,7 @@ class Node:
     prior: float = 1.0
     visits: int = 0
     value_sum: float = 0.0
+    logprob: float = 0.0
     children: list[Node] = field(default_factory=list)
     rollout: Node | None = None  # leaf of a greedy rollout from here, when one was made
     text: str = field(init=False)
@@ -102,53 +105,81 @@ def expand(
     params: SamplingParams,
     *,
     separator: str | None,
-    chunk: int | None = None,
     max_steps: int | None = None,
     attach: bool = True,
 ) -> list[list[Node]]:
     """Continue every (distinct) node `k` ways, in ONE generator call for all nodes of all problems.
 
     The prompt is the problem's prompt plus the node's text; a continuation stops at `separator`
-    (None: none) or after `chunk` tokens, and a path never exceeds `params.max_new_tokens` tokens in
-    all. A child is terminal when it ends otherwise (EOS, a user stop string, the token cap), holds a
-    final `\\boxed{}` answer, or reaches depth `max_steps`. Terminal nodes get no children.
+    (None: none), and a path never exceeds `params.max_new_tokens` tokens in all. A child is terminal
+    when it ends otherwise (EOS, a user stop string, the token cap), holds a final `\\boxed{}` answer,
+    or reaches depth `max_steps`. Terminal nodes get no children.
     """
     todo = [node for node in nodes if not node.terminal and node.tokens < params.max_new_tokens]
     if not todo:
         return [[] for _ in nodes]
     stop = ((separator,) if separator else ()) + tuple(s for s in params.stop if s != separator)
-    per_node = []
-    for node in todo:
-        left = params.max_new_tokens - node.tokens
-        per_node.append(
-            params.replace(
-                n=k, stop=stop, include_stop=False, max_new_tokens=min(chunk or left, left),
-                seed=node_seed(problems[node.problem].seed, node.path),
-            )
-        )
-    prompts = [problems[node.problem].prompt + node.text for node in todo]
-    outputs = generator.generate(prompts, per_node)
+    per_node = [
+        params.replace(n=k, stop=stop, include_stop=False, max_new_tokens=params.max_new_tokens - node.tokens,
+                       seed=node_seed(problems[node.problem].seed, node.path))
+        for node in todo
+    ]
+    outputs = generator.generate([problems[node.problem].prompt + node.text for node in todo], per_node)
     made: dict[int, list[Node]] = {}
-    for node, p, completions in zip(todo, per_node, outputs, strict=True):
+    for node, completions in zip(todo, outputs, strict=True):
         kids = []
         for j, c in enumerate(completions):
             at_separator = separator is not None and c.stop_reason == separator
             tokens = node.tokens + c.tokens
-            capped = tokens >= params.max_new_tokens or (c.finish_reason == "length" and c.tokens < p.max_new_tokens)
-            if chunk is not None and not capped and c.finish_reason == "length":
-                ended = False  # a chunk ran its course; the solution goes on
-            else:
-                ended = not at_separator or capped
+            capped = tokens >= params.max_new_tokens or c.finish_reason == "length"
             child = Node(
                 node.problem, parent=node, step=c.text + (separator if at_separator else ""),
                 path=node.path + (j,), tokens=tokens,
             )
             deep = max_steps is not None and child.depth >= max_steps
-            child.terminal = ended or deep or has_final_answer(child.text)  # a chunk may split the box
+            ended = not at_separator or capped
+            child.terminal = ended or deep or has_final_answer(child.text)
             child.finish_reason = "length" if capped or (deep and not ended) else "stop"
             kids.append(child)
         if attach:
             node.children.extend(kids)
+        made[id(node)] = kids
+    return [made.get(id(node), []) for node in nodes]
+
+
+def expand_tokens(
+    generator: Generator, problems: Sequence[Problem], nodes: Sequence[Node], k: int, params: SamplingParams
+) -> list[list[Node]]:
+    """Continue every live node by each of its `k` likeliest next tokens, in ONE generator call.
+
+    A child's `logprob` adds its token's log-probability to the parent's. It is terminal at an
+    end-of-sequence token, a stop string of `params` (cut off), a final `\\boxed{}` answer, or the
+    token cap. A token that is part of a multi-byte character (no text of its own) is skipped:
+    prompts are text, so a path can only hold whole characters.
+    """
+    todo = [node for node in nodes if not node.terminal and node.tokens < params.max_new_tokens]
+    if not todo:
+        return [[] for _ in nodes]
+    one = params.replace(n=1, temperature=0.0, max_new_tokens=1, stop=(), logprobs=False, top_logprobs=k)
+    outputs = generator.generate([problems[node.problem].prompt + node.text for node in todo], one)
+    made: dict[int, list[Node]] = {}
+    for node, (c,) in zip(todo, outputs, strict=True):
+        if c.top_logprobs is None:
+            raise UserError(f"token-level search needs the top-k token log-probabilities, which the "
+                            f"{generator.name} backend did not return")
+        kids = []
+        for j, (piece, logprob) in enumerate(c.top_logprobs[0] if c.top_logprobs else []):
+            if "\ufffd" in piece:
+                continue
+            text, stop = truncate_at_stop(node.text + piece, params.stop)
+            child = Node(node.problem, parent=node, step=text[len(node.text):], path=node.path + (j,),
+                         tokens=node.tokens + 1, logprob=node.logprob + logprob)
+            child.text = text  # a stop string may have begun in the parent's text
+            capped = child.tokens >= params.max_new_tokens
+            child.terminal = piece == "" or stop is not None or capped or has_final_answer(child.text)
+            child.finish_reason = "length" if capped and not (piece == "" or stop is not None) else "stop"
+            kids.append(child)
+        node.children.extend(kids)
         made[id(node)] = kids
     return [made.get(id(node), []) for node in nodes]
 
@@ -247,12 +278,12 @@ class TreeSearch(SearchMethod):
     """
 
     needs_reward_model = True
-    chunk: int | None = None  # token-level methods expand by chunks of tokens instead of steps
+    samples = True  # False: the method asks for top-k tokens instead of sampling
 
     def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
         super().__init__(config, generator, reward_model)
         self.generated: list[int] = []
-        if config.temperature == 0:
+        if config.temperature == 0 and self.samples:
             log.warning("%s samples several continuations per node: at temperature 0 they are all equal", self.name)
 
     def roots(self, problems: Sequence[Problem]) -> list[Node]:
@@ -265,16 +296,22 @@ class TreeSearch(SearchMethod):
             self.generated[node.problem] += sum(kid.tokens - node.tokens for kid in kids)
 
     @property
-    def separator(self) -> str | None:
-        return None if self.chunk else self.config.step_separator
+    def separator(self) -> str:
+        return self.config.step_separator
 
     def base_params(self) -> SamplingParams:
         return self.sampling_params(0)
 
     def expand(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
         grown = expand(self.generator, problems, nodes, k, self.base_params(), separator=self.separator,
-                       chunk=self.chunk, max_steps=self.config.max_steps)
+                       max_steps=self.config.max_steps)
         self._count(nodes, grown)
+        return grown
+
+    def expand_tokens(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
+        grown = expand_tokens(self.generator, problems, nodes, k, self.base_params())
+        for node, kids in zip(nodes, grown, strict=True):
+            self.generated[node.problem] += bool(kids)  # one token computed; its alternatives come free
         return grown
 
     def score(self, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str | None = None) -> None:
