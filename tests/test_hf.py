@@ -133,6 +133,22 @@ def test_length_and_per_prompt_params(gen):
     assert results[0][0].logprobs is None
 
 
+def test_rows_with_other_token_caps_share_a_batch(gen, monkeypatch):
+    sampled = SamplingParams(n=2, temperature=1.0, seed=5, logprobs=True)
+    params = [sampled.replace(max_new_tokens=3), sampled.replace(max_new_tokens=9), SamplingParams(max_new_tokens=5)]
+    alone = [gen.generate([prompt], p)[0] for prompt, p in zip(PROMPTS, params, strict=True)]
+    calls = []
+    original = gen.model.generate
+    monkeypatch.setattr(gen.model, "generate", lambda **kw: calls.append(kw) or original(**kw))
+    together = gen.generate(PROMPTS, params)
+    assert len(calls) == 1 and calls[0]["max_new_tokens"] == 9  # one batch, as tree search's per-node caps need
+    assert texts(together) == texts(alone)
+    for got, want in zip(together, alone, strict=True):  # the same tokens; rounding may differ in the last bits
+        assert [c.logprobs for c in got] == [pytest.approx(c.logprobs, abs=1e-4) for c in want]
+    assert [[c.tokens for c in cs] for cs in together] == [[3, 3], [9, 9], [5]]
+    assert all(c.finish_reason == "length" and len(c.logprobs) == c.tokens for cs in together[:2] for c in cs)
+
+
 def test_logprobs_are_raw_model_logprobs(gen):
     completion = gen.generate(PROMPTS[2:], SamplingParams(max_new_tokens=6, logprobs=True))[0][0]
     ids, expected = manual_greedy(gen, PROMPTS[2], 6)

@@ -25,6 +25,8 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
 )
 
 from .base import (
@@ -158,6 +160,16 @@ class _RowSampler(LogitsProcessor):
                 self.top_ids.append(ids)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen.unsqueeze(1), 0.0)
+
+
+class _RowCaps(StoppingCriteria):
+    """Ends each row at its own token cap (rows of one batch may have different caps)."""
+
+    def __init__(self, caps: Sequence[int], prompt_width: int) -> None:
+        self.caps, self.width = torch.tensor(caps), prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.width >= self.caps).to(input_ids.device)
 
 
 def _invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -302,16 +314,16 @@ class HFGenerator(Generator):
             return []
         with self._generate_lock, Timer() as timer:
             encoded = [self.encode(p) for p in prompts]
-            groups: dict[tuple, list[_Row]] = {}
+            groups: dict[tuple, list[_Row]] = {}  # rows with other token caps share a batch; stop strings not
             for i, p in enumerate(plist):
                 for j in range(1 if p.greedy else p.n):
-                    groups.setdefault((p.max_new_tokens, p.stop), []).append(_Row(i, j))
+                    groups.setdefault(p.stop, []).append(_Row(i, j))
             done: dict[tuple[int, int], Completion] = {}
-            for (max_new_tokens, stop), rows in groups.items():
+            for stop, rows in groups.items():
                 rows.sort(key=lambda r: len(encoded[r.prompt]))  # similar lengths share a batch
                 for start in range(0, len(rows), self.max_batch_sequences):
                     chunk = rows[start : start + self.max_batch_sequences]
-                    results = self._run_batch(chunk, prompts, plist, encoded, max_new_tokens, stop)
+                    results = self._run_batch(chunk, prompts, plist, encoded, stop)
                     for row, completion in zip(chunk, results, strict=True):
                         done[row.prompt, row.sample] = completion
         out: list[list[Completion]] = []
@@ -347,7 +359,6 @@ class HFGenerator(Generator):
         prompts: Sequence[str],
         plist: list[SamplingParams],
         encoded: list[list[int]],
-        max_new_tokens: int,
         stop: tuple[str, ...],
     ) -> list[Completion]:
         width = max(len(encoded[r.prompt]) for r in rows)
@@ -365,7 +376,11 @@ class HFGenerator(Generator):
         want_logprobs = any(p.logprobs for p in row_params)
         top = max(p.top_logprobs for p in row_params)
         sampler = _RowSampler(row_params, seeds, want_logprobs, top)
+        caps = [p.max_new_tokens for p in row_params]
+        max_new_tokens = max(caps)
         kwargs: dict = {}
+        if min(caps) < max_new_tokens:  # each row ends at its own cap
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_RowCaps(caps, width)])
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         device = self.input_device
@@ -387,7 +402,7 @@ class HFGenerator(Generator):
             tops = [[self._top_pairs(i, v, p.top_logprobs) for i, v in zip(ids[b], values[b], strict=True)]
                     for b, p in enumerate(row_params)]
         completions = [
-            self._completion(generated[b], logprobs[b] if logprobs and p.logprobs else None, p, max_new_tokens)
+            self._completion(generated[b][: p.max_new_tokens], logprobs[b] if logprobs and p.logprobs else None, p)
             for b, p in enumerate(row_params)
         ]
         for b, (c, p) in enumerate(zip(completions, row_params, strict=True)):
@@ -417,9 +432,7 @@ class HFGenerator(Generator):
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _completion(
-        self, ids: list[int], logprobs: list[float] | None, params: SamplingParams, max_new_tokens: int
-    ) -> Completion:
+    def _completion(self, ids: list[int], logprobs: list[float] | None, params: SamplingParams) -> Completion:
         """Turn one row's generated ids (padded after its end) into a Completion."""
         eos = set(self.eos_token_ids)
         body = next((k for k, t in enumerate(ids) if t in eos), None)
@@ -435,7 +448,7 @@ class HFGenerator(Generator):
         elif hit_eos:
             tokens, finish = body + 1, "stop"  # the EOS token counts as generated
         else:
-            tokens, finish = body, ("length" if body >= max_new_tokens else "stop")
+            tokens, finish = body, ("length" if body >= params.max_new_tokens else "stop")
         return Completion(
             text=text,
             tokens=tokens,
