@@ -10,7 +10,10 @@ built in a temporary folder), so the comparison is about generation; `self_certa
 `llm_judge` score with the policy itself. A warm-up call computes the prompts first, for both.
 llama.cpp runs on one thread by default: on a small machine shared with other jobs its spinning
 worker threads slow down many times over when another process takes a core, which swamps the
-comparison. Prints each method's seconds and work, and last `ratio=<beam seconds / best-of-n seconds>`.
+comparison. Prints each method's seconds and work; `tokens_ratio` (beam / best-of-N tokens generated:
+the search's own extra work, pruned branches included) and `per_token_ratio` (seconds per generated
+token, beam / best-of-N: the engine's overhead per unit of work); and last
+`ratio=<beam seconds / best-of-n seconds>`, their product.
 """
 
 from __future__ import annotations
@@ -77,17 +80,20 @@ def main() -> None:
         rm = load_rm(args.reward_model, generator, folder)
         generator.generate([p.prompt for p in problems], SamplingParams(max_new_tokens=1))  # warm-up
         rm.score([problems[0].question], [["Warm up.\n\nDone."]])
-        results = {}
+        results, work = {}, {}
         for name in ("best_of_n", "beam_search"):
             method = get_method(name)(config.model_copy(update={"method": name}), generator, rm)
             seconds, rm_seconds, tokens, candidates = timed(method, problems, generator, rm)
-            results[name] = seconds
+            results[name], work[name] = seconds, tokens
             print(f"{name}: {seconds:.2f} s, of which {rm_seconds:.2f} s scoring; {tokens} tokens generated "
                   f"({tokens / max(seconds - rm_seconds, 1e-9):.0f}/s); {sum(map(len, candidates))} candidates")
     generator.close()
     print(f"reward_model={args.reward_model} n={args.n} beam_width={args.beam_width} problems={args.problems} "
           f"max_new_tokens={args.max_new_tokens} seed={args.seed} threads={args.threads}")
-    print(f"ratio={results['beam_search'] / results['best_of_n']:.2f}")
+    tokens_ratio = work["beam_search"] / work["best_of_n"]
+    ratio = results["beam_search"] / results["best_of_n"]
+    print(f"tokens_ratio={tokens_ratio:.2f} per_token_ratio={ratio / tokens_ratio:.2f}")
+    print(f"ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def test_bad_paths(tmp_path, embedded_gguf):
 def test_score_text_reads_the_log_probs_of_given_text(gen, prompts):
     (out,) = gen.generate(prompts[:1], SamplingParams(max_new_tokens=10, logprobs=True))[0][:1]
     calls = gen.usage.calls
-    (scored,) = gen.score_text(prompts[:1], [out.text])
+    ((scored,),) = gen.score_text(prompts[:1], [[out.text]])
     assert gen.usage.calls == calls + 1
     # The same tokens (less the EOS that may end a completion), read in one pass instead of one by one:
     # llama.cpp's kernels for a run of tokens differ slightly from single-token decoding.
@@ -191,6 +191,25 @@ def test_score_text_reads_the_log_probs_of_given_text(gen, prompts):
     assert scored[0] == pytest.approx(out.logprobs[0], abs=1e-6)  # the first token comes from the same logits
     # Scoring leaves generation untouched.
     assert gen.generate(prompts[:1], SamplingParams(max_new_tokens=10))[0][0].text == out.text
+
+
+def test_score_text_by_pieces_reuses_the_cached_prompt(gen, prompts):
+    pieces = ["Step one: 2 + 2 = 4.", "\n\n", "So the answer is \\boxed{4}."]
+    before = gen.usage.copy()
+    (first,) = gen.score_text(prompts[1:2], [pieces])
+    work = gen.usage.since(before)
+    assert [len(x) for x in first] == [gen.count_tokens(p) for p in pieces]
+    head = gen.count_tokens(prompts[1])
+    assert work.prompt_tokens - sum(map(len, first)) in (head, head + 1)  # + BOS, where the model adds one
+    # scored again with the prompt cached: only the continuation (and the prompt's last token) is computed,
+    # and the numbers are the same to the bit
+    before = gen.usage.copy()
+    (again,) = gen.score_text(prompts[1:2], [pieces[:1] + ["\n\n", "So it is 4."]])
+    work = gen.usage.since(before)
+    assert work.computed_prompt_tokens < 0.5 * work.prompt_tokens
+    assert again[:2] == first[:2]
+    ((alone,),) = gen.score_text(["x"], [[pieces[0]]])  # another prompt: other numbers
+    assert alone != first[0]
 
 
 def test_stream_yields_pieces_that_continue_the_text(gen):

@@ -370,7 +370,7 @@ class FakeGenerator(Generator):
 
     def score_text(self, prompts, continuations):
         self.scored += list(zip(prompts, continuations, strict=True))
-        return [[-0.5, -1.5] for _ in continuations]
+        return [[[-0.5, -1.5] for _ in pieces] for pieces in continuations]
 
 
 def test_llm_judge_reads_p_yes_from_first_token():
@@ -392,7 +392,7 @@ def test_self_certainty_uses_generator_score_text():
     scores = rm.score([Q], [[SOLUTION]])[0][0]
     assert approx(scores, [math.exp(-1.0)] * 3)
     prompt = gen.chat_prompt([{"role": "user", "content": Q}])
-    assert gen.scored[2] == (prompt + STEPS[0] + "\n\n" + STEPS[1] + "\n\n", STEPS[2])
+    assert gen.scored == [(prompt, [STEPS[0], "\n\n", STEPS[1], "\n\n", STEPS[2]])]  # one pass per solution
     assert rm.usage.calls == 1
     with pytest.raises(UserError, match="self_certainty needs a causal LM"):
         load_reward_model("self_certainty")

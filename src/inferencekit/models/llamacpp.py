@@ -422,50 +422,76 @@ class LlamaCppGenerator(Generator):
     # ---------------------------------------------------------------- scoring given text
 
     def score_text(
-        self, prompts: Sequence[str], continuations: Sequence[str], usage: Usage | None = None
-    ) -> list[list[float]]:
-        """Log-probability of each token of each continuation given its prompt (for self_certainty).
+        self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], usage: Usage | None = None
+    ) -> list[list[list[float]]]:
+        """Log-probability of each token of each continuation given its prompt, per piece (for self_certainty).
 
-        The continuation is tokenised on its own (no BOS) and appended to the prompt's tokens, as a
-        step appended by a search method is. Sequences run one after another in stream 0. The work is
-        added to `usage` when given (a reward model's), else to this generator's.
+        A continuation is a list of pieces (a solution's steps and separators), each tokenised on its
+        own (no BOS) and appended to the prompt's tokens, as a search method appends a step; all of
+        it is read in one pass. A prompt prefix held by a cached stream (the policy's own prompt,
+        usually) is not computed again; the pass runs in stream 0, which then caches its tokens.
+        The work is added to `usage` when given (a reward model's), else to this generator's.
         """
-        out: list[list[float]] = []
-        total = 0
+        out: list[list[list[float]]] = []
+        total = computed = 0
         with self._lock, Timer() as timer:
-            for prompt, cont in zip(prompts, continuations, strict=True):
+            for prompt, pieces in zip(prompts, continuations, strict=True):
                 head = self._tokenize(prompt, add_bos=True) or [self._bos]
-                tail = self._tokenize(cont, add_bos=False)
-                tokens = head + tail
-                if not tail:
-                    out.append([])
+                tails = [self._tokenize(piece, add_bos=False) for piece in pieces]
+                tokens = head + [t for tail in tails for t in tail]
+                if len(tokens) == len(head):
+                    out.append([[] for _ in pieces])
                     continue
                 if len(tokens) > self.n_ctx:
                     raise ValueError(f"prompt and continuation of {len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
                 self._ensure_context(1, len(tokens))
-                self._cache.pop(0, None)
-                lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
+                start = self._reuse_prefix(tokens, limit=len(head) - 1)
                 logprobs: list[float] = []
                 first_out = len(head) - 1  # the logits at position i predict token i + 1
-                for start in range(0, len(tokens), _BATCH):
+                while start < len(tokens):
                     end = min(len(tokens), start + _BATCH)
+                    end -= len(tokens) - end == 1  # no lone token in a chunk (see _feed)
                     want = [first_out <= i < len(tokens) - 1 for i in range(start, end)]
                     self._decode([(tokens[i], i, 0, want[i - start]) for i in range(start, end)])
-                    for i in range(start, end):
-                        if want[i - start]:
-                            x = self._logits(i - start)[0].astype(np.float64)
-                            m = x.max()
-                            logprobs.append(float(x[tokens[i + 1]] - m - np.log(np.exp(x - m).sum())))
+                    for i in (i for i in range(start, end) if want[i - start]):
+                        x = self._logits(i - start)[0].astype(np.float64)
+                        m = x.max()
+                        logprobs.append(float(x[tokens[i + 1]] - m - np.log(np.exp(x - m).sum())))
+                    computed += end - start
+                    start = end
+                self._cache[0] = np.asarray(tokens)
                 total += len(tokens)
-                out.append(logprobs)
-            if self._ctx:
-                lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
-        work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=total, seconds=timer.seconds)
+                split, at = [], 0
+                for tail in tails:
+                    split.append(logprobs[at : at + len(tail)])
+                    at += len(tail)
+                out.append(split)
+        work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=computed, seconds=timer.seconds)
         if usage is None:
             self._record(work)
         else:
             usage.add(work)
         return out
+
+    def _reuse_prefix(self, tokens: list[int], limit: int) -> int:
+        """Put into stream 0 the longest cached prefix of `tokens` (at most `limit`, and leaving >= 2 to compute).
+
+        Returns its length: where computing starts.
+        """
+        best, src = 0, -1
+        t = np.asarray(tokens)
+        for seq, cached in self._cache.items():
+            m = min(len(t), len(cached))
+            diff = np.flatnonzero(t[:m] != cached[:m])
+            n = min(int(diff[0]) if diff.size else m, limit, len(tokens) - 2)
+            if n > best:
+                best, src = n, seq
+        if src > 0:
+            lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
+            lc.llama_memory_seq_cp(self._mem, src, 0, -1, -1)
+        self._cache.pop(0, None)
+        lc.llama_memory_seq_rm(self._mem, 0, max(best, 0), -1)
+        return max(best, 0)
 
     def close(self) -> None:
         """Free the llama.cpp context, batch and model."""

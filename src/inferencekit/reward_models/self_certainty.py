@@ -14,9 +14,9 @@ from inferencekit.reward_models.encoding import Encoded
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
 
-# token log-probs of each continuation given its prompt; a backend offering this as `score_text` is used as is
-# (with `usage=`, where it accepts it, so its work counts as the reward model's)
-TextScorer = Callable[[list[str], list[str]], list[list[float]]]
+# token log-probs of each continuation (a list of pieces) given its prompt, per piece; a backend offering this
+# as `score_text` is used as is (with `usage=`, where it accepts it, so its work counts as the reward model's)
+TextScorer = Callable[[list[str], list[list[str]]], list[list[list[float]]]]
 LOGITS_CHUNK = 1024  # positions (over the batch) whose full-vocabulary logits exist at once
 
 
@@ -107,23 +107,20 @@ class SelfCertainty(TransformersRewardModel):
     def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
         if self.text_scorer is None:
             return super().score_items(items)
-        prompts: list[str] = []
-        continuations: list[str] = []
-        for question, steps in items:
-            prompt = self.prompt(question)[0]
-            for i, step in enumerate(steps):
-                prompts.append(prompt + "".join(s + self.step_separator for s in steps[:i]))
-                continuations.append(step)
-        if not prompts:
-            return [[] for _ in items]
+        # each solution in one pass: its steps and separators as pieces, as encode() lays them out
+        prompts = [self.prompt(question)[0] for question, _ in items]
+        continuations = [
+            [piece for i, step in enumerate(steps) for piece in ([self.step_separator] if i else []) + [step]]
+            for _, steps in items
+        ]
         if "usage" in inspect.signature(self.text_scorer).parameters:  # the backend accounts the work here
             logprobs = self.text_scorer(prompts, continuations, usage=self.usage)
         else:
             with Timer() as timer:
                 logprobs = self.text_scorer(prompts, continuations)
             self.usage.add(Usage(calls=1, seconds=timer.seconds))
-        flat = iter(logprobs)
-        return [[mean_prob(list(next(flat))) for _ in steps] for _, steps in items]
+        return [[mean_prob(list(per_piece[2 * i])) for i in range(len(steps))]
+                for (_, steps), per_piece in zip(items, logprobs, strict=True)]
 
     def close(self) -> None:
         if self.settings.path:  # a generator's model belongs to the generator
