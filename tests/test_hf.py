@@ -149,6 +149,20 @@ def test_rows_with_other_token_caps_share_a_batch(gen, monkeypatch):
     assert all(c.finish_reason == "length" and len(c.logprobs) == c.tokens for cs in together[:2] for c in cs)
 
 
+def test_samples_share_their_prompt_computation(tiny_llama_dir):
+    shared, plain = make_generator(tiny_llama_dir), make_generator(tiny_llama_dir)
+    plain._share_prompts = False
+    params = [SamplingParams(n=3, temperature=1.0, seed=5, max_new_tokens=6, logprobs=True),
+              SamplingParams(n=2, temperature=0.7, seed=6, max_new_tokens=4)]
+    got, want = shared.generate(PROMPTS[:2], params), plain.generate(PROMPTS[:2], params)
+    assert texts(got) == texts(want)
+    assert [c.logprobs for c in got[0]] == [pytest.approx(c.logprobs, abs=1e-4) for c in want[0]]
+    lengths = [len(shared.encode(p)) for p in PROMPTS[:2]]
+    assert plain.usage.computed_prompt_tokens == 3 * lengths[0] + 2 * lengths[1]
+    assert shared.usage.computed_prompt_tokens == sum(n - 1 for n in lengths) + 5  # once each, + every row's last
+    assert shared.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
 def test_logprobs_are_raw_model_logprobs(gen):
     completion = gen.generate(PROMPTS[2:], SamplingParams(max_new_tokens=6, logprobs=True))[0][0]
     ids, expected = manual_greedy(gen, PROMPTS[2], 6)
@@ -177,8 +191,8 @@ def test_usage(tiny_llama_dir):
     lengths = [len(fresh.encode(p)) for p in PROMPTS]
     fresh.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=4))
     usage = fresh.usage
-    assert (usage.calls, usage.prompt_tokens) == (1, sum(lengths))
-    assert usage.computed_prompt_tokens == 2 * sum(lengths)
+    assert (usage.calls, usage.prompt_tokens) == (1, 2 * sum(lengths))  # sent once per sample, as llama.cpp counts
+    assert usage.computed_prompt_tokens == sum(lengths) - len(PROMPTS) + 2 * len(PROMPTS)  # computed once per prompt
     assert usage.completion_tokens == 2 * 3 * 4 and usage.seconds > 0
     assert fresh.count_tokens("Hi") == 1
 

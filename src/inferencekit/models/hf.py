@@ -43,6 +43,13 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
+try:  # transformers renamed generate's `past_key_values` to `cache`
+    from transformers.generation.utils import ALL_CACHE_NAMES
+
+    _CACHE_KWARG = ALL_CACHE_NAMES[0]
+except ImportError:
+    _CACHE_KWARG = "past_key_values"
+
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*(/[\w.-]+)?$")
 
@@ -198,6 +205,7 @@ class HFGenerator(Generator):
         self.spec = spec
         self.name = spec.name
         self.max_batch_sequences = max(1, int(spec.max_batch_sequences))
+        self._share_prompts = True  # compute a prompt once for all its samples (see _shared_prompt_cache)
         source, gguf_file, is_local = resolve_source(spec.path, spec.gguf_file)
         common: dict = {"trust_remote_code": spec.trust_remote_code}
         if gguf_file is not None:
@@ -319,11 +327,13 @@ class HFGenerator(Generator):
                 for j in range(1 if p.greedy else p.n):
                     groups.setdefault(p.stop, []).append(_Row(i, j))
             done: dict[tuple[int, int], Completion] = {}
+            computed = 0
             for stop, rows in groups.items():
                 rows.sort(key=lambda r: len(encoded[r.prompt]))  # similar lengths share a batch
                 for start in range(0, len(rows), self.max_batch_sequences):
                     chunk = rows[start : start + self.max_batch_sequences]
-                    results = self._run_batch(chunk, prompts, plist, encoded, stop)
+                    results, work = self._run_batch(chunk, prompts, plist, encoded, stop)
+                    computed += work
                     for row, completion in zip(chunk, results, strict=True):
                         done[row.prompt, row.sample] = completion
         out: list[list[Completion]] = []
@@ -337,8 +347,8 @@ class HFGenerator(Generator):
         self._record(
             Usage(
                 calls=1,
-                prompt_tokens=sum(len(ids) for ids in encoded),
-                computed_prompt_tokens=sum(len(encoded[i]) for i, _ in done),
+                prompt_tokens=sum(len(ids) * p.n for ids, p in zip(encoded, plist, strict=True)),
+                computed_prompt_tokens=computed,
                 completion_tokens=sum(c.tokens for c in done.values()),
                 seconds=timer.seconds,
             )
@@ -360,7 +370,8 @@ class HFGenerator(Generator):
         plist: list[SamplingParams],
         encoded: list[list[int]],
         stop: tuple[str, ...],
-    ) -> list[Completion]:
+    ) -> tuple[list[Completion], int]:
+        """Decode `rows` as one batch; return their completions and the prompt tokens computed."""
         width = max(len(encoded[r.prompt]) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -383,6 +394,12 @@ class HFGenerator(Generator):
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RowCaps(caps, width)])
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        shared = self._shared_prompt_cache(rows, input_ids, attention_mask)
+        if shared is not None:
+            kwargs[_CACHE_KWARG] = shared
+            computed = sum(len(encoded[i]) - 1 for i in {r.prompt for r in rows}) + len(rows)
+        else:
+            computed = sum(len(encoded[r.prompt]) for r in rows)
         device = self.input_device
         with torch.inference_mode(), self._attention_backends():
             sequences = self.model.generate(
@@ -408,7 +425,38 @@ class HFGenerator(Generator):
         for b, (c, p) in enumerate(zip(completions, row_params, strict=True)):
             if tops is not None and p.top_logprobs:
                 c.top_logprobs = tops[b][: c.tokens]
-        return completions
+        return completions, computed
+
+    def _shared_prompt_cache(self, rows: list[_Row], input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The KV cache of the batch's prompts but their last position, computed once per distinct prompt and
+        copied to its rows (`past_key_values` for generate); None when no prompt has several rows.
+
+        A model whose cache cannot be built and copied this way is noted and then runs without.
+        """
+        if not self._share_prompts or input_ids.shape[1] < 2:
+            return None
+        first: dict[int, int] = {}  # prompt -> its first row
+        for b, row in enumerate(rows):
+            first.setdefault(row.prompt, b)
+        if len(first) == len(rows):
+            return None
+        order = list(first)
+        device = self.input_device
+        mask = attention_mask[list(first.values()), :-1]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers left-padded rows
+        try:
+            with torch.inference_mode(), self._attention_backends():
+                out = self.model(
+                    input_ids=input_ids[list(first.values()), :-1].to(device), attention_mask=mask.to(device),
+                    position_ids=positions.to(device), use_cache=True,
+                )
+                cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
+                cache.batch_select_indices(torch.tensor([order.index(r.prompt) for r in rows]))  # CPU: any device
+        except Exception as e:  # noqa: BLE001 - any architecture-specific failure: fall back for good
+            logger.warning("prompts are not shared between samples with this model (%s)", _one_line(e))
+            self._share_prompts = False
+            return None
+        return cache
 
     def _top_pairs(self, ids: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
         eos = set(self.eos_token_ids)
