@@ -1,13 +1,16 @@
 """Cost of step-level beam search against best-of-N: same model, N, problems and token cap, one process.
 
     python benchmarks/search_cost.py [--n 8] [--beam-width 4] [--problems 3] [--max-new-tokens 256]
-                                     [--reward-model tiny-prm|self_certainty|llm_judge] [--seed S] [--threads T]
+                                     [--reward-model self_certainty|tiny-prm|llm_judge] [--seed S] [--threads T]
 
 The policy is the embedded model (SmolLM2-135M, llama.cpp) on the first GSM8K-mini problems at
-temperature 0.8. The reward model scores best-of-N's N solutions once and every beam-search round:
-`tiny-prm` is a random token-classification PRM (Llama, hidden 256, 4 layers; transformers on CPU,
-built in a temporary folder), so the comparison is about generation; `self_certainty` and
-`llm_judge` score with the policy itself. A warm-up call computes the prompts first, for both.
+temperature 0.8. The reward model scores best-of-N's N solutions once and every beam-search round.
+The default, `self_certainty`, is the embedded setup's reward model (the policy's own log-probabilities,
+read by the same llama.cpp engine). `tiny-prm` is a random token-classification PRM (Llama, hidden 256,
+4 layers; transformers on CPU, built in a temporary folder): cheap, but its choices are noise, which
+steers beam search into lineages no trained PRM would keep (this model's two-token loops), so its
+`tokens_ratio` says more about random weights than about the engine. `llm_judge` asks the policy.
+A warm-up call computes the prompts first, for both.
 llama.cpp runs on one thread by default: on a small machine shared with other jobs its spinning
 worker threads slow down many times over when another process takes a core, which swamps the
 comparison. Prints each method's seconds and work; `tokens_ratio` (beam / best-of-N tokens generated:
@@ -63,7 +66,7 @@ def main() -> None:
     ap.add_argument("--beam-width", type=int, default=4)
     ap.add_argument("--problems", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--reward-model", default="tiny-prm")
+    ap.add_argument("--reward-model", default="self_certainty")
     ap.add_argument("--seed", type=int, default=0, help="run seed: problem i samples with seed 1000 * seed + i")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads; 0: all cores (default 1, see above)")
     args = ap.parse_args()

@@ -193,7 +193,7 @@ def test_score_text_reads_the_log_probs_of_given_text(gen, prompts):
     assert gen.generate(prompts[:1], SamplingParams(max_new_tokens=10))[0][0].text == out.text
 
 
-def test_score_text_by_pieces_reuses_the_cached_prompt(gen, prompts):
+def test_score_text_reuses_scored_prefixes_to_the_bit(gen, prompts, embedded_gguf):
     pieces = ["Step one: 2 + 2 = 4.", "\n\n", "So the answer is \\boxed{4}."]
     before = gen.usage.copy()
     (first,) = gen.score_text(prompts[1:2], [pieces])
@@ -201,15 +201,20 @@ def test_score_text_by_pieces_reuses_the_cached_prompt(gen, prompts):
     assert [len(x) for x in first] == [gen.count_tokens(p) for p in pieces]
     head = gen.count_tokens(prompts[1])
     assert work.prompt_tokens - sum(map(len, first)) in (head, head + 1)  # + BOS, where the model adds one
-    # scored again with the prompt cached: only the continuation (and the prompt's last token) is computed,
-    # and the numbers are the same to the bit
+    # a tree search's child: only its new steps are computed (and a 2-token boundary), in a batch of others
+    child = pieces + ["\n\n", "Done."]
     before = gen.usage.copy()
-    (again,) = gen.score_text(prompts[1:2], [pieces[:1] + ["\n\n", "So it is 4."]])
-    work = gen.usage.since(before)
-    assert work.computed_prompt_tokens < 0.5 * work.prompt_tokens
-    assert again[:2] == first[:2]
-    ((alone,),) = gen.score_text(["x"], [[pieces[0]]])  # another prompt: other numbers
-    assert alone != first[0]
+    (alone,) = gen.score_text(prompts[1:2], [child])
+    new = gen.count_tokens("\n\n") + gen.count_tokens("Done.")
+    assert gen.usage.since(before).computed_prompt_tokens == new + 1  # + the last token: its logits read the first new
+    scored = gen.score_text([prompts[0], prompts[1], prompts[1]], [pieces[:1], child, pieces[:1] + ["\n\n", "No."]])
+    assert scored[1] == alone and alone[:3] == first and scored[2][:2] == first[:2]
+    # the same numbers as a fresh generator computing everything
+    fresh = make(embedded_gguf)
+    try:
+        assert fresh.score_text(prompts[1:2], [child]) == [alone] and len(alone[3] + alone[4]) == new
+    finally:
+        fresh.close()
 
 
 def test_stream_yields_pieces_that_continue_the_text(gen):

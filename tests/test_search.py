@@ -311,6 +311,24 @@ def test_mcts_budget_of_tokens_and_batching():
     assert [r.visits for r in roots] == [1, 1]
 
 
+def test_beams_shrink_as_the_pool_fills():
+    from inferencekit.search.tree import next_beams
+
+    def node(path, score, terminal=False):
+        made = Node(0, path=path, terminal=terminal)
+        made.score = score
+        return made
+
+    live = [node((i,), 0.1 * i) for i in range(6)]
+    pools: list[list[Node]] = [[]]
+    assert next_beams(pools, live, 4, 2, False) == [live[5], live[4]]  # N/M = 2 best live
+    pools = [[]]
+    done = [node((10 + i,), 1.0, terminal=True) for i in range(3)]
+    assert next_beams(pools, live + done, 4, 2, False) == [live[5]]  # 3 finished: 1 path missing, 1 beam
+    assert pools == [done]
+    assert next_beams(pools, [node((20,), 0.0, terminal=True), *live], 4, 2, False) == []  # N finished
+
+
 # ---- token-level ----
 
 

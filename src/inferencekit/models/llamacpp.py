@@ -14,10 +14,12 @@ attention sums), CPU flash attention, and a sequence with a single token in a mu
 attention is off, and prompts are decoded one at a time in chunks of two tokens or more. Separate
 streams also spare each query the other sequences' cells. Their cost is memory: each sequence reserves
 a whole stream, so the context is sized to the calls' needs within `spec.extra["kv_cache_mib"]`
-(default 1024), and sharing a prompt copies a stream (cheap next to decoding).
+(default 2048), and sharing a prompt copies a stream (cheap next to decoding).
 
 Streams stay cached after a call: a later prompt that starts with a cached prompt computes only the
-rest (counted in `computed_prompt_tokens`), as tree search needs. `spec.extra["reuse_generated_kv"]`
+rest (counted in `computed_prompt_tokens`), as tree search needs. So there may be more streams than
+`max_batch_sequences`, which bounds only how many sequences decode together: a tree search round's
+prompts, and the paths `score_text` read last round, stay cached side by side. `spec.extra["reuse_generated_kv"]`
 also reuses generated tokens' KV: faster for tree search, but those were computed one token at a time,
 so results then differ in the last bits from computing the same text as a prompt.
 """
@@ -119,12 +121,13 @@ class LlamaCppGenerator(Generator):
         self._n_vocab = self._llm.n_vocab()
         head_dim = lc.llama_model_n_embd(model) // max(1, lc.llama_model_n_head(model))
         cell_bytes = 4 * lc.llama_model_n_layer(model) * lc.llama_model_n_head_kv(model) * head_dim  # f16 K+V
-        self._budget = int(spec.extra.get("kv_cache_mib", 1024)) * 2**20 // max(1, cell_bytes)
+        self._budget = int(spec.extra.get("kv_cache_mib", 2048)) * 2**20 // max(1, cell_bytes)
         self._ctx = None
         self._n_seq = self._per_seq = 0
         self._batch = lc.llama_batch_init(_BATCH, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._cache: dict[int, np.ndarray] = {}  # sequence -> the tokens its stream holds, to reuse
+        self._scored: dict[int, np.ndarray] = {}  # sequence -> log-prob of each of its tokens after the first
         self._reuse_generated = bool(spec.extra.get("reuse_generated_kv", False))
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
         self._bos = lc.llama_vocab_bos(self._vocab)
@@ -176,7 +179,7 @@ class LlamaCppGenerator(Generator):
     def _ensure_context(self, seqs: int, per_seq: int) -> None:
         """Have a context with streams of at least `per_seq` cells and, budget allowing, `seqs` streams."""
         per = max(self._per_seq, min(-(-per_seq // _PAD) * _PAD, max(self.n_ctx, per_seq)))
-        cap = max(1, min(self.spec.max_batch_sequences, _MAX_SEQ - 1, self._budget // per - 1))
+        cap = max(1, min(_MAX_SEQ - 1, self._budget // per - 1))  # streams also cache: not bound to the batch width
         n_seq = min(max(seqs, 1), cap)
         if self._ctx and per <= self._per_seq and n_seq <= self._n_seq:
             return
@@ -202,7 +205,7 @@ class LlamaCppGenerator(Generator):
     def _free_context(self) -> None:
         if self._ctx:
             lc.llama_free(self._ctx)
-        self._ctx, self._cache = None, {}
+        self._ctx, self._cache, self._scored = None, {}, {}
 
     # ---------------------------------------------------------------- generation
 
@@ -222,16 +225,13 @@ class LlamaCppGenerator(Generator):
             if prompts:
                 per = max(len(t) + self._cap(len(t), p) for t, p in zip(toks, plist, strict=True))
                 self._ensure_context(sum(need), per)
-            jobs = [
-                _Job(i, list(range(a, min(n, a + self._n_seq))))
-                for i, n in enumerate(need)
-                for a in range(0, n, self._n_seq)
-            ]
+            width = min(self._n_seq, self.spec.max_batch_sequences)  # sequences decoded together
+            jobs = [_Job(i, list(range(a, min(n, a + width)))) for i, n in enumerate(need) for a in range(0, n, width)]
             results: dict[tuple[int, int], Completion] = {}
             computed = 0
             while jobs:
                 k, seqs = 0, 0
-                while k < len(jobs) and seqs + len(jobs[k].js) <= self._n_seq:
+                while k < len(jobs) and seqs + len(jobs[k].js) <= width:
                     seqs += len(jobs[k].js)
                     k += 1
                 computed += self._run_wave(jobs[:k], toks, plist, results)
@@ -313,6 +313,7 @@ class LlamaCppGenerator(Generator):
         first = np.cumsum([0] + [len(job.js) for job in wave])[:-1].tolist()
         prefix = self._seed_prefixes(wave, toks, first)
         self._cache = {s: t for s, t in self._cache.items() if s >= first[-1] + len(wave[-1].js)}
+        self._scored = {s: x for s, x in self._scored.items() if s in self._cache}
         seqs: list[_Seq] = []
         for k, job in enumerate(wave):
             t, p = toks[job.prompt], plist[job.prompt]
@@ -428,14 +429,16 @@ class LlamaCppGenerator(Generator):
 
         A continuation is a list of pieces (a solution's steps and separators), each tokenised on its
         own (no BOS) and appended to the prompt's tokens, as a search method appends a step; all of
-        it is read in one pass. A prompt prefix held by a cached stream (the policy's own prompt,
-        usually) is not computed again; the pass runs in stream 0, which then caches its tokens.
+        it is read in one pass. Scored sequences stay cached in streams counted from the top (generation
+        fills them from the bottom) with their log-probabilities, so a continuation that extends one
+        scored before (a tree search's child of its parent) computes only what is new, and a cached
+        prompt is not computed again. The numbers are the same either way (see the module docstring).
         The work is added to `usage` when given (a reward model's), else to this generator's.
         """
         out: list[list[list[float]]] = []
         total = computed = 0
         with self._lock, Timer() as timer:
-            for prompt, pieces in zip(prompts, continuations, strict=True):
+            for k, (prompt, pieces) in enumerate(zip(prompts, continuations, strict=True)):
                 head = self._tokenize(prompt, add_bos=True) or [self._bos]
                 tails = [self._tokenize(piece, add_bos=False) for piece in pieces]
                 tokens = head + [t for tail in tails for t in tail]
@@ -444,26 +447,25 @@ class LlamaCppGenerator(Generator):
                     continue
                 if len(tokens) > self.n_ctx:
                     raise ValueError(f"prompt and continuation of {len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
-                self._ensure_context(1, len(tokens))
-                start = self._reuse_prefix(tokens, limit=len(head) - 1)
-                logprobs: list[float] = []
-                first_out = len(head) - 1  # the logits at position i predict token i + 1
+                self._ensure_context(2 * len(prompts), len(tokens))  # room beside the generation's streams
+                seq = self._n_seq - 1 - k % self._n_seq
+                scored, start = self._reuse_scored(tokens, seq, first_out=len(head) - 1)
                 while start < len(tokens):
                     end = min(len(tokens), start + _BATCH)
                     end -= len(tokens) - end == 1  # no lone token in a chunk (see _feed)
-                    want = [first_out <= i < len(tokens) - 1 for i in range(start, end)]
-                    self._decode([(tokens[i], i, 0, want[i - start]) for i in range(start, end)])
+                    want = [len(head) - 1 <= i < len(tokens) - 1 for i in range(start, end)]
+                    self._decode([(tokens[i], i, seq, want[i - start]) for i in range(start, end)])
                     for i in (i for i in range(start, end) if want[i - start]):
                         x = self._logits(i - start)[0].astype(np.float64)
                         m = x.max()
-                        logprobs.append(float(x[tokens[i + 1]] - m - np.log(np.exp(x - m).sum())))
+                        scored[i] = x[tokens[i + 1]] - m - np.log(np.exp(x - m).sum())
                     computed += end - start
                     start = end
-                self._cache[0] = np.asarray(tokens)
+                self._cache[seq], self._scored[seq] = np.asarray(tokens), scored
                 total += len(tokens)
-                split, at = [], 0
+                split, at = [], len(head) - 1
                 for tail in tails:
-                    split.append(logprobs[at : at + len(tail)])
+                    split.append(scored[at : at + len(tail)].tolist())
                     at += len(tail)
                 out.append(split)
         work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=computed, seconds=timer.seconds)
@@ -473,25 +475,38 @@ class LlamaCppGenerator(Generator):
             usage.add(work)
         return out
 
-    def _reuse_prefix(self, tokens: list[int], limit: int) -> int:
-        """Put into stream 0 the longest cached prefix of `tokens` (at most `limit`, and leaving >= 2 to compute).
+    def _reuse_scored(self, tokens: list[int], seq: int, first_out: int) -> tuple[np.ndarray, int]:
+        """Load into `seq` the longest cached prefix of `tokens` whose needed log-probabilities are known.
 
-        Returns its length: where computing starts.
+        Returns the log-probabilities known so far (entry i: of token i + 1; NaN where unknown) and the
+        position where computing starts. Positions from `first_out` on need log-probabilities, so a
+        stream without them (a generation's prompt) lends at most `first_out` positions, one with them
+        as many as match; at least 2 tokens are always computed (see _feed).
         """
-        best, src = 0, -1
         t = np.asarray(tokens)
-        for seq, cached in self._cache.items():
+        scored = np.full(len(tokens) - 1, np.nan)
+        best, src = 0, -1
+        for other, cached in self._cache.items():
             m = min(len(t), len(cached))
             diff = np.flatnonzero(t[:m] != cached[:m])
-            n = min(int(diff[0]) if diff.size else m, limit, len(tokens) - 2)
+            match = int(diff[0]) if diff.size else m
+            n = min(match, first_out, len(tokens) - 2)
+            known = self._scored.get(other)
+            if known is not None and match - 1 > first_out:  # entry i needs tokens up to i + 1 to match
+                reach = min(match - 1, len(known), len(tokens) - 2)
+                if not np.isnan(known[first_out:reach]).any():
+                    n = reach
             if n > best:
-                best, src = n, seq
-        if src > 0:
-            lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
-            lc.llama_memory_seq_cp(self._mem, src, 0, -1, -1)
-        self._cache.pop(0, None)
-        lc.llama_memory_seq_rm(self._mem, 0, max(best, 0), -1)
-        return max(best, 0)
+                best, src = n, other
+        if src >= 0 and src != seq:
+            lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            lc.llama_memory_seq_cp(self._mem, src, seq, -1, -1)
+        if src >= 0 and src in self._scored and best > first_out:
+            scored[first_out:best] = self._scored[src][first_out:best]
+        self._cache.pop(seq, None)
+        self._scored.pop(seq, None)
+        lc.llama_memory_seq_rm(self._mem, seq, best if src >= 0 else 0, -1)
+        return scored, best if src >= 0 else 0
 
     def close(self) -> None:
         """Free the llama.cpp context, batch and model."""

@@ -2,15 +2,16 @@
 
 N = `n`, M = `beam_width`. Round 0 samples N first steps per problem. Each round the reward model
 scores the new steps; finished paths (EOS, a final `\\boxed{}`, the token cap, `max_steps`) go to the
-pool, the best N/M live paths are kept and each is continued M ways. A problem stops at N finished
-paths or no live ones. Options: `lookahead` (rank by a greedy rollout that many steps further) and
+pool, the best N/M live paths are kept (fewer once the pool is filling: only enough to make the
+paths still missing) and each is continued M ways. A problem stops at N finished paths or no live
+ones. Options: `lookahead` (rank by a greedy rollout that many steps further) and
 `filter_duplicates` (drop paths whose text repeats another's).
 """
 
 from __future__ import annotations
 
 from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, group, rank, top, unique
+from inferencekit.search.tree import Node, TreeSearch, next_beams, rank, top, unique
 
 
 @register_method("beam_search")
@@ -22,20 +23,13 @@ class BeamSearch(TreeSearch):
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         n = self.config.n
         m = min(self.config.beam_width, n)
-        keep = max(1, n // m)
         roots = self.roots(problems)
         pools: list[list[Node]] = [[] for _ in problems]
         frontier = [kid for kids in self.expand(problems, roots, n) for kid in kids]
         while frontier:
             self.score(problems, frontier, self.rank_aggregation)
             self.lookahead(problems, frontier)
-            beams: list[Node] = []
-            for pool, nodes in zip(pools, group(frontier, len(problems)), strict=True):
-                ranked = unique(rank(nodes)) if self.config.filter_duplicates else rank(nodes)
-                pool += [node for node in ranked if node.terminal]
-                need = n - len(pool)
-                if need > 0:
-                    beams += [node for node in ranked if not node.terminal][: min(keep, -(-need // m))]
+            beams = next_beams(pools, frontier, n, m, self.config.filter_duplicates)
             frontier = [kid for kids in self.expand(problems, beams, m) for kid in kids]
         finished = [unique(rank(pool)) if self.config.filter_duplicates else pool for pool in pools]
         return [[self.to_candidate(node) for node in top(pool, n)] for pool in finished]

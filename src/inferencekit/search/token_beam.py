@@ -2,19 +2,19 @@
 
 N = `n`, M = `beam_width`. Each round every live beam is continued by each of its M likeliest next
 tokens (one generator call for all beams of all problems, asking for top-k log-probabilities), and
-the best N/M children by summed log-probability go on. With a reward model, every
-`token_beam_chunk` tokens the children are ranked by its score of the partial solution (its last
-step's score) instead. Finished paths (EOS, a stop string, a final `\\boxed{}`, the token cap) go to
-the pool; a problem stops at N finished paths. The pool is ranked by the reward model when there is
-one, else by log-probability per token. `filter_duplicates` drops repeated texts; `max_steps` and
-`lookahead` do not apply. Paths are text: each round re-tokenises the prompt plus the path, which
-the backends' prefix caches make cheap.
+the best N/M children by summed log-probability go on (fewer as the pool fills, as in beam_search).
+With a reward model, every `token_beam_chunk` tokens the children are ranked by its score of the
+partial solution (its last step's score) instead. Finished paths (EOS, a stop string, a final
+`\\boxed{}`, the token cap) go to the pool; a problem stops at N finished paths. The pool is ranked by
+the reward model when there is one, else by log-probability per token. `filter_duplicates` drops
+repeated texts; `max_steps` and `lookahead` do not apply. Paths are text: each round re-tokenises the
+prompt plus the path, which the backends' prefix caches make cheap.
 """
 
 from __future__ import annotations
 
 from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, group, rank, unique
+from inferencekit.search.tree import Node, TreeSearch, next_beams, rank
 from inferencekit.voting import aggregate
 
 
@@ -28,7 +28,6 @@ class TokenBeam(TreeSearch):
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         n = self.config.n
         m = min(self.config.beam_width, n)
-        keep = max(1, n // m)
         pools: list[list[Node]] = [[] for _ in problems]
         beams = self.roots(problems)
         while beams:
@@ -37,12 +36,7 @@ class TokenBeam(TreeSearch):
                 kid.score = kid.logprob
             if self.reward_model is not None:
                 self.score(problems, [k for k in kids if k.tokens % self.config.token_beam_chunk == 0], "last")
-            beams = []
-            for pool, nodes in zip(pools, group(kids, len(problems)), strict=True):
-                ranked = unique(rank(nodes)) if self.config.filter_duplicates else rank(nodes)
-                pool += [node for node in ranked if node.terminal]
-                if len(pool) < n:
-                    beams += [node for node in ranked if not node.terminal][:keep]
+            beams = next_beams(pools, kids, n, m, self.config.filter_duplicates)
         finished = [node for pool in pools for node in pool]
         if self.reward_model is not None:
             self.score(problems, finished)  # those not scored on the way

@@ -254,6 +254,25 @@ def unique(nodes: Iterable[Node]) -> list[Node]:
     return out
 
 
+def next_beams(
+    pools: list[list[Node]], frontier: Iterable[Node], n: int, m: int, filter_duplicates: bool
+) -> list[Node]:
+    """One beam-search selection over every problem: finished nodes join their problem's pool, and the best
+    live ones become the next beams.
+
+    A problem whose pool holds N (`n`) paths is done; otherwise it keeps its best N/M (`m` children per
+    beam) live nodes, fewer as the pool fills: only enough to make the N - |pool| paths still missing.
+    """
+    beams: list[Node] = []
+    for pool, nodes in zip(pools, group(frontier, len(pools)), strict=True):
+        ranked = unique(rank(nodes)) if filter_duplicates else rank(nodes)
+        pool += [node for node in ranked if node.terminal]
+        need = n - len(pool)
+        if need > 0:
+            beams += [node for node in ranked if not node.terminal][: min(max(1, n // m), -(-need // m))]
+    return beams
+
+
 def to_candidate(node: Node, separator: str | None = None, **meta: Any) -> Candidate:
     """A node as a candidate: its path's text (trailing separator dropped), tokens and step scores."""
     text = node.text.removesuffix(separator) if separator else node.text
