@@ -24,7 +24,7 @@ def print_summary(metrics: dict[str, Any], run_dir: Path | str, console: Console
     seconds = usage.get("seconds", 0.0)
     tokens = usage.get("completion_tokens", 0)
     rate = f", {tokens / seconds:.0f} tokens/s" if seconds else ""
-    line = f"tokens: {tokens} generated ({usage.get('completion_tokens_per_sample', 0)} per sample){rate}"
+    line = f"tokens: {tokens} generated ({usage.get('completion_tokens_per_sample', 0)} per problem){rate}"
     prompt, computed = usage.get("prompt_tokens", 0), usage.get("computed_prompt_tokens", 0)
     line += f"; prompt tokens {prompt:.0f} ({computed:.0f} computed)"
     line += f"; {seconds:.1f} s generating"
