@@ -394,6 +394,9 @@ def test_self_certainty_uses_generator_score_text():
     prompt = gen.chat_prompt([{"role": "user", "content": Q}])
     assert gen.scored == [(prompt, [STEPS[0], "\n\n", STEPS[1], "\n\n", STEPS[2]])]  # one pass per solution
     assert rm.usage.calls == 1
+    # given the policy's own prompt (as the search methods pass it), the steps are read after it
+    assert approx(rm.score([Q], [[SOLUTION]], prompts=["<policy prompt>"])[0][0], [math.exp(-1.0)] * 3)
+    assert gen.scored[-1][0] == "<policy prompt>" and rm.score([Q], [[SOLUTION]]) and gen.scored[-1][0] == prompt
     with pytest.raises(UserError, match="self_certainty needs a causal LM"):
         load_reward_model("self_certainty")
 

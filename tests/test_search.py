@@ -77,10 +77,12 @@ class TableRewardModel:
     def __init__(self, table: dict[str, float], default: float = 0.5) -> None:
         self.table, self.default = table, default
         self.calls: list[list[str]] = []
+        self.prompts: list[list[str] | None] = []  # the policy's prompts passed along, per call
         self.usage = Usage()
 
-    def score(self, questions, solutions):
+    def score(self, questions, solutions, prompts=None):
         self.calls.append([s for sols in solutions for s in sols])
+        self.prompts.append(prompts)
         self.usage.add(Usage(calls=1))
         return [[[self.table.get(step, self.default) for step in split_steps(s, SEP)] for s in sols]
                 for sols in solutions]
@@ -154,7 +156,7 @@ def test_beam_search_keeps_exactly_the_top_beams():
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a3\n\n"]  # top 2 of 4 by score, each expanded 2 ways
     assert [p.n for _, p in gen.calls[1]] == [2, 2]
     assert gen.prompts(2) == ["<P0>a1\n\nb2\n\n"]  # the only live beam; 3 finished of 4
-    assert len(gen.calls) == 3 and len(rm.calls) == 3
+    assert len(gen.calls) == 3 and len(rm.calls) == 3 and rm.prompts[0] == ["<P0>"] * 4  # the policy's prompt
     # 5 finished; the best 4 by score, with the step scores of their whole path
     assert texts(cands) == ["a1\n\nb2\n\nc1 \\boxed{5}", "a1\n\nb1 \\boxed{1}", "a3\n\nb3 \\boxed{3}",
                             "a3\n\nb4 \\boxed{4}"]

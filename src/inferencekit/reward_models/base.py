@@ -85,11 +85,15 @@ class RewardModel(ABC):
     def configure(self) -> None:  # noqa: B027 - formats override with their options as keyword parameters
         """Apply format options."""
 
-    def score(self, questions: Sequence[str], solutions: Sequence[Sequence[str]]) -> list[list[list[float]]]:
+    def score(
+        self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[list[list[float]]]:
         """Score every step of every solution: one list per question, one per solution, one float per step.
 
         A solution's steps are its pieces between `step_separator` (whitespace-only pieces dropped);
-        a step that got no score (cut off by truncation) is NaN.
+        a step that got no score (cut off by truncation) is NaN. `prompts`, where the caller knows them,
+        are the policy's prompts per question: formats that read the policy's own context use them
+        (self_certainty), the others score the question.
         """
         if isinstance(questions, str) or len(questions) != len(solutions):
             raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -31,8 +31,9 @@ class SelfCertainty(TransformersRewardModel):
 
     The model: a transformers causal LM at `path`; else the generator's own `score_text(prompts,
     continuations)` when it has one; else the generator's loaded transformers model (hf backend).
-    The question is rendered as a user turn with the chat template (the generator's, else the
-    tokenizer's, else raw text followed by the separator), as the policy saw it.
+    Scoring with the policy, the context is the policy's own prompt when the caller gives it (the
+    search methods do); otherwise, and with a model at `path`, the question rendered as a user turn
+    with the chat template (the generator's, else the tokenizer's, else raw text and the separator).
     """
 
     needs_weights = False
@@ -54,11 +55,28 @@ class SelfCertainty(TransformersRewardModel):
             )
 
     def configure(self, system_prompt: str | None = None, chat_template: bool = True) -> None:
+        self.policy_prompts: dict[str, str] = {}
         self.system_prompt = system_prompt
         self.chat_template = chat_template
 
+    def score(
+        self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[list[list[float]]]:
+        """As `RewardModel.score`; scoring with the policy itself, a step is read after the policy's own prompt."""
+        own = prompts is not None and not self.settings.path  # another model's template would not fit
+        self.policy_prompts = dict(zip(questions, prompts, strict=True)) if own else {}
+        try:
+            return super().score(questions, solutions)
+        finally:
+            self.policy_prompts = {}
+
     def prompt(self, question: str) -> tuple[str, bool]:
-        """The text before the first step, and whether it is a rendered chat (which holds its own BOS)."""
+        """The text before the first step, and whether it is a rendered chat (which holds its own BOS).
+
+        The policy's prompt for this question when the caller gave it, else the question as a user turn.
+        """
+        if question in self.policy_prompts:
+            return self.policy_prompts[question], True
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": question})
         gen = self.settings.generator

@@ -32,7 +32,7 @@ def score_candidates(reward_model, problems: list[Problem], candidates: list[lis
     The reward model splits solutions into steps at its step separator (the policy model's setting).
     """
     solutions = [[c.text for c in cands] for cands in candidates]
-    scores = reward_model.score([p.question for p in problems], solutions)
+    scores = reward_model.score([p.question for p in problems], solutions, prompts=[p.prompt for p in problems])
     for cands, per_problem in zip(candidates, scores, strict=True):
         for cand, step_scores in zip(cands, per_problem, strict=True):
             cand.step_scores = [float(s) for s in step_scores]

@@ -191,7 +191,8 @@ def score(
     todo = [node for node in nodes if node.step_scores is None]
     if not todo:
         return
-    scores = reward_model.score([problems[n.problem].question for n in todo], [[n.text] for n in todo])
+    scores = reward_model.score([problems[n.problem].question for n in todo], [[n.text] for n in todo],
+                                prompts=[problems[n.problem].prompt for n in todo])
     for node, (steps,) in zip(todo, scores, strict=True):
         node.step_scores = [float(s) for s in steps]
         node.score = aggregate(node.step_scores, aggregation)
