@@ -135,7 +135,7 @@ def test_top_logprobs(gen, prompts):
         assert values == sorted(values, reverse=True) and sum(math.exp(v) for v in values) <= 1 + 1e-9
         assert values[0] == pytest.approx(chosen, abs=1e-9)  # greedy takes the likeliest token
     assert "".join(top[0][0] for top in c.top_logprobs) == c.text
-    # the second likeliest first token, appended to the prompt, is what greedy decoding then sees
+    # a path that took the second likeliest first token goes on from it, as token_beam asks
     other = c.top_logprobs[0][1][0]
     (after,) = gen.generate([prompts[2] + other], SamplingParams(max_new_tokens=1, top_logprobs=2))[0]
     assert after.top_logprobs and len(after.top_logprobs[0]) == 2
@@ -201,7 +201,7 @@ def test_score_text_reuses_scored_prefixes_to_the_bit(gen, prompts, embedded_ggu
     assert [len(x) for x in first] == [gen.count_tokens(p) for p in pieces]
     head = gen.count_tokens(prompts[1])
     assert work.prompt_tokens - sum(map(len, first)) in (head, head + 1)  # + BOS, where the model adds one
-    # a tree search's child: only its new steps are computed (and a 2-token boundary), in a batch of others
+    # a tree search's child: only its new steps are computed (and one boundary token), alone or among others
     child = pieces + ["\n\n", "Done."]
     before = gen.usage.copy()
     (alone,) = gen.score_text(prompts[1:2], [child])
