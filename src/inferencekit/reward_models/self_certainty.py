@@ -37,6 +37,7 @@ class SelfCertainty(TransformersRewardModel):
     """
 
     needs_weights = False
+    policy_prompts: dict[str, str] = {}  # question -> the policy's prompt during one score() call (replaced)
 
     def load(self) -> None:
         gen = self.settings.generator
@@ -55,7 +56,6 @@ class SelfCertainty(TransformersRewardModel):
             )
 
     def configure(self, system_prompt: str | None = None, chat_template: bool = True) -> None:
-        self.policy_prompts: dict[str, str] = {}
         self.system_prompt = system_prompt
         self.chat_template = chat_template
 
