@@ -412,19 +412,17 @@ class HFGenerator(Generator):
             )
         generated = sequences[:, width:].cpu().tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).cpu().tolist() if want_logprobs else None
-        tops = None
-        if top:
-            values = torch.stack(sampler.top_values, dim=1).cpu().tolist()
-            ids = torch.stack(sampler.top_ids, dim=1).cpu().tolist()
-            tops = [[self._top_pairs(i, v, p.top_logprobs) for i, v in zip(ids[b], values[b], strict=True)]
-                    for b, p in enumerate(row_params)]
         completions = [
             self._completion(generated[b][: p.max_new_tokens], logprobs[b] if logprobs and p.logprobs else None, p)
             for b, p in enumerate(row_params)
         ]
-        for b, (c, p) in enumerate(zip(completions, row_params, strict=True)):
-            if tops is not None and p.top_logprobs:
-                c.top_logprobs = tops[b][: c.tokens]
+        if top:
+            values = torch.stack(sampler.top_values, dim=1).cpu().tolist()
+            ids = torch.stack(sampler.top_ids, dim=1).cpu().tolist()
+            for b, (c, p) in enumerate(zip(completions, row_params, strict=True)):
+                if p.top_logprobs:  # only the row's own tokens, only as many as it asked for
+                    c.top_logprobs = [self._top_pairs(i, v, p.top_logprobs)
+                                      for i, v in zip(ids[b][: c.tokens], values[b][: c.tokens], strict=True)]
         return completions, computed
 
     def _shared_prompt_cache(self, rows: list[_Row], input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -440,18 +438,19 @@ class HFGenerator(Generator):
             first.setdefault(row.prompt, b)
         if len(first) == len(rows):
             return None
-        order = list(first)
+        slot = {prompt: i for i, prompt in enumerate(first)}  # prompt -> its row in the prompts-only batch
+        heads = list(first.values())
         device = self.input_device
-        mask = attention_mask[list(first.values()), :-1]
+        mask = attention_mask[heads, :-1]
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers left-padded rows
         try:
             with torch.inference_mode(), self._attention_backends():
                 out = self.model(
-                    input_ids=input_ids[list(first.values()), :-1].to(device), attention_mask=mask.to(device),
+                    input_ids=input_ids[heads, :-1].to(device), attention_mask=mask.to(device),
                     position_ids=positions.to(device), use_cache=True,
                 )
                 cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
-                cache.batch_select_indices(torch.tensor([order.index(r.prompt) for r in rows]))  # CPU: any device
+                cache.batch_select_indices(torch.tensor([slot[r.prompt] for r in rows]))  # CPU: any device
         except Exception as e:  # noqa: BLE001 - any architecture-specific failure: fall back for good
             logger.warning("prompts are not shared between samples with this model (%s)", _one_line(e))
             self._share_prompts = False

@@ -258,9 +258,7 @@ class LlamaCppGenerator(Generator):
         for k, job in enumerate(wave):
             t = np.asarray(toks[job.prompt])
             for seq, cached in self._cache.items():
-                m = min(len(t), len(cached))
-                diff = np.flatnonzero(t[:m] != cached[:m])
-                n = min(int(diff[0]) if diff.size else m, len(t) - 2)  # see _feed: recompute >= 2 tokens
+                n = min(_common_prefix(t, cached), len(t) - 2)  # see _feed: recompute >= 2 tokens
                 if n > prefix[k]:
                     prefix[k], src[k] = n, seq
         # Stream copies run in order at the next decode, so a target that is still some job's source waits.
@@ -386,8 +384,7 @@ class LlamaCppGenerator(Generator):
         tok = int(np.argmax(x)) if s.rng is None else _sample(x, p, s.rng)
         s.out.append(tok)
         if p.logprobs or p.top_logprobs:
-            m = x.max()
-            norm = m + np.log(np.exp(x - m).sum())
+            norm = _logsumexp(x)
             if p.logprobs:
                 s.logprobs.append(float(x[tok] - norm))
             if p.top_logprobs:
@@ -457,8 +454,7 @@ class LlamaCppGenerator(Generator):
                     self._decode([(tokens[i], i, seq, want[i - start]) for i in range(start, end)])
                     for i in (i for i in range(start, end) if want[i - start]):
                         x = self._logits(i - start)[0].astype(np.float64)
-                        m = x.max()
-                        scored[i] = x[tokens[i + 1]] - m - np.log(np.exp(x - m).sum())
+                        scored[i] = x[tokens[i + 1]] - _logsumexp(x)
                     computed += end - start
                     start = end
                 self._cache[seq], self._scored[seq] = np.asarray(tokens), scored
@@ -487,9 +483,7 @@ class LlamaCppGenerator(Generator):
         scored = np.full(len(tokens) - 1, np.nan)
         best, src = 0, -1
         for other, cached in self._cache.items():
-            m = min(len(t), len(cached))
-            diff = np.flatnonzero(t[:m] != cached[:m])
-            match = int(diff[0]) if diff.size else m
+            match = _common_prefix(t, cached)
             n = min(match, first_out, len(tokens) - 2)
             known = self._scored.get(other)
             if known is not None and match - 1 > first_out:  # entry i needs tokens up to i + 1 to match
@@ -505,8 +499,8 @@ class LlamaCppGenerator(Generator):
             scored[first_out:best] = self._scored[src][first_out:best]
         self._cache.pop(seq, None)
         self._scored.pop(seq, None)
-        lc.llama_memory_seq_rm(self._mem, seq, best if src >= 0 else 0, -1)
-        return scored, best if src >= 0 else 0
+        lc.llama_memory_seq_rm(self._mem, seq, best, -1)  # best is 0 when nothing matched
+        return scored, best
 
     def close(self) -> None:
         """Free the llama.cpp context, batch and model."""
@@ -528,6 +522,19 @@ def _copy(c: Completion) -> Completion:
         c.text, c.tokens, c.finish_reason, c.stop_reason, None if c.logprobs is None else list(c.logprobs),
         None if c.top_logprobs is None else [list(t) for t in c.top_logprobs],
     )
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    """log(sum(exp(x))), computed stably: a token's log-probability is its logit minus this."""
+    m = x.max()
+    return float(m + np.log(np.exp(x - m).sum()))
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two token arrays."""
+    m = min(len(a), len(b))
+    diff = np.flatnonzero(a[:m] != b[:m])
+    return int(diff[0]) if diff.size else m
 
 
 def _top_k(x: np.ndarray, k: int) -> list[int]:

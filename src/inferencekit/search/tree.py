@@ -315,15 +315,11 @@ class TreeSearch(SearchMethod):
         for node, kids in zip(nodes, grown, strict=True):
             self.generated[node.problem] += sum(kid.tokens - node.tokens for kid in kids)
 
-    @property
-    def separator(self) -> str:
-        return self.config.step_separator
-
     def base_params(self) -> SamplingParams:
         return self.sampling_params(0)
 
     def expand(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
-        grown = expand(self.generator, problems, nodes, k, self.base_params(), separator=self.separator,
+        grown = expand(self.generator, problems, nodes, k, self.base_params(), separator=self.config.step_separator,
                        max_steps=self.config.max_steps)
         self._count(nodes, grown)
         return grown
@@ -353,4 +349,4 @@ class TreeSearch(SearchMethod):
                 node.score = leaf.score
 
     def to_candidate(self, node: Node, **meta: Any) -> Candidate:
-        return to_candidate(node, self.separator, **meta)
+        return to_candidate(node, self.config.step_separator, **meta)
