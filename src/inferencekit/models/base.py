@@ -7,10 +7,12 @@ Everything a generation needs travels in one `SamplingParams`, as in vLLM.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 
 
@@ -114,6 +116,17 @@ class Usage:
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
+# Which problem the current request serves (set by the runner around each problem's search). A pool of
+# replicas keeps one problem's requests on one replica while it is healthy, for its prefix cache.
+REQUEST_AFFINITY: ContextVar[Hashable | None] = ContextVar("inferencekit_request_affinity", default=None)
+
+
+class GenerationError(RuntimeError):
+    """A generation that failed for good (after the backend's own retries): a server error, a timeout.
+
+    The runner records the problem as failed (not wrong) and a resumed run retries it.
+    """
+
 
 class Generator(ABC):
     """A language model that continues prompts.
@@ -145,6 +158,15 @@ class Generator(ABC):
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Number of tokens the model's tokenizer makes of `text`."""
+
+    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        """`params.n` completions of one prompt, awaited.
+
+        Engines with a decode loop batch concurrent calls (continuous batching); this default runs
+        the batch method for one prompt in a worker thread (the request's context, with its
+        `REQUEST_AFFINITY`, goes along).
+        """
+        return (await asyncio.to_thread(self.generate, [prompt], params))[0]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""
