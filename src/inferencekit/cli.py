@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="YAML file of run settings (command-line flags win)")
     g.add_argument("--no-resume", action="store_true", help="start over; earlier results are moved aside")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # scale-out: shards of one experiment, Ray actors (README "Scale out")
+    g = run.add_argument_group("scale-out")
+    g.add_argument("--shard", help="I/K: run the I-th of K disjoint slices into <run>/shard-I-of-K/ (merge after)")
+    g.add_argument("--executor", help="local (default) | ray: in-process engines as Ray actors")
+    g.add_argument("--replicas", type=int, help="--executor ray: number of actors (default 1)")
+    g.add_argument("--ray-address", help="--executor ray: cluster address (default $RAY_ADDRESS, else a local one)")
+    g.add_argument("--ray-num-gpus", type=float, help="--executor ray: GPUs per actor (default 0)")
 
     ev = sub.add_parser("evaluate", help="re-grade and re-vote a finished run, without generating")
     ev.add_argument("run_dir")
@@ -128,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, default=0)
     chat.add_argument("--system", help="system prompt")
 
+    mrg = sub.add_parser("merge", help="merge the shards (--shard I/K) of an experiment into its run folder")
+    mrg.add_argument("run_dir", help="the experiment folder holding shard-I-of-K/ folders")
+
     ls = sub.add_parser("list", help="show what is registered")
     ls.add_argument("what", choices=["models", "datasets", "methods", "reward-models", "votes"])
     return parser
@@ -158,6 +168,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     result = run(config, resume=not args.no_resume, show_progress=not args.no_progress)
     print_summary(result.metrics, result.run_dir)
+    if result.metrics.get("failed"):
+        sys.stderr.write(f"inferencekit: {result.metrics['failed']} problem(s) failed (generation errors, see "
+                         f"{result.run_dir}/run.log) and count in no accuracy; rerun the same command to retry them\n")
     return 0
 
 
@@ -203,6 +216,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         session.generator.close()
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from inferencekit.results.shards import merge
+    from inferencekit.results.summary import print_summary
+
+    print_summary(merge(args.run_dir), args.run_dir)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from inferencekit.presets import load_preset, preset_names
 
@@ -236,7 +257,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "chat": cmd_chat,
-    "list": cmd_list,
+    "list": cmd_list, "merge": cmd_merge,
 }
 
 

@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inferencekit.errors import UserError
 
 # Keys that change neither generation nor grading: a resumed run may differ in these.
-RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "grading_workers", "votes")
+RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "grading_workers", "votes",
+                "shard", "executor", "replicas", "ray_address", "ray_num_gpus")
 # Model arguments that say where or how fast a model runs, not what it computes.
-RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map")
+RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map",
+                      "api_key_file", "max_retries", "retry_delay", "request_timeout")
 
 
 class RunConfig(BaseModel):
@@ -73,6 +75,26 @@ class RunConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     grading_workers: int | None = Field(None, ge=1)
     grading_timeout: float = Field(5.0, gt=0)
+
+    # scale-out (results/shards.py, models/ray_executor.py): where the work runs, not what it computes
+    shard: str | None = None  # "I/K": the I-th of K disjoint slices, in <run>/shard-I-of-K/
+    executor: Literal["local", "ray"] = "local"
+    replicas: int = Field(1, ge=1)  # --executor ray: actors, one engine each
+    ray_address: str | None = None  # default $RAY_ADDRESS, else a local cluster
+    ray_num_gpus: float = Field(0.0, ge=0)  # GPUs per actor
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from inferencekit.results.shards import parse_shard
+
+        try:
+            i, k = parse_shard(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return f"{i}/{k}"
 
     @field_validator("votes", mode="before")
     @classmethod

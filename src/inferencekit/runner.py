@@ -14,10 +14,11 @@ from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError
 from inferencekit.grading import Grader
-from inferencekit.models import Generator, Usage, load_generator, resolve_model
-from inferencekit.models.base import Timer
+from inferencekit.models import Generator, Usage, executor_args, load_generator, resolve_model
+from inferencekit.models.base import GenerationError, Timer
 from inferencekit.prompts import build_messages
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
+from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
 
@@ -51,21 +52,23 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
         num_shots=config.num_shots,
         limit=config.limit,
     )
+    dataset = select_shard(dataset, config.shard)  # scale-out: only this shard's problems (all when unsharded)
     spec = resolve_model(config.model, config.backend, config.model_args)
     config.backend = spec.backend
     rm_label = _check_reward_model(config)
-    store = RunStore(run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name))
+    run_dir = run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name)
+    store = RunStore(shard_dir(run_dir, config.shard))  # scale-out: <run>/shard-I-of-K/ for a shard
     _prepare_store(store, config, resume)
 
     with _run_log(store.path / LOG):
         log.info("run %s: %d samples, method %s, model %s", store.path, len(dataset.samples), config.method, spec.path)
-        done = {r["index"] for r in store.records()}
+        done = {r["index"] for r in store.records() if not r.get("failed")}  # failed ones are redone
         todo = [s for s in dataset.samples if s.index not in done]
         if done:
             finished = len(dataset.samples) - len(todo)
             log.info("resuming: %d of %d samples already finished", finished, len(dataset.samples))
         if todo:
-            generator, reward_model = load_generator(spec), None
+            generator, reward_model = load_generator(spec, **executor_args(config)), None
             try:
                 reward_model = _load_reward_model(config, generator)
                 method = method_cls(config, generator, reward_model)
@@ -76,6 +79,10 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
                 generator.close()
         records = _finish_records(store, dataset, config)
         metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)
+        failed = _failed_count(store, dataset)
+        if failed:
+            metrics["failed"] = failed
+            log.warning("%d problem(s) failed (generation errors); rerun the same command to retry them", failed)
         store.write_metrics(metrics)
         log.info("metrics: %s", {v: m["accuracy"] for v, m in metrics["votes"].items()})
     return RunResult(run_dir=store.path, metrics=metrics, generated=len(todo))
@@ -148,8 +155,15 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
                 for s in batch
             ]
             before = _usage_snapshot(generator, reward_model)
-            with Timer() as timer:
-                candidates = method.search(problems)
+            try:
+                with Timer() as timer:
+                    candidates = method.search(problems)
+            except GenerationError as exc:  # interim failure records (the trust branch's version supersedes this)
+                for sample, problem in zip(batch, problems, strict=True):
+                    error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    store.append({**_record(sample, problem, [], {}, dataset.style), "failed": True, "error": error})
+                    progress.advance(False)
+                continue
             # Tree searches count every generated token, pruned branches included; else the candidates' own.
             generated = getattr(method, "generated", None) or [sum(c.tokens for c in cs) for cs in candidates]
             usages = _split_usage(before, _usage_snapshot(generator, reward_model), generated, timer.seconds)
@@ -208,10 +222,15 @@ def _split_usage(before, after, generated: list[int], seconds: float) -> list[di
 def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> list[dict[str, Any]]:
     """The run's records for the current sample set, re-voted where the vote list changed since."""
     wanted = {s.index for s in dataset.samples}
-    records = [r for r in store.records() if r["index"] in wanted]
+    records = [r for r in store.records() if r["index"] in wanted and not r.get("failed")]
     stale = [r for r in records if set(config.votes) - set(r.get("correct", {}))]
     apply_votes(stale, config.votes, config.aggregation)
     return records
+
+
+def _failed_count(store: RunStore, dataset: Dataset) -> int:
+    wanted = {s.index for s in dataset.samples}
+    return sum(1 for r in store.records() if r["index"] in wanted and r.get("failed"))
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:

@@ -21,6 +21,7 @@ __all__ = [
     "GeneratorSpec",
     "SamplingParams",
     "Usage",
+    "executor_args",
     "load_generator",
     "model_defaults",
     "model_label",
@@ -92,8 +93,31 @@ def _infer_backend(path: str) -> str:
     )
 
 
-def load_generator(spec: GeneratorSpec) -> Generator:
-    """Build the generator for a spec; a model that fails to load raises `UserError` saying why."""
+def executor_args(config: Any) -> dict[str, Any]:
+    """The scale-out settings of a run config that `load_generator` takes."""
+    return {"executor": config.executor, "replicas": config.replicas, "ray_address": config.ray_address,
+            "ray_num_gpus": config.ray_num_gpus}
+
+
+def load_generator(
+    spec: GeneratorSpec,
+    executor: str = "local",
+    replicas: int = 1,
+    ray_address: str | None = None,
+    ray_num_gpus: float = 0.0,
+) -> Generator:
+    """Build the generator for a spec; a model that fails to load raises `UserError` saying why.
+
+    `executor="ray"` runs `replicas` copies of an in-process engine as Ray actors behind one pool
+    (models/ray_executor.py); the openai backend is a pool of its servers already (models/openai.py).
+    """
+    if executor == "ray":
+        if spec.backend == "openai":
+            raise UserError("--executor ray runs in-process engines (llamacpp, hf); for servers list them "
+                            "in --model-arg base_url=URL1,URL2")
+        from inferencekit.models.ray_executor import RayPool
+
+        return RayPool(spec, replicas=replicas, address=ray_address, num_gpus=ray_num_gpus)
     try:
         if spec.backend == "llamacpp":
             from inferencekit.models.llamacpp import LlamaCppGenerator

@@ -230,8 +230,13 @@ class GeneratorSpec:
     n_ctx: int = 4096
     n_threads: int | None = None
     max_batch_sequences: int = 64
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # openai backend: one server, or several (URL1,URL2 or a list)
     api_key: str | None = None
+    # openai backend: where the key comes from when api_key is unset ($OPENAI_API_KEY otherwise), and retries
+    api_key_file: str | None = None
+    max_retries: int = 5  # retries of a failed request (connection error, timeout, 429, 5xx)
+    retry_delay: float = 0.5  # first backoff in seconds; doubles per retry, with jitter
+    request_timeout: float = 600.0  # seconds per HTTP request
     tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
     extra: dict = field(default_factory=dict)
 

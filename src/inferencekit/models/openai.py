@@ -1,29 +1,35 @@
-"""An OpenAI-compatible completions server (vLLM, llama.cpp's server, SGLang, ...) as a generator.
+"""OpenAI-compatible completions servers (vLLM, SGLang, llama.cpp's server, ...) as a generator.
 
-`spec.base_url` names the server (default `$OPENAI_BASE_URL`), `spec.path` the served model. Prompts go
-to `/v1/completions` as raw text, so search methods can continue partial solutions; requests run
-concurrently and the server batches them. Servers that ignore `n` (llama.cpp's) are asked again, with
-another seed, until each prompt has its `n` samples.
+`spec.base_url` names the server, or several (`URL1,URL2` or a list in the config file; default
+`$OPENAI_BASE_URL`), `spec.path` the served model. Prompts go to `/v1/completions` as raw text, so search
+methods can continue partial solutions. Requests run concurrently (`AsyncOpenAI` on the pool's event loop,
+at most `max_batch_sequences` in flight per server) and the servers batch them; several servers form a
+`ReplicaPool` (least outstanding requests, per-problem affinity, retries, shedding a failing server).
+Connection errors, timeouts, 429 and 5xx are retried with backoff (honouring `Retry-After`) up to
+`max_retries` times, then the generation raises `GenerationError`. Servers that ignore `n` (llama.cpp's)
+get one request per sample. The API key comes from `api_key`, `api_key_file` or `$OPENAI_API_KEY` and is
+never written to the run folder.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
+import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from inferencekit.errors import UserError
 from inferencekit.models.base import (
     Completion,
-    Generator,
     GeneratorSpec,
     Message,
     SamplingParams,
-    Timer,
     Usage,
-    per_prompt_params,
     truncate_at_stop,
 )
+from inferencekit.models.pool import Replica, ReplicaError, ReplicaPool, RetryPolicy
 
 _FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -43,21 +49,162 @@ def _warn_stop_reason() -> None:
     )
 
 
-class OpenAIGenerator(Generator):
+def base_urls(spec: GeneratorSpec) -> list[str]:
+    """The servers a spec names: `URL1,URL2`, a list, or `$OPENAI_BASE_URL`."""
+    raw = spec.base_url or os.environ.get("OPENAI_BASE_URL") or ""
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    urls = [str(u).strip().rstrip("/") for u in items if str(u).strip()]
+    if not urls:
+        raise UserError("the openai backend needs a server: --model-arg base_url=http://HOST:PORT/v1 "
+                        "(several: base_url=URL1,URL2)")
+    return urls
+
+
+def api_key(spec: GeneratorSpec) -> str:
+    """`api_key`, else the first line of `api_key_file`, else `$OPENAI_API_KEY` (local servers need none)."""
+    if spec.api_key:
+        return spec.api_key
+    if spec.api_key_file:
+        path = Path(spec.api_key_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"api_key_file not found: {path}")
+        text = path.read_text(encoding="utf-8").strip()
+        if not text:
+            raise UserError(f"api_key_file {path} is empty")
+        return text.splitlines()[0].strip()
+    return os.environ.get("OPENAI_API_KEY", "none")
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds a server asked to wait (`Retry-After`: seconds or an HTTP date; `retry-after-ms`)."""
+    if headers is None:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+class OpenAIEndpoint(Replica):
+    """One server. Each call is one HTTP request; failures are `ReplicaError`s the pool retries."""
+
+    def __init__(self, base_url: str, model: str, key: str, timeout: float) -> None:
+        from openai import AsyncOpenAI
+
+        self.name = base_url
+        self.model = model
+        self.reports_stop = False  # vLLM and SGLang say which stop string ended a completion
+        self.client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
+
+    async def _call(self, coro):
+        import openai
+
+        try:
+            return await coro
+        except openai.APIStatusError as exc:
+            message = f"HTTP {exc.status_code}: {_first_line(exc.message)}"
+            raise ReplicaError(message, retryable=_retryable(exc.status_code),
+                               retry_after=_retry_after(exc.response.headers)) from None
+        except openai.APITimeoutError:
+            raise ReplicaError("timed out", retryable=True) from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise ReplicaError(f"connection failed ({_first_line(str(cause)) or type(cause).__name__})",
+                               retryable=True) from None
+        except openai.APIError as exc:  # an answer that is not a completion
+            raise ReplicaError(_first_line(str(exc)), retryable=False) from None
+
+    async def request(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
+        response = await self._call(self.client.completions.create(
+            model=self.model,
+            prompt=prompt,
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop)[:4] or None,  # the OpenAI API takes at most 4 stop strings
+            seed=params.seed,
+            # a server that does not say which stop string ended a completion shows it in the tokens
+            logprobs=max(int(params.logprobs or (bool(params.stop) and not self.reports_stop)), params.top_logprobs)
+            or None,
+            extra_body={"top_k": params.top_k} if params.top_k else None,
+        ))
+        usage = Usage()
+        if response.usage:
+            usage.prompt_tokens = usage.computed_prompt_tokens = response.usage.prompt_tokens
+            usage.completion_tokens = response.usage.completion_tokens
+        share = (response.usage.completion_tokens // max(len(response.choices), 1)) if response.usage else 0
+        if any(k in (c.model_extra or {}) for c in response.choices for k in ("stop_reason", "matched_stop")):
+            self.reports_stop = True
+        return [_completion(choice, params, share) for choice in response.choices], usage
+
+    async def count_tokens(self, text: str) -> int:
+        # The completions API has no tokenizer endpoint; ask for one new token and read the usage.
+        response = await self._call(
+            self.client.completions.create(model=self.model, prompt=text, max_tokens=1, temperature=0)
+        )
+        return response.usage.prompt_tokens if response.usage else len(text.split())
+
+    async def check(self) -> str | None:
+        try:
+            page = await self._call(self.client.with_options(timeout=10).models.list())
+        except ReplicaError as exc:
+            return f"does not answer ({exc})"
+        ids = [m.id for m in page.data]
+        if ids and not any(_same_model(self.model, i) for i in ids):
+            return f"serves {', '.join(ids)}, not {self.model}"
+        return None
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _same_model(wanted: str, served: str) -> bool:
+    """A served id names the model when equal, or when one is a file path whose name or stem is the other."""
+    names = {served, Path(served).name, Path(served).stem}
+    return wanted in names or Path(wanted).name in names
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+class OpenAIGenerator(ReplicaPool):
     name = "openai"
 
     def __init__(self, spec: GeneratorSpec) -> None:
-        super().__init__()
-        from openai import OpenAI
-
-        base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL")
-        if not base_url:
-            raise ValueError("the openai backend needs a server: --model-arg base_url=http://HOST:PORT/v1")
+        urls = base_urls(spec)
+        key = api_key(spec)
+        endpoints = [OpenAIEndpoint(url, spec.path, key, spec.request_timeout) for url in urls]
+        super().__init__(
+            endpoints, max_in_flight=spec.max_batch_sequences,
+            policy=RetryPolicy(max_retries=spec.max_retries, base_delay=spec.retry_delay),
+        )
         self.spec = spec
         self.model = spec.path
-        self.client = OpenAI(base_url=base_url, api_key=spec.api_key or os.environ.get("OPENAI_API_KEY", "none"))
-        self.concurrency = spec.max_batch_sequences
-        self._template = self._chat_template(spec)
+        try:
+            bad = self.check_replicas()
+            if bad:
+                raise UserError(f"{len(bad)} of {len(urls)} server(s) failed the health check: " + "; ".join(bad))
+            self._template = self._chat_template(spec)
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _chat_template(spec: GeneratorSpec):
@@ -76,77 +223,37 @@ class OpenAIGenerator(Generator):
     def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt)
 
-    def count_tokens(self, text: str) -> int:
-        # The completions API has no tokenizer endpoint; ask for zero new tokens and read the usage.
-        response = self.client.completions.create(model=self.model, prompt=text, max_tokens=1, temperature=0)
-        return response.usage.prompt_tokens if response.usage else len(text.split())
 
-    def generate(
-        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
-    ) -> list[list[Completion]]:
-        per_prompt = per_prompt_params(prompts, params)
-        with Timer() as timer, ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results = list(pool.map(self._samples, prompts, per_prompt))
-        usage = Usage(calls=1, seconds=timer.seconds)
-        for _, u in results:
-            usage.prompt_tokens += u.prompt_tokens
-            usage.computed_prompt_tokens += u.computed_prompt_tokens
-            usage.completion_tokens += u.completion_tokens
-        self._record(usage)
-        return [completions for completions, _ in results]
+def _completion(choice, params: SamplingParams, token_share: int) -> Completion:
+    logprobs = None
+    tokens = token_share
+    if choice.logprobs and choice.logprobs.token_logprobs is not None:
+        logprobs = [float(x) for x in choice.logprobs.token_logprobs]
+        tokens = len(logprobs)
+    tops = None
+    if params.top_logprobs and choice.logprobs and choice.logprobs.top_logprobs is not None:
+        tops = [sorted((d or {}).items(), key=lambda kv: -kv[1])[: params.top_logprobs]
+                for d in choice.logprobs.top_logprobs]
+    text, stop_reason = truncate_at_stop(choice.text, params.stop)  # stops past the API's first 4
+    if stop_reason is None and choice.finish_reason == "stop" and params.stop:
+        # The server cut the stop string off; vLLM says which in `stop_reason`, SGLang in `matched_stop`.
+        extra = choice.model_extra or {}
+        reported = extra.get("stop_reason", extra.get("matched_stop"))
+        if isinstance(reported, str) and reported in params.stop:
+            stop_reason = reported
+        elif reported is None and choice.logprobs and choice.logprobs.tokens:
+            stop_reason = _stop_in_tokens(text, choice.logprobs.tokens, params.stop)  # llama.cpp's server
+        if stop_reason is None and reported is None and not _warned_stop_reason and not choice.logprobs:
+            _warn_stop_reason()
+    if stop_reason and params.include_stop:
+        text += stop_reason
+    finish = "length" if choice.finish_reason == "length" and stop_reason is None else "stop"
+    return Completion(text=text, tokens=tokens, finish_reason=finish, stop_reason=stop_reason,
+                      logprobs=logprobs if params.logprobs else None, top_logprobs=tops)
 
-    def _samples(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
-        completions: list[Completion] = []
-        usage = Usage()
-        attempt = 0
-        wanted = 1 if params.greedy else params.n
-        while len(completions) < wanted:
-            response = self.client.completions.create(
-                model=self.model,
-                prompt=prompt,
-                n=wanted - len(completions),
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_new_tokens,
-                stop=list(params.stop)[:4] or None,  # the OpenAI API takes at most 4 stop strings
-                seed=params.seed + attempt,
-                logprobs=max(int(params.logprobs), params.top_logprobs) or None,
-                extra_body={"top_k": params.top_k} if params.top_k else None,
-            )
-            attempt += 1
-            if response.usage:
-                usage.prompt_tokens += response.usage.prompt_tokens
-                usage.computed_prompt_tokens += response.usage.prompt_tokens
-                usage.completion_tokens += response.usage.completion_tokens
-            share = (response.usage.completion_tokens // max(len(response.choices), 1)) if response.usage else 0
-            for choice in response.choices:
-                completions.append(self._completion(choice, params, share))
-        if params.greedy:
-            completions = completions * params.n
-        return completions[: params.n], usage
 
-    @staticmethod
-    def _completion(choice, params: SamplingParams, token_share: int) -> Completion:
-        logprobs = None
-        tokens = token_share
-        if choice.logprobs and choice.logprobs.token_logprobs is not None:
-            logprobs = [float(x) for x in choice.logprobs.token_logprobs]
-            tokens = len(logprobs)
-        tops = None
-        if params.top_logprobs and choice.logprobs and choice.logprobs.top_logprobs is not None:
-            tops = [sorted((d or {}).items(), key=lambda kv: -kv[1])[: params.top_logprobs]
-                    for d in choice.logprobs.top_logprobs]
-        text, stop_reason = truncate_at_stop(choice.text, params.stop)  # stops past the API's first 4
-        if stop_reason is None and choice.finish_reason == "stop" and params.stop:
-            # The server cut the stop string off; vLLM says which in `stop_reason`, SGLang in `matched_stop`.
-            extra = choice.model_extra or {}
-            reported = extra.get("stop_reason", extra.get("matched_stop"))
-            if isinstance(reported, str) and reported in params.stop:
-                stop_reason = reported
-            elif reported is None and not _warned_stop_reason:
-                _warn_stop_reason()
-        if stop_reason and params.include_stop:
-            text += stop_reason
-        finish = "length" if choice.finish_reason == "length" and stop_reason is None else "stop"
-        return Completion(text=text, tokens=tokens, finish_reason=finish, stop_reason=stop_reason,
-                          logprobs=logprobs if params.logprobs else None, top_logprobs=tops)
+def _stop_in_tokens(text: str, tokens: Sequence[str], stop: Sequence[str]) -> str | None:
+    """The stop string the generated tokens hold right after the returned text (the server cut it off)."""
+    tail = "".join(tokens)[len(text):]
+    found = [s for s in stop if s and tail.startswith(s)]
+    return max(found, key=len) if found else None

@@ -1,0 +1,309 @@
+"""A pool of replicas that is itself a `Generator`: HTTP endpoints or Ray actors behind one interface.
+
+Every request goes to one replica, chosen by least outstanding requests under a bound per replica,
+with affinity: requests carrying the same `REQUEST_AFFINITY` value (one problem's samples and search
+tree) stay on one replica while it is healthy, so its prefix cache keeps hitting. A failed request is
+retried (on another replica when there is a healthy one, else after exponential backoff with jitter,
+or after the `Retry-After` the replica asked for); a replica that fails `fail_threshold` times in a
+row is taken out for a cooldown that doubles on each relapse, and its problems move to the others.
+After the last retry the request raises `GenerationError`.
+
+The pool runs its requests on its own event loop in a thread, so synchronous callers (`generate`) and
+asynchronous ones on any loop (`agenerate`) share one set of in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from inferencekit.models.base import (
+    REQUEST_AFFINITY,
+    Completion,
+    GenerationError,
+    Generator,
+    SamplingParams,
+    Timer,
+    Usage,
+    per_prompt_params,
+)
+
+log = logging.getLogger("inferencekit")
+T = TypeVar("T")
+
+
+class ReplicaError(GenerationError):
+    """One request to one replica failed. `retryable`: a connection error, timeout, 429 or 5xx (or a dead actor)."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Replica(ABC):
+    """One server or actor. `request` makes a single attempt and raises `ReplicaError` when it fails."""
+
+    name: str = "replica"
+    honours_n: bool = True  # False: the replica returns one sample per request whatever `n` asks
+
+    @abstractmethod
+    async def request(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
+        """Completions of one prompt (up to `params.n`) and the work they took."""
+
+    async def count_tokens(self, text: str) -> int:
+        raise NotImplementedError
+
+    async def check(self) -> str | None:
+        """None when the replica answers and serves the expected model, else a one-line reason."""
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (on the pool's loop)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of a failed request: `max_retries` more attempts, full-jitter exponential backoff."""
+
+    max_retries: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 300.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number `attempt` (0-based); a server's `Retry-After` wins."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+class BackgroundLoop:
+    """An event loop running in a daemon thread, for synchronous and foreign-loop callers alike."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for it (from any thread but the loop's own)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def wrap(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` running on the loop from another event loop (cancellation propagates)."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+class _State:
+    """Routing state of one replica."""
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.failures = 0  # in a row
+        self.relapses = 0  # times taken out since the last success
+        self.down_until = 0.0
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.down_until
+
+
+class ReplicaPool(Generator):
+    """Spreads requests over replicas; see the module docstring. Subclasses supply the chat template."""
+
+    name = "pool"
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica],
+        *,
+        max_in_flight: int = 64,
+        policy: RetryPolicy | None = None,
+        fail_threshold: int = 3,
+        cooldown: float = 30.0,
+        affinity_memory: int = 100_000,
+    ) -> None:
+        super().__init__()
+        if not replicas:
+            raise ValueError("a pool needs at least one replica")
+        self.replicas = list(replicas)
+        self.max_in_flight = max(1, max_in_flight)
+        self.policy = policy or RetryPolicy()
+        self.fail_threshold = max(1, fail_threshold)
+        self.cooldown = cooldown
+        self._states = [_State() for _ in self.replicas]
+        self._affinity: OrderedDict[Hashable, int] = OrderedDict()
+        self._affinity_memory = affinity_memory
+        self._fan_out = not all(r.honours_n for r in self.replicas)
+        self.requests_per_replica = [0] * len(self.replicas)  # attempts sent, for logs and tests
+        self.failures_per_replica = [0] * len(self.replicas)
+        self._loop = BackgroundLoop(f"inferencekit-{self.name}")
+        self._changed = self._loop.run(_make_condition())
+
+    # -- health ---------------------------------------------------------------------------------------
+
+    def check_replicas(self) -> list[str]:
+        """One line per replica that does not answer or serves another model (checked concurrently)."""
+
+        async def check_all() -> list[str | None]:
+            return await asyncio.gather(*(r.check() for r in self.replicas))
+
+        return [f"{r.name}: {why}" for r, why in zip(self.replicas, self._loop.run(check_all()), strict=True) if why]
+
+    # -- generation -----------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[list[Completion]]:
+        per_prompt = per_prompt_params(prompts, params)
+        affinity = REQUEST_AFFINITY.get()
+
+        async def all_prompts() -> list[list[Completion]]:
+            return await asyncio.gather(*(self._samples(p, sp, affinity) for p, sp in zip(prompts, per_prompt, strict=True)))
+
+        with Timer() as timer:
+            results = self._loop.run(all_prompts())
+        self._record(Usage(calls=1, seconds=timer.seconds))
+        return results
+
+    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        affinity = REQUEST_AFFINITY.get()  # read here: the pool's loop runs in another context
+        with Timer() as timer:
+            completions = await self._loop.wrap(self._samples(prompt, params, affinity))
+        self._record(Usage(calls=1, seconds=timer.seconds))
+        return completions
+
+    def count_tokens(self, text: str) -> int:
+        return self._loop.run(self._call(lambda r: r.count_tokens(text), REQUEST_AFFINITY.get()))
+
+    async def _samples(self, prompt: str, params: SamplingParams, affinity: Hashable | None) -> list[Completion]:
+        """`params.n` completions: greedy once and copied; replicas that ignore `n` get one request per sample,
+        sample k with seed `seed + k` (so which replica serves it does not change it)."""
+        if params.greedy:
+            return (await self._request(prompt, params.replace(n=1), affinity)) * params.n
+        got: list[Completion] = []
+        if not self._fan_out:
+            got = (await self._request(prompt, params, affinity))[: params.n]
+            if len(got) == params.n:
+                return got
+            self._fan_out = True  # the server ignored n: from now on fan out from the start
+        singles = [params.replace(n=1, seed=params.seed + k) for k in range(len(got), params.n)]
+        rest = await asyncio.gather(*(self._request(prompt, sp, affinity) for sp in singles))
+        return got + [c for cs in rest for c in cs[:1]]
+
+    async def _request(self, prompt: str, params: SamplingParams, affinity: Hashable | None) -> list[Completion]:
+        completions, usage = await self._call(lambda r: r.request(prompt, params), affinity)
+        self._record(usage)
+        return completions
+
+    async def _call(self, fn: Callable[[Replica], Awaitable[T]], affinity: Hashable | None) -> T:
+        """Run `fn` on a replica, retrying per the policy; the last failure raises `GenerationError`."""
+        avoid: int | None = None
+        for attempt in range(self.policy.max_retries + 1):
+            i = await self._acquire(affinity, avoid)
+            self.requests_per_replica[i] += 1
+            try:
+                result = await fn(self.replicas[i])
+            except ReplicaError as exc:
+                await self._release(i, failed=exc)
+                if not exc.retryable or attempt == self.policy.max_retries:
+                    raise GenerationError(
+                        f"{self.replicas[i].name}: {exc} (after {attempt + 1} attempt{'s' * (attempt > 0)})"
+                    ) from exc
+                log.warning("request to %s failed (%s); retrying", self.replicas[i].name, exc)
+                avoid = i
+                if not self._other_healthy(i):  # nowhere else to go: back off (or wait as asked)
+                    await asyncio.sleep(self.policy.delay(attempt, exc.retry_after))
+                continue
+            await self._release(i)
+            return result
+        raise AssertionError("unreachable")
+
+    # -- routing --------------------------------------------------------------------------------------
+
+    def _other_healthy(self, i: int) -> bool:
+        now = time.monotonic()
+        return any(s.healthy(now) for j, s in enumerate(self._states) if j != i)
+
+    def _choose(self, affinity: Hashable | None, avoid: int | None) -> int | None:
+        """The replica for a request, or None to wait for a free slot."""
+        now = time.monotonic()
+        indices = range(len(self.replicas))
+        usable = [i for i in indices if i != avoid and self._states[i].healthy(now)]
+        if not usable:  # all out: try the one back soonest rather than fail without trying
+            others = [i for i in indices if i != avoid] or list(indices)
+            usable = [min(others, key=lambda i: self._states[i].down_until)]
+        if affinity is not None and self._affinity.get(affinity) in usable:
+            i = self._affinity[affinity]
+            self._affinity.move_to_end(affinity)
+            return i if self._states[i].outstanding < self.max_in_flight else None
+        free = [i for i in usable if self._states[i].outstanding < self.max_in_flight]
+        if not free:
+            return None
+        i = min(free, key=lambda j: (self._states[j].outstanding, self.requests_per_replica[j]))
+        if affinity is not None:
+            self._affinity[affinity] = i
+            self._affinity.move_to_end(affinity)
+            while len(self._affinity) > self._affinity_memory:
+                self._affinity.popitem(last=False)
+        return i
+
+    async def _acquire(self, affinity: Hashable | None, avoid: int | None) -> int:
+        async with self._changed:
+            while (i := self._choose(affinity, avoid)) is None:
+                try:  # woken by a finished request, or re-check when a replica's cooldown may have ended
+                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
+            self._states[i].outstanding += 1
+            return i
+
+    async def _release(self, i: int, failed: ReplicaError | None = None) -> None:
+        state = self._states[i]
+        async with self._changed:
+            state.outstanding -= 1
+            if failed is None:
+                state.failures = state.relapses = 0
+            elif failed.retryable:
+                self.failures_per_replica[i] += 1
+                state.failures += 1
+                now = time.monotonic()
+                if failed.retry_after is not None:  # asked to wait: send nothing there meanwhile
+                    state.down_until = max(state.down_until, now + min(failed.retry_after, self.policy.max_retry_after))
+                if state.failures >= self.fail_threshold:
+                    pause = min(self.cooldown * 2**state.relapses, 600.0)
+                    state.down_until = max(state.down_until, now + pause)
+                    state.relapses += 1
+                    state.failures = 0
+                    log.warning("%s keeps failing (%s): taken out of the pool for %.0f s", self.replicas[i].name,
+                                failed, pause)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        if self._loop.loop.is_closed():
+            return
+
+        async def close_all() -> None:
+            await asyncio.gather(*(r.aclose() for r in self.replicas), return_exceptions=True)
+
+        self._loop.run(close_all())
+        self._loop.close()
+
+
+async def _make_condition() -> asyncio.Condition:
+    return asyncio.Condition()

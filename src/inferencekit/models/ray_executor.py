@@ -1,0 +1,156 @@
+"""`--executor ray --replicas K`: in-process engines (llamacpp, hf) as Ray actors behind one `ReplicaPool`.
+
+Each actor loads the engine once (`num_gpus` per actor; an hf engine's `device_map` shards a model over
+the actor's GPUs) and batches the requests waiting for it into one `generate` call. The driver keeps
+everything else: the runner hands out problems as they finish (the pool routes each request to the
+least busy actor, one problem's requests to the same actor), and it alone writes the run folder, so
+resume is unchanged. An actor that dies is restarted by Ray (`max_restarts=-1`) while its unfinished
+requests are retried on the others: nothing is lost, nothing is recorded twice.
+
+`ray.init(address=...)` joins `--ray-address` or `$RAY_ADDRESS`, else starts a local cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from inferencekit.errors import UserError
+from inferencekit.models.base import Completion, GeneratorSpec, Message, SamplingParams, Usage
+from inferencekit.models.pool import Replica, ReplicaError, ReplicaPool, RetryPolicy
+
+
+class EngineActor:
+    """Holds one engine; requests arriving while a batch runs form the next batch."""
+
+    def __init__(self, spec: GeneratorSpec) -> None:
+        from inferencekit.models import load_generator
+
+        self.engine = load_generator(spec)
+        self._pending: list[tuple[str, SamplingParams, asyncio.Future]] = []
+        self._draining = False
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    async def generate(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((prompt, params, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await asyncio.to_thread(self._run, [b[0] for b in batch], [b[1] for b in batch])
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                    for *_, future in batch:
+                        future.set_exception(exc)
+                    continue
+                for (*_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
+        finally:
+            self._draining = False
+
+    def _run(self, prompts: list[str], params: list[SamplingParams]) -> list[tuple[list[Completion], Usage]]:
+        before = self.engine.usage.copy()
+        outputs = self.engine.generate(prompts, params)
+        spent, k = self.engine.usage.since(before), len(prompts)
+        shares = []
+        for completions in outputs:  # generated tokens exactly, the rest of the batch's work evenly
+            share = Usage(**{f: getattr(spent, f) / k for f in Usage.__dataclass_fields__})
+            share.completion_tokens = sum(c.tokens for c in completions)
+            shares.append((completions, share))
+        return shares
+
+    def chat_prompt(self, messages: list[Message], add_generation_prompt: bool) -> str:
+        return self.engine.chat_prompt(messages, add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+
+class RayActorReplica(Replica):
+    def __init__(self, actor: Any, name: str) -> None:
+        self.actor = actor
+        self.name = name
+
+    async def _call(self, ref) -> Any:
+        import ray
+
+        dead = tuple(getattr(ray.exceptions, n) for n in ("RayActorError", "ActorUnavailableError")
+                     if hasattr(ray.exceptions, n))
+        try:
+            return await ref
+        except dead as exc:
+            raise ReplicaError(f"actor unavailable ({type(exc).__name__})", retryable=True) from None
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            text = str(cause).strip().splitlines()
+            raise ReplicaError(text[0] if text else type(cause).__name__, retryable=False) from None
+
+    async def request(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
+        return await self._call(self.actor.generate.remote(prompt, params))
+
+    async def count_tokens(self, text: str) -> int:
+        return await self._call(self.actor.count_tokens.remote(text))
+
+    async def chat_prompt(self, messages: list[Message], add_generation_prompt: bool) -> str:
+        return await self._call(self.actor.chat_prompt.remote(messages, add_generation_prompt))
+
+
+class RayPool(ReplicaPool):
+    """K actors, each with its own engine, as one generator."""
+
+    name = "ray"
+
+    def __init__(self, spec: GeneratorSpec, replicas: int = 1, address: str | None = None,
+                 num_gpus: float = 0.0) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'inferencekit[ray]'") from None
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        remote = ray.remote(EngineActor).options(
+            num_cpus=0, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD"
+        )
+        actors = [remote.remote(spec) for _ in range(replicas)]
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayError as exc:
+            self._shutdown(actors)
+            lines = str(exc).strip().splitlines()
+            raise UserError(f"a Ray actor could not load {spec.path!r}: {lines[-1] if lines else exc}") from None
+        super().__init__(
+            [RayActorReplica(a, f"ray actor {k}") for k, a in enumerate(actors)],
+            max_in_flight=spec.max_batch_sequences, cooldown=5.0,
+            policy=RetryPolicy(max_retries=spec.max_retries, base_delay=spec.retry_delay),
+        )
+        self.actors = actors
+        self.spec = spec
+
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        return self._loop.run(self._call(lambda r: r.chat_prompt(list(messages), add_generation_prompt), None))
+
+    def close(self) -> None:
+        super().close()
+        self._shutdown(self.actors)
+
+    def _shutdown(self, actors: list) -> None:
+        for actor in actors:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001, S110 - already gone
+                pass
+        if self._owns_ray:
+            self._ray.shutdown()

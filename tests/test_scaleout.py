@@ -1,0 +1,435 @@
+"""Scale-out for real: pools of llama.cpp servers on 127.0.0.1, their faults, retries, shards, Ray actors.
+
+Servers run the embedded model with one thread each (`python -m llama_cpp.server`), are started in
+fixtures and always killed. Faults are real: SIGKILL of a server process, a proxy answering 429/503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
+
+from inferencekit.config import RunConfig  # noqa: E402
+from inferencekit.errors import UserError  # noqa: E402
+from inferencekit.models import load_generator, resolve_model  # noqa: E402
+from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, SamplingParams  # noqa: E402
+from inferencekit.models.embedded import embedded_gguf_path  # noqa: E402
+from inferencekit.runner import run  # noqa: E402
+
+GGUF = str(embedded_gguf_path())
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real llama.cpp server process on 127.0.0.1 serving the embedded model with one thread."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", GGUF, "--host", "127.0.0.1", "--port",
+             str(self.port), "--n_threads", "1", "--n_ctx", "2048"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("llama_cpp.server exited")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
+                return self
+            time.sleep(0.2)
+        raise RuntimeError("llama_cpp.server did not get ready")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def servers():
+    """Start servers on demand; all are killed at the end whatever happened."""
+    started: list[Server] = []
+
+    def start(k: int = 1, port: int | None = None) -> list[Server]:
+        new = [Server(port).start() for _ in range(k)]
+        started.extend(new)
+        return new
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+@pytest.fixture(scope="module")
+def two_servers():
+    pair = [Server(), Server()]
+    try:
+        for s in pair:
+            s.start()
+        yield pair
+    finally:
+        for s in pair:
+            s.kill()
+
+
+def pool(urls: list[str], **args):
+    return load_generator(resolve_model(GGUF, backend="openai", model_args={"base_url": ",".join(urls), **args}))
+
+
+def cli(args: list[str], work: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inferencekit.cli", "run", *args, "--no-progress", "--work-dir", str(work)],
+        capture_output=True, text=True, timeout=timeout, env=ENV,
+    )
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def last_per_index(path: Path) -> dict[int, dict]:
+    return {r["index"]: r for r in lines(path)}
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+SMALL = dict(dataset="gsm8k-mini", limit=3, max_new_tokens=24, seed=3)
+
+
+def config(work: Path, **changes) -> RunConfig:
+    return RunConfig(**{**SMALL, "model": GGUF, "work_dir": str(work), **changes})
+
+
+def outcome(result) -> tuple[dict, list]:
+    records = lines(result.run_dir / "predictions.jsonl")
+    return ({v: m["accuracy"] for v, m in result.metrics["votes"].items()},
+            [(r["index"], [(c["text"], c["answer"]) for c in r["candidates"]]) for r in records])
+
+
+# -- pools: same answers as the in-process engine ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["cot", "best_of_n", "beam_search"])
+def test_pool_of_two_matches_the_in_process_engine(method, two_servers, tmp_path):
+    extra = {"n": 2, "beam_width": 2, "max_steps": 2, "reward_model": "llm_judge"} if method == "beam_search" else {}
+    if method == "best_of_n":
+        extra = {"n": 3}
+    local = run(config(tmp_path / "local", method=method, backend="llamacpp", model_args={"n_threads": 1}, **extra),
+                show_progress=False)
+    urls = [s.url for s in two_servers]
+    served = run(config(tmp_path / "pool", method=method, backend="openai", model_args={"base_url": urls}, **extra),
+                 show_progress=False)
+    assert outcome(served) == outcome(local)
+    assert len(outcome(served)[1]) == 3
+
+
+def test_affinity_keeps_a_problem_on_one_server_and_spreads_the_rest(two_servers):
+    gen = pool([s.url for s in two_servers])
+    try:
+        params = SamplingParams(max_new_tokens=4)
+        prompts = [f"Say {k}." for k in range(8)]
+        for key in ("problem-a", "problem-b"):
+            before = list(gen.requests_per_replica)
+            token = REQUEST_AFFINITY.set(key)
+            try:
+                gen.generate(prompts, params)
+            finally:
+                REQUEST_AFFINITY.reset(token)
+            sent = [a - b for a, b in zip(gen.requests_per_replica, before, strict=True)]
+            assert sorted(sent) == [0, 8]  # all eight on one server
+        before = list(gen.requests_per_replica)
+        gen.generate(prompts, params)  # no affinity: least outstanding spreads them
+        sent = [a - b for a, b in zip(gen.requests_per_replica, before, strict=True)]
+        assert min(sent) >= 2 and sum(sent) == 8
+    finally:
+        gen.close()
+
+
+def test_health_check_names_a_dead_endpoint_and_another_model(two_servers):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(UserError, match=f"{dead}: does not answer"):
+        pool([two_servers[0].url, dead])
+    other = resolve_model("some-other-model", backend="openai", model_args={"base_url": two_servers[0].url})
+    with pytest.raises(UserError, match="serves .*SmolLM2.*, not some-other-model"):
+        load_generator(other)
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+
+
+FAULT_RUN = ["--backend", "openai", "--model", GGUF, "--method", "best_of_n", "--n", "2", "--temperature", "0.7",
+             "--max-new-tokens", "32", "--batch-size", "2", "--limit", "6"]
+
+
+def test_sigkill_of_one_server_mid_run_loses_nothing(servers, tmp_path):
+    a, b = servers(2)
+    args = [*FAULT_RUN, "--model-arg", f"base_url={a.url},{b.url}", "--model-arg", "retry_delay=0.05"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferencekit.cli", "run", *args, "--no-progress", "--work-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        wait_for(lambda: len(lines(next(iter(tmp_path.glob("*/*/predictions.jsonl")), Path("/nonexistent")))) >= 1)
+        b.kill()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    (path,) = tmp_path.glob("*/*/predictions.jsonl")
+    records = lines(path)
+    assert sorted(r["index"] for r in records) == list(range(6))  # every sample once
+    assert not any(r.get("failed") for r in records)
+    assert all(len(r["candidates"]) == 2 for r in records)
+    log = (path.parent / "run.log").read_text()
+    assert f"request to {b.url} failed" in log  # its in-flight requests went to the other server
+
+
+def test_the_only_server_dies_samples_fail_then_a_rerun_completes_them(servers, tmp_path):
+    (only,) = servers(1)
+    args = [*FAULT_RUN, "--model-arg", f"base_url={only.url}", "--model-arg", "retry_delay=0.05",
+            "--model-arg", "max_retries=2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferencekit.cli", "run", *args, "--no-progress", "--work-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    try:
+        wait_for(lambda: len(lines(next(iter(tmp_path.glob("*/*/predictions.jsonl")), Path("/nonexistent")))) >= 1)
+        only.kill()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "failed" in err and "rerun the same command" in err and "Traceback" not in err
+    (path,) = tmp_path.glob("*/*/predictions.jsonl")
+    first = last_per_index(path)
+    failed = [i for i, r in first.items() if r.get("failed")]
+    assert failed and len(first) == 6
+    assert all("connection failed" in first[i]["error"] for i in failed)
+    metrics = json.loads((path.parent / "metrics.json").read_text())
+    assert metrics["failed"] == len(failed) and metrics["votes"]["majority"]["n"] == 6 - len(failed)
+
+    servers(1, port=only.port)  # the server is back: a rerun of the same command redoes the failed ones
+    again = cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr
+    final = last_per_index(path)
+    assert sorted(final) == list(range(6)) and not any(r.get("failed") for r in final.values())
+    assert sorted(r["index"] for r in lines(path)[len(first):]) == sorted(failed)  # only those were redone
+    assert json.loads((path.parent / "metrics.json").read_text())["votes"]["majority"]["n"] == 6
+
+
+class FlakyProxy:
+    """Answers the first completion requests with 429 (Retry-After: 1) then 503, then passes requests on."""
+
+    def __init__(self, upstream: str, faults: list[int]) -> None:
+        self.faults = list(faults)
+        self.seen: list[tuple[float, int]] = []  # (time, status answered) per completion request
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, body: bytes | None) -> None:
+                request = urllib.request.Request(upstream + self.path.removeprefix("/v1"), data=body,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    data = response.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._forward(None)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = proxy.faults.pop(0) if proxy.faults else 200
+                proxy.seen.append((time.monotonic(), status))
+                if status == 200:
+                    return self._forward(body)
+                data = b'{"error": {"message": "busy"}}'
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_retries_honour_retry_after_then_give_up_with_generation_error(two_servers):
+    proxy = FlakyProxy(two_servers[0].url, [429, 503])
+    gen = pool([proxy.url], retry_delay=0.05)
+    try:
+        (completion,) = gen.generate(["Say yes."], SamplingParams(max_new_tokens=4))[0]
+        assert completion.text
+        assert [status for _, status in proxy.seen] == [429, 503, 200]  # two retries, then it passed
+        assert proxy.seen[1][0] - proxy.seen[0][0] >= 1.0  # waited as Retry-After asked
+        assert gen.failures_per_replica == [2]
+
+        proxy.faults = [503] * 10
+        proxy.seen.clear()
+        with pytest.raises(GenerationError, match=r"HTTP 503.*after 6 attempts"):
+            gen.generate(["Say no."], SamplingParams(max_new_tokens=4))
+        assert len(proxy.seen) == 6  # the first try and max_retries=5 retries
+    finally:
+        gen.close()
+        proxy.close()
+
+
+# -- shards ------------------------------------------------------------------------------------------------
+
+
+SHARD_RUN = ["--model", GGUF, "--model-arg", "n_threads=1", "--method", "best_of_n", "--n", "2", "--temperature",
+             "0.8", "--max-new-tokens", "16", "--limit", "7", "--batch-size", "1", "--exp-name", "e"]
+
+
+def test_three_shards_one_killed_and_resumed_merge_to_the_unsharded_run(tmp_path):
+    whole = cli(SHARD_RUN, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    work = tmp_path / "sharded"
+    procs = {i: subprocess.Popen(
+        [sys.executable, "-m", "inferencekit.cli", "run", *SHARD_RUN, "--shard", f"{i}/3", "--no-progress",
+         "--work-dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+    ) for i in (1, 2, 3)}
+    try:
+        shard2 = lambda: next(iter(work.glob("*/*/shard-2-of-3/predictions.jsonl")), Path("/nonexistent"))  # noqa: E731
+        wait_for(lambda: len(lines(shard2())) >= 1)
+        procs[2].send_signal(signal.SIGKILL)
+        for i, p in procs.items():
+            p.wait(timeout=300)
+            assert i == 2 or p.returncode == 0, p.stderr.read()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    (run_dir,) = work.glob("*/*")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["shard-1-of-3", "shard-2-of-3", "shard-3-of-3"]
+    partial = len(lines(shard2()))
+    merge = subprocess.run([sys.executable, "-m", "inferencekit.cli", "merge", str(run_dir)], capture_output=True,
+                           text=True, env=ENV, timeout=120)
+    if partial < 3:  # killed before it finished: merge refuses
+        assert merge.returncode == 2 and "shard 2/3 is unfinished" in merge.stderr
+    resumed = cli([*SHARD_RUN, "--shard", "2/3"], work)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(lines(shard2())) == 3  # the two finished before the kill are kept, the rest appended once
+
+    merge = subprocess.run([sys.executable, "-m", "inferencekit.cli", "merge", str(run_dir)], capture_output=True,
+                           text=True, env=ENV, timeout=120)
+    assert merge.returncode == 0, merge.stderr
+    (whole_dir,) = (tmp_path / "whole").glob("*/*")
+    key = lambda r: (r["index"], r["candidates"], r["predictions"], r["correct"])  # noqa: E731
+    merged_rows, single_rows = lines(run_dir / "predictions.jsonl"), lines(whole_dir / "predictions.jsonl")
+    assert [key(r) for r in merged_rows] == [key(r) for r in single_rows]
+    merged, single = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, whole_dir))
+    assert merged["votes"] == single["votes"] and merged["n_samples"] == 7
+    assert merged.get("curves") == single.get("curves")
+
+
+def test_merge_refuses_shards_with_other_settings(tmp_path):
+    import shutil
+
+    from inferencekit.results.shards import merge
+
+    for i in (1, 2):
+        assert cli([*SHARD_RUN, "--limit", "2", "--shard", f"{i}/2"], tmp_path).returncode == 0
+    (run_dir,) = tmp_path.glob("*/*")
+    assert merge(run_dir)["n_samples"] == 2
+    other = tmp_path / "copy"
+    shutil.copytree(run_dir, other)
+    cfg = other / "shard-2-of-2" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("max_new_tokens: 16", "max_new_tokens: 17"))
+    with pytest.raises(UserError, match=r"shard 2/2 was run with other settings .*max_new_tokens: 16 vs 17"):
+        merge(other)
+    shutil.rmtree(other / "shard-1-of-2")
+    with pytest.raises(UserError, match=r"shard\(s\) 1/2 not run yet"):
+        merge(other)
+
+
+def test_bad_shard_is_one_clear_error(tmp_path):
+    result = cli(["--shard", "4/3", "--limit", "1"], tmp_path)
+    assert result.returncode == 2 and "1 <= I <= K" in result.stderr and result.stderr.count("\n") == 1
+
+
+# -- Ray ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_actor_killed_mid_run_same_result_as_one_process(ray_cluster, tmp_path, monkeypatch):
+    from inferencekit.models import ray_executor
+
+    pools: list = []
+    original = ray_executor.RayPool.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        pools.append(self)
+
+    monkeypatch.setattr(ray_executor.RayPool, "__init__", spy)
+    same = dict(method="cot", limit=6, max_new_tokens=48, batch_size=2, model_args={"n_threads": 1})
+    local = run(config(tmp_path / "local", **same), show_progress=False)
+
+    killed: list[int] = []
+
+    def kill_mid_run() -> None:
+        wait_for(lambda: bool(pools) and pools[0]._states[1].outstanding > 0)
+        ray_cluster.kill(pools[0].actors[1], no_restart=False)  # Ray restarts it; its request goes elsewhere
+        killed.append(1)
+
+    killer = threading.Thread(target=kill_mid_run, daemon=True)
+    killer.start()
+    result = run(config(tmp_path / "ray", executor="ray", replicas=2, **same), show_progress=False)
+    killer.join(timeout=5)
+    assert killed and pools[0].failures_per_replica[1] >= 1
+    assert outcome(result) == outcome(local)
+    assert sorted(r["index"] for r in lines(result.run_dir / "predictions.jsonl")) == list(range(6))
