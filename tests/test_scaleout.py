@@ -31,6 +31,7 @@ from inferencekit.models.embedded import embedded_gguf_path  # noqa: E402
 from inferencekit.runner import run  # noqa: E402
 
 GGUF = str(embedded_gguf_path())
+LLAMA_SERVER = {"repeat_penalty": 1.0}  # llama-cpp-python's server defaults to 1.1; the engine applies none
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
@@ -148,7 +149,8 @@ def test_pool_of_two_matches_the_in_process_engine(method, two_servers, tmp_path
     local = run(config(tmp_path / "local", method=method, backend="llamacpp", model_args={"n_threads": 1}, **extra),
                 show_progress=False)
     urls = [s.url for s in two_servers]
-    served = run(config(tmp_path / "pool", method=method, backend="openai", model_args={"base_url": urls}, **extra),
+    args = {"base_url": urls, "extra_body": LLAMA_SERVER}
+    served = run(config(tmp_path / "pool", method=method, backend="openai", model_args=args, **extra),
                  show_progress=False)
     assert outcome(served) == outcome(local)
     assert len(outcome(served)[1]) == 3

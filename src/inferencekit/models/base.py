@@ -237,6 +237,9 @@ class GeneratorSpec:
     max_retries: int = 5  # retries of a failed request (connection error, timeout, 429, 5xx)
     retry_delay: float = 0.5  # first backoff in seconds; doubles per retry, with jitter
     request_timeout: float = 600.0  # seconds per HTTP request
+    # openai backend: more fields for every completion request, e.g. {"repeat_penalty": 1.0} for
+    # llama-cpp-python's server (its default 1.1 changes even greedy output; vLLM's default is 1.0)
+    extra_body: dict = field(default_factory=dict)
     tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
     extra: dict = field(default_factory=dict)
 

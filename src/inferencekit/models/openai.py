@@ -103,9 +103,10 @@ def _retryable(status: int) -> bool:
 class OpenAIEndpoint(Replica):
     """One server. Each call is one HTTP request; failures are `ReplicaError`s the pool retries."""
 
-    def __init__(self, base_url: str, model: str, key: str, timeout: float) -> None:
+    def __init__(self, base_url: str, model: str, key: str, timeout: float, extra_body: dict | None = None) -> None:
         from openai import AsyncOpenAI
 
+        self.extra_body = dict(extra_body or {})
         self.name = base_url
         self.model = model
         self.reports_stop = False  # vLLM and SGLang say which stop string ended a completion
@@ -142,7 +143,7 @@ class OpenAIEndpoint(Replica):
             # a server that does not say which stop string ended a completion shows it in the tokens
             logprobs=max(int(params.logprobs or (bool(params.stop) and not self.reports_stop)), params.top_logprobs)
             or None,
-            extra_body={"top_k": params.top_k} if params.top_k else None,
+            extra_body={**self.extra_body, **({"top_k": params.top_k} if params.top_k else {})} or None,
         ))
         usage = Usage()
         if response.usage:
@@ -174,6 +175,13 @@ class OpenAIEndpoint(Replica):
         await self.client.close()
 
 
+def _gguf_chat_template(path: str) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("tokenizer.chat_template")
+    return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
+
+
 def _same_model(wanted: str, served: str) -> bool:
     """A served id names the model when equal, or when one is a file path whose name or stem is the other."""
     names = {served, Path(served).name, Path(served).stem}
@@ -190,7 +198,7 @@ class OpenAIGenerator(ReplicaPool):
     def __init__(self, spec: GeneratorSpec) -> None:
         urls = base_urls(spec)
         key = api_key(spec)
-        endpoints = [OpenAIEndpoint(url, spec.path, key, spec.request_timeout) for url in urls]
+        endpoints = [OpenAIEndpoint(url, spec.path, key, spec.request_timeout, spec.extra_body) for url in urls]
         super().__init__(
             endpoints, max_in_flight=spec.max_batch_sequences,
             policy=RetryPolicy(max_retries=spec.max_retries, base_delay=spec.retry_delay),
@@ -212,7 +220,10 @@ class OpenAIGenerator(ReplicaPool):
 
         source = spec.chat_template
         tokenizer = spec.tokenizer
-        if source is None and tokenizer:  # a local folder or hub id whose tokenizer carries the template
+        gguf = next((p for p in (tokenizer, spec.path) if p and p.endswith(".gguf") and Path(p).is_file()), None)
+        if source is None and gguf:  # the served GGUF file is here too: its template, as llama.cpp uses it
+            source = _gguf_chat_template(gguf)
+        elif source is None and tokenizer:  # a local folder or hub id whose tokenizer carries the template
             from transformers import AutoTokenizer
 
             source = AutoTokenizer.from_pretrained(tokenizer).chat_template

@@ -174,7 +174,8 @@ class ReplicaPool(Generator):
         affinity = REQUEST_AFFINITY.get()
 
         async def all_prompts() -> list[list[Completion]]:
-            return await asyncio.gather(*(self._samples(p, sp, affinity) for p, sp in zip(prompts, per_prompt, strict=True)))
+            pairs = zip(prompts, per_prompt, strict=True)
+            return await asyncio.gather(*(self._samples(p, sp, affinity) for p, sp in pairs))
 
         with Timer() as timer:
             results = self._loop.run(all_prompts())
