@@ -352,11 +352,11 @@ def test_three_shards_one_killed_and_resumed_merge_to_the_unsharded_run(tmp_path
     partial = len(lines(shard2()))
     merge = subprocess.run([sys.executable, "-m", "inferencekit.cli", "merge", str(run_dir)], capture_output=True,
                            text=True, env=ENV, timeout=120)
-    if partial < 3:  # killed before it finished: merge refuses
+    if partial < 2:  # killed before it finished (it holds problems 1 and 4 of 0..6): merge refuses
         assert merge.returncode == 2 and "shard 2/3 is unfinished" in merge.stderr
     resumed = cli([*SHARD_RUN, "--shard", "2/3"], work)
     assert resumed.returncode == 0, resumed.stderr
-    assert len(lines(shard2())) == 3  # the two finished before the kill are kept, the rest appended once
+    assert sorted(r["index"] for r in lines(shard2())) == [1, 4]  # kept what it had, appended the rest once
 
     merge = subprocess.run([sys.executable, "-m", "inferencekit.cli", "merge", str(run_dir)], capture_output=True,
                            text=True, env=ENV, timeout=120)
