@@ -6,11 +6,9 @@ fixtures and always killed. Faults are real: SIGKILL of a server process, a prox
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,48 +25,10 @@ from inferencekit.config import RunConfig  # noqa: E402
 from inferencekit.errors import UserError  # noqa: E402
 from inferencekit.models import load_generator, resolve_model  # noqa: E402
 from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, SamplingParams  # noqa: E402
-from inferencekit.models.embedded import embedded_gguf_path  # noqa: E402
 from inferencekit.runner import run  # noqa: E402
+from llama_servers import GGUF, LLAMA_SERVER, Server, free_port  # noqa: E402
 
-GGUF = str(embedded_gguf_path())
-LLAMA_SERVER = {"repeat_penalty": 1.0}  # llama-cpp-python's server defaults to 1.1; the engine applies none
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real llama.cpp server process on 127.0.0.1 serving the embedded model with one thread."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", GGUF, "--host", "127.0.0.1", "--port",
-             str(self.port), "--n_threads", "1", "--n_ctx", "2048"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("llama_cpp.server exited")
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{self.url}/models", timeout=2).read()
-                return self
-            time.sleep(0.2)
-        raise RuntimeError("llama_cpp.server did not get ready")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 Every request goes to one replica, chosen by least outstanding requests under a bound per replica,
 with affinity: requests carrying the same `REQUEST_AFFINITY` value (one problem's samples and search
-tree) stay on one replica while it is healthy, so its prefix cache keeps hitting. A failed request is
+tree) stay on one replica while it is healthy, so its prefix cache keeps hitting; without that value,
+the samples of one prompt do. A failed request is
 retried (on another replica when there is a healthy one, else after exponential backoff with jitter,
 or after the `Retry-After` the replica asked for); a replica that fails `fail_threshold` times in a
 row is taken out for a cooldown that doubles on each relapse, and its problems move to the others.
@@ -208,7 +209,9 @@ class ReplicaPool(Generator):
         return got + [c for cs in rest for c in cs[:1]]
 
     async def _request(self, prompt: str, params: SamplingParams, affinity: Hashable | None) -> list[Completion]:
-        completions, usage = await self._call(lambda r: r.request(prompt, params), affinity)
+        # Without a problem to follow, a prompt's own samples still share one replica's prefix cache.
+        key = affinity if affinity is not None else ("prompt", hash(prompt))
+        completions, usage = await self._call(lambda r: r.request(prompt, params), key)
         self._record(usage)
         return completions
 
