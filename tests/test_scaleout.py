@@ -395,3 +395,17 @@ def test_ray_actor_killed_mid_run_same_result_as_one_process(ray_cluster, tmp_pa
     assert killed and pools[0].failures_per_replica[1] >= 1
     assert outcome(result) == outcome(local)
     assert sorted(r["index"] for r in lines(result.run_dir / "predictions.jsonl")) == list(range(6))
+
+
+def test_a_client_error_is_not_retried_and_frees_the_batch_slots(two_servers):
+    proxy = FlakyProxy(two_servers[0].url, [400])
+    gen = pool([proxy.url], max_batch_sequences=1)  # one request in flight: the second prompt waits for a slot
+    try:
+        with pytest.raises(GenerationError, match=r"HTTP 400.*after 1 attempt\)"):
+            gen.generate(["Say a.", "Say b."], SamplingParams(max_new_tokens=4))
+        assert [status for _, status in proxy.seen][:1] == [400] and len(proxy.seen) <= 2  # the 400 not retried
+        (completion,) = gen.generate(["Say c."], SamplingParams(max_new_tokens=4))[0]  # no slot was left taken
+        assert completion.text and gen.failures_per_replica == [0]
+    finally:
+        gen.close()
+        proxy.close()

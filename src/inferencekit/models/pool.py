@@ -154,7 +154,7 @@ class ReplicaPool(Generator):
         self.requests_per_replica = [0] * len(self.replicas)  # attempts sent, for logs and tests
         self.failures_per_replica = [0] * len(self.replicas)
         self._loop = BackgroundLoop(f"inferencekit-{self.name}")
-        self._changed = self._loop.run(_make_condition())
+        self._changed = asyncio.Event()  # replaced each time a slot frees or a replica's state changes
 
     # -- health ---------------------------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class ReplicaPool(Generator):
 
         async def all_prompts() -> list[list[Completion]]:
             pairs = zip(prompts, per_prompt, strict=True)
-            return await asyncio.gather(*(self._samples(p, sp, affinity) for p, sp in pairs))
+            return await _all_or_none([self._samples(p, sp, affinity) for p, sp in pairs])
 
         with Timer() as timer:
             results = self._loop.run(all_prompts())
@@ -205,7 +205,7 @@ class ReplicaPool(Generator):
                 return got
             self._fan_out = True  # the server ignored n: from now on fan out from the start
         singles = [params.replace(n=1, seed=params.seed + k) for k in range(len(got), params.n)]
-        rest = await asyncio.gather(*(self._request(prompt, sp, affinity) for sp in singles))
+        rest = await _all_or_none([self._request(prompt, sp, affinity) for sp in singles])
         return got + [c for cs in rest for c in cs[:1]]
 
     async def _request(self, prompt: str, params: SamplingParams, affinity: Hashable | None) -> list[Completion]:
@@ -224,7 +224,7 @@ class ReplicaPool(Generator):
             try:
                 result = await fn(self.replicas[i])
             except ReplicaError as exc:
-                await self._release(i, failed=exc)
+                self._release(i, failed=exc)
                 if not exc.retryable or attempt == self.policy.max_retries:
                     raise GenerationError(
                         f"{self.replicas[i].name}: {exc} (after {attempt + 1} attempt{'s' * (attempt > 0)})"
@@ -234,7 +234,10 @@ class ReplicaPool(Generator):
                 if not self._other_healthy(i):  # nowhere else to go: back off (or wait as asked)
                     await asyncio.sleep(self.policy.delay(attempt, exc.retry_after))
                 continue
-            await self._release(i)
+            except BaseException:  # cancelled (a sibling request failed for good), or not a replica's failure
+                self._release(i, finished=False)
+                raise
+            self._release(i)
             return result
         raise AssertionError("unreachable")
 
@@ -268,35 +271,37 @@ class ReplicaPool(Generator):
         return i
 
     async def _acquire(self, affinity: Hashable | None, avoid: int | None) -> int:
-        async with self._changed:
-            while (i := self._choose(affinity, avoid)) is None:
-                try:  # woken by a finished request, or re-check when a replica's cooldown may have ended
-                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    pass
-            self._states[i].outstanding += 1
-            return i
+        # Routing state lives on the pool's one loop thread: choosing and counting need no lock.
+        while (i := self._choose(affinity, avoid)) is None:
+            try:  # woken by a freed slot, or re-check when a replica's cooldown may have ended
+                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+        self._states[i].outstanding += 1
+        return i
 
-    async def _release(self, i: int, failed: ReplicaError | None = None) -> None:
+    def _release(self, i: int, failed: ReplicaError | None = None, finished: bool = True) -> None:
         state = self._states[i]
-        async with self._changed:
-            state.outstanding -= 1
-            if failed is None:
-                state.failures = state.relapses = 0
-            elif failed.retryable:
-                self.failures_per_replica[i] += 1
-                state.failures += 1
-                now = time.monotonic()
-                if failed.retry_after is not None:  # asked to wait: send nothing there meanwhile
-                    state.down_until = max(state.down_until, now + min(failed.retry_after, self.policy.max_retry_after))
-                if state.failures >= self.fail_threshold:
-                    pause = min(self.cooldown * 2**state.relapses, 600.0)
-                    state.down_until = max(state.down_until, now + pause)
-                    state.relapses += 1
-                    state.failures = 0
-                    log.warning("%s keeps failing (%s): taken out of the pool for %.0f s", self.replicas[i].name,
-                                failed, pause)
-            self._changed.notify_all()
+        state.outstanding -= 1
+        if not finished:
+            pass
+        elif failed is None:
+            state.failures = state.relapses = 0
+        elif failed.retryable:
+            self.failures_per_replica[i] += 1
+            state.failures += 1
+            now = time.monotonic()
+            if failed.retry_after is not None:  # asked to wait: send nothing there meanwhile
+                state.down_until = max(state.down_until, now + min(failed.retry_after, self.policy.max_retry_after))
+            if state.failures >= self.fail_threshold:
+                pause = min(self.cooldown * 2**state.relapses, 600.0)
+                state.down_until = max(state.down_until, now + pause)
+                state.relapses += 1
+                state.failures = 0
+                log.warning("%s keeps failing (%s): taken out of the pool for %.0f s", self.replicas[i].name,
+                            failed, pause)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def close(self) -> None:
         if self._loop.loop.is_closed():
@@ -309,5 +314,13 @@ class ReplicaPool(Generator):
         self._loop.close()
 
 
-async def _make_condition() -> asyncio.Condition:
-    return asyncio.Condition()
+async def _all_or_none(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """All results in order; when one fails, the others are cancelled (their replica slots freed) first."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
