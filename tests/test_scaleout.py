@@ -85,7 +85,7 @@ def wait_for(predicate, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-SMALL = dict(dataset="gsm8k-mini", limit=3, max_new_tokens=24, seed=3)
+SMALL = dict(dataset="gsm8k-mini", limit=2, max_new_tokens=20, seed=3)
 
 
 def config(work: Path, **changes) -> RunConfig:
@@ -113,7 +113,7 @@ def test_pool_of_two_matches_the_in_process_engine(method, two_servers, tmp_path
     served = run(config(tmp_path / "pool", method=method, backend="openai", model_args=args, **extra),
                  show_progress=False)
     assert outcome(served) == outcome(local)
-    assert len(outcome(served)[1]) == 3
+    assert len(outcome(served)[1]) == 2
 
 
 def test_affinity_keeps_a_problem_on_one_server_and_spreads_the_rest(two_servers):
@@ -151,7 +151,7 @@ def test_health_check_names_a_dead_endpoint_and_another_model(two_servers):
 
 
 FAULT_RUN = ["--backend", "openai", "--model", GGUF, "--method", "best_of_n", "--n", "2", "--temperature", "0.7",
-             "--max-new-tokens", "32", "--batch-size", "2", "--limit", "6"]
+             "--max-new-tokens", "24", "--batch-size", "2", "--limit", "6"]
 
 
 def test_sigkill_of_one_server_mid_run_loses_nothing(servers, tmp_path):
