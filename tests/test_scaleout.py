@@ -218,6 +218,7 @@ class FlakyProxy:
     def __init__(self, upstream: str, faults: list[int]) -> None:
         self.faults = list(faults)
         self.seen: list[tuple[float, int]] = []  # (time, status answered) per completion request
+        self.keys: set[str] = set()  # Authorization headers received
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -239,6 +240,7 @@ class FlakyProxy:
                 self._forward(None)
 
             def do_POST(self):
+                proxy.keys.add(self.headers.get("Authorization", ""))
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = proxy.faults.pop(0) if proxy.faults else 200
                 proxy.seen.append((time.monotonic(), status))
@@ -409,3 +411,34 @@ def test_a_client_error_is_not_retried_and_frees_the_batch_slots(two_servers):
     finally:
         gen.close()
         proxy.close()
+
+
+def test_the_api_key_comes_from_a_file_and_is_written_nowhere(two_servers, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-test-secret-123\n")
+    proxy = FlakyProxy(two_servers[0].url, [])
+    try:
+        result = run(config(tmp_path / "work", limit=1, max_new_tokens=4, backend="openai",
+                            model_args={"base_url": proxy.url, "api_key_file": str(key_file)}), show_progress=False)
+    finally:
+        proxy.close()
+    assert proxy.keys == {"Bearer sk-test-secret-123"}
+    written = [p for p in result.run_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"config.yaml", "predictions.jsonl", "metrics.json", "run.log"}
+    assert not any("sk-test-secret-123" in p.read_text() for p in written)
+
+
+def test_retry_delays_follow_retry_after_else_jittered_exponential_backoff():
+    from inferencekit.models.openai import _retry_after
+    from inferencekit.models.pool import RetryPolicy
+
+    assert _retry_after({"retry-after": "3"}) == 3.0
+    assert _retry_after({"retry-after-ms": "250"}) == 0.25
+    later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
+    assert 50 < _retry_after({"retry-after": later}) <= 60
+    assert _retry_after({"retry-after": "soon"}) is None and _retry_after({}) is None
+    policy = RetryPolicy(base_delay=0.5, max_delay=4.0)
+    assert policy.delay(0, retry_after=7.0) == 7.0 and RetryPolicy(max_retry_after=5).delay(0, 60.0) == 5
+    for attempt, cap in ((0, 0.5), (1, 1.0), (2, 2.0), (5, 4.0)):
+        delays = [policy.delay(attempt) for _ in range(200)]
+        assert all(0 <= d <= cap for d in delays) and max(delays) > cap / 2  # full jitter up to the cap
