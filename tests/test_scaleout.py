@@ -6,6 +6,7 @@ fixtures and always killed. Faults are real: SIGKILL of a server process, a prox
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,6 +68,22 @@ def cli(args: list[str], work: Path, timeout: int = 300) -> subprocess.Completed
         [sys.executable, "-m", "inferencekit.cli", "run", *args, "--no-progress", "--work-dir", str(work)],
         capture_output=True, text=True, timeout=timeout, env=ENV,
     )
+
+
+def spawn_run(args: list[str], work: Path, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """`inferencekit run` as a job of its own (a new session): killing it takes its grading workers too."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "inferencekit.cli", "run", *args, "--no-progress", "--work-dir", str(work)],
+        stdout=stdout, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+    )
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL a spawned run and every process of its session, as a scheduler ends a job."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def lines(path: Path) -> list[dict]:
@@ -157,17 +174,13 @@ FAULT_RUN = ["--backend", "openai", "--model", GGUF, "--method", "best_of_n", "-
 def test_sigkill_of_one_server_mid_run_loses_nothing(servers, tmp_path):
     a, b = servers(2)
     args = [*FAULT_RUN, "--model-arg", f"base_url={a.url},{b.url}", "--model-arg", "retry_delay=0.05"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferencekit.cli", "run", *args, "--no-progress", "--work-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )
+    proc = spawn_run(args, tmp_path, stdout=subprocess.PIPE)
     try:
         wait_for(lambda: len(lines(next(iter(tmp_path.glob("*/*/predictions.jsonl")), Path("/nonexistent")))) >= 1)
         b.kill()
         out, err = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_job(proc)
     assert proc.returncode == 0, err
     (path,) = tmp_path.glob("*/*/predictions.jsonl")
     records = lines(path)
@@ -182,17 +195,13 @@ def test_the_only_server_dies_samples_fail_then_a_rerun_completes_them(servers, 
     (only,) = servers(1)
     args = [*FAULT_RUN, "--model-arg", f"base_url={only.url}", "--model-arg", "retry_delay=0.05",
             "--model-arg", "max_retries=2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferencekit.cli", "run", *args, "--no-progress", "--work-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )
+    proc = spawn_run(args, tmp_path, stdout=subprocess.PIPE)
     try:
         wait_for(lambda: len(lines(next(iter(tmp_path.glob("*/*/predictions.jsonl")), Path("/nonexistent")))) >= 1)
         only.kill()
         out, err = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_job(proc)
     assert proc.returncode == 0, err
     assert "failed" in err and "rerun the same command" in err and "Traceback" not in err
     (path,) = tmp_path.glob("*/*/predictions.jsonl")
@@ -294,21 +303,17 @@ def test_three_shards_one_killed_and_resumed_merge_to_the_unsharded_run(tmp_path
     whole = cli(SHARD_RUN, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
     work = tmp_path / "sharded"
-    procs = {i: subprocess.Popen(
-        [sys.executable, "-m", "inferencekit.cli", "run", *SHARD_RUN, "--shard", f"{i}/3", "--no-progress",
-         "--work-dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
-    ) for i in (1, 2, 3)}
+    procs = {i: spawn_run([*SHARD_RUN, "--shard", f"{i}/3"], work) for i in (1, 2, 3)}
     try:
         shard2 = lambda: next(iter(work.glob("*/*/shard-2-of-3/predictions.jsonl")), Path("/nonexistent"))  # noqa: E731
         wait_for(lambda: len(lines(shard2())) >= 1)
-        procs[2].send_signal(signal.SIGKILL)
+        kill_job(procs[2])
         for i, p in procs.items():
             p.wait(timeout=300)
             assert i == 2 or p.returncode == 0, p.stderr.read()
     finally:
         for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+            kill_job(p)
     (run_dir,) = work.glob("*/*")
     assert sorted(p.name for p in run_dir.iterdir()) == ["shard-1-of-3", "shard-2-of-3", "shard-3-of-3"]
     partial = len(lines(shard2()))
