@@ -14,12 +14,16 @@ from inferencekit.grading import (
     canonical_form,
     extract_all_answers,
     extract_answer,
+    extract_candidates,
     grade,
     is_equiv,
 )
 from inferencekit.grading.equivalence import math_verify_equiv
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+# the shared benchmark files sit beside the checkout (../shared/data), or beside a worktree's parent
+_ROOT = Path(__file__).resolve().parents[1]
+DATA = next((p for p in (_ROOT.parent / "shared" / "data", _ROOT.parents[1] / "shared" / "data") if p.is_dir()),
+            _ROOT.parent / "shared" / "data")
 
 _COL = "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}"
 _COL_SPACED = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
@@ -133,7 +137,8 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("Therefore, the final answer is $\\frac{14}{3}$. I hope it is correct.", "\\frac{14}{3}", "math", True),
     ("The answer is: 7", "7", "math", True),
     ("#### 7", "7", "math", True),
-    ("After all that work we get 7.", "7", "math", False),  # no marker: no answer in MATH style
+    ("After all that work we get 7.", "7", "math", True),  # no marker: the last number, as math-verify reads it
+    ("After all that work we get 7.", "8", "math", False),
     ("", "7", "math", False),
     # think blocks
     ("<think>I think \\boxed{3}</think>So the answer is \\boxed{4}.", "4", "math", True),
@@ -180,14 +185,22 @@ def test_answer_style() -> None:
         ("\\boxed{\\boxed{7}}", "math", "7"),
         ("\\boxed 5$ and more", "math", "5"),
         ("\\boxed{} then \\boxed{8}", "math", "8"),
-        ("unclosed \\boxed{\\frac{1}{2}", "math", None),
+        ("unclosed \\boxed{\\frac{1}{2}", "math", "\\frac{1}{2}"),  # no box, but a fraction to read
+        ("unclosed \\boxed{x", "math", None),
         ("The final answer is $x^2+1$.", "math", "x^2+1"),
         ("The answer is \\(\\sqrt{2}\\) because", "math", "\\sqrt{2}"),
         ("The answer is 3.5. Next, we check.", "math", "3.5"),
         ("**Final Answer:** 12", "math", "12"),
-        ("My answer is 5, as shown.", "math", "5, as shown"),
+        ("My answer is 5, as shown.", "math", "5"),
         ("The answer = 9", "math", "9"),
-        ("We are done: 12 apples.", "math", None),
+        ("We are done: 12 apples.", "math", "12"),
+        ("The answer is (B).", "math", "(B)"),
+        ("Final Answer: The smallest $k$ is 12.", "math", "12"),
+        ("\\boxed{3} Final Answer: The final answer is $5$.", "math", "5"),
+        ("Final answer: $5$, checked: \\boxed{6}", "math", "6"),
+        ("So \\boxed{2}, \\boxed{5}.", "math", "2, 5"),
+        ("\\boxed{3}. I hope this final answer is right.", "math", "3"),
+        ("No answer in words here.", "math", None),
         ("We are done: 12 apples.", "gsm8k", "12"),
         ("It costs $1,234.00 in total.", "gsm8k", "1234"),
         ("#### $1,234", "gsm8k", "1234"),
@@ -204,23 +217,34 @@ def test_extract_answer(text: str, dataset: str, expected: str | None) -> None:
 
 
 def test_extract_first_and_all() -> None:
-    text = "maybe \\boxed{2} or \\boxed{\\frac{1}{2}}; finally \\boxed{3}"
+    text = "maybe \\boxed{2}; or rather \\boxed{\\frac{1}{2}}; finally \\boxed{3}"
     assert extract_answer(text) == "3"
     assert extract_answer(text, box_match="first") == "2"
     assert extract_all_answers(text) == ["2", "\\frac{1}{2}", "3"]
     assert extract_all_answers("The answer is 4.") == ["4"]
     assert extract_all_answers("nothing") == []
+    assert extract_candidates(text, box_match="any") == ["3", "2", "\\frac{1}{2}"]
+    # a run of boxes is one answer, and under "any" each of its boxes is a candidate too
+    assert extract_candidates("\\boxed{2}, \\boxed{5}", box_match="any") == ["2, 5", "2", "5"]
     with pytest.raises(ValueError, match="box_match"):
         extract_answer(text, box_match="middle")
 
 
 def test_grade_any_box() -> None:
-    text = "Candidates: \\boxed{2}, \\boxed{0.5}, \\boxed{7}"
+    text = "Candidates: \\boxed{2}; then \\boxed{0.5}; finally \\boxed{7}"
     assert grade(text, "\\frac{1}{2}", box_match="any")
     assert not grade(text, "\\frac{1}{2}")
     assert grade(text, "2", box_match="first")
     assert not grade(text, "3", box_match="any")
     assert grade("The answer is 3.", "3", box_match="any")
+
+
+def test_grade_with_plain_math_verify() -> None:
+    assert grade("so $\\boxed{\\frac{1}{2}}$", "0.5", engine="math-verify")
+    assert not grade("\\boxed{0.\\overline{3}}", "\\frac{1}{3}", engine="math-verify")  # plain misses it
+    assert grade("\\boxed{0.\\overline{3}}", "\\frac{1}{3}")
+    with pytest.raises(ValueError, match="grader"):
+        grade("\\boxed{1}", "1", engine="sympy")
 
 
 @pytest.mark.parametrize(
@@ -324,7 +348,7 @@ def test_grader_matches_serial_and_keeps_order(grader: Grader) -> None:
 
 
 def test_grader_any_box(grader: Grader) -> None:
-    text = "Candidates: \\boxed{2}, \\boxed{0.5}, \\boxed{7}"
+    text = "Candidates: \\boxed{2}; then \\boxed{0.5}; finally \\boxed{7}"
     items = [(text, "\\frac{1}{2}", "math"), (text, "3", "math"), ("The answer is 3.", "3", "math")]
     assert grader.grade_many(items, box_match="any") == [True, False, True]
     assert grader.grade_many(items) == [False, False, True]
