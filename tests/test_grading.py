@@ -429,3 +429,70 @@ def test_gsm8k_gold_answers_grade_against_themselves(grader: Grader) -> None:
     verdicts = grader.grade_many(items)
     failing = [item[1] for item, ok in zip(items, verdicts, strict=True) if not ok]
     assert sum(verdicts) >= 0.99 * len(items), failing
+
+
+# --- the plain math-verify grader option and `evaluate --grader`
+
+_RUN_OUTPUTS = [  # (candidate text, gold): the first two graded alike, the last two only by inferencekit
+    ("so $\\boxed{\\frac{1}{2}}$", "0.5"),
+    ("so $\\boxed{7}$", "8"),
+    ("\\boxed{0.\\overline{3}}", "\\frac{1}{3}"),
+    ("\\boxed{\\textbf{(C) }7}", "(C)"),
+]
+
+
+def _write_run(path: Path) -> Path:
+    from inferencekit.config import RunConfig
+    from inferencekit.results.store import RunStore
+
+    store = RunStore(path)
+    store.write_config(RunConfig(dataset="math500", votes=["majority"]).to_yaml())
+    for index, (text, gold) in enumerate(_RUN_OUTPUTS):
+        store.append({
+            "index": index, "input": f"problem {index}", "reference": gold,
+            "candidates": [{"text": text, "answer": None, "step_scores": [], "tokens": 3}],
+            "predictions": {}, "correct": {}, "usage": {"completion_tokens": 3},
+        })
+    return path
+
+
+def test_grader_many_with_the_math_verify_engine(grader: Grader) -> None:
+    items = [(text, gold, "math") for text, gold in _RUN_OUTPUTS]
+    assert grader.grade_many(items) == [True, False, True, True]
+    assert grader.grade_many(items, engine="math-verify") == [True, False, False, False]
+    outcomes = grader.extract_and_grade_many(items, engine="math-verify")
+    assert [ok for _, ok in outcomes] == [True, False, False, False]
+    assert outcomes[0][0] is not None
+    with pytest.raises(ValueError, match="grader must be one of"):
+        grader.grade_many(items, engine="sympy")
+
+
+def test_grader_disagreements_lists_index_answers_and_gold(grader: Grader) -> None:
+    from inferencekit.grading.disagreements import format_disagreements, grader_disagreements
+
+    records = [
+        {"index": i, "reference": gold, "candidates": [{"text": text}]} for i, (text, gold) in enumerate(_RUN_OUTPUTS)
+    ]
+    records.append({"index": 9, "reference": "1", "failed": True, "error": "timeout", "candidates": []})
+    found = grader_disagreements(records, "math", grader=grader)
+    assert [(d.index, d.ours_correct, d.plain_correct) for d in found] == [(2, True, False), (3, True, False)]
+    assert found[1].ours == "\\textbf{(C) }7" and found[1].gold == "(C)"
+    text = format_disagreements(found, len(records), show=1)
+    assert text.splitlines()[0].startswith("graders disagree on 2 of 5 samples")
+    assert "sample 2 candidate 0" in text and "... and 1 more" in text
+
+
+def test_evaluate_with_the_math_verify_grader_prints_disagreements(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = _write_run(tmp_path / "math500" / "run")
+    cmd = [sys.executable, "-m", "inferencekit.cli", "evaluate", str(run), "--grader", "math-verify"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "graders disagree on 2 of 4 samples" in result.stdout
+    assert "sample 2 candidate 0" in result.stdout and "sample 3 candidate 0" in result.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["grader"] == "math-verify" and metrics["votes"]["majority"]["accuracy"] == 0.25
+    bad = subprocess.run(cmd[:-1] + ["sympy"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "grader" in bad.stderr and "Traceback" not in bad.stderr
