@@ -55,7 +55,8 @@ def grader_disagreements(
 def format_disagreements(found: Sequence[Disagreement], n_samples: int, show: int = 5) -> str:
     """A few lines: how many samples the graders disagree on, then the first ``show`` candidates."""
     samples = len({d.index for d in found})
-    lines = [f"graders disagree on {samples} of {n_samples} samples ({len(found)} candidates): inferencekit vs math-verify"]
+    lines = [f"graders disagree on {samples} of {n_samples} samples ({len(found)} candidates): "
+             "inferencekit vs math-verify"]
     for d in found[:show]:
         lines.append(
             f"  sample {d.index} candidate {d.candidate}: inferencekit {_short(d.ours)} ({_mark(d.ours_correct)}), "
