@@ -19,7 +19,13 @@ from sympy import Eq, Expr, Float, I, Rational, Symbol
 from sympy.core.function import UndefinedFunction
 
 import inferencekit.grading.engine  # noqa: F401  # quiets math-verify's "timeout disabled" warning
-from inferencekit.grading.normalize import canonical_form, choice_letter, clean_for_parsing, plain_number
+from inferencekit.grading.normalize import (
+    canonical_form,
+    choice_letter,
+    clean_for_parsing,
+    is_collection,
+    plain_number,
+)
 
 # Answers that look like words but are maths; everything else made only of letters is compared
 # as a word, because sympy reads "Evelyn" as the product E*v*e*l*y*n (equal to "Evelny").
@@ -86,7 +92,8 @@ def quick_equiv(pred: str | None, gold: str) -> bool | None:
     """The answer when string rules settle it, else ``None`` (math-verify must decide).
 
     Settled here: a missing answer, equal canonical forms, multiple-choice letters, two plain
-    numbers (exactly; decimals that differ only past math-verify's rounding go on to it), words.
+    numbers (exactly; decimals that differ only past math-verify's rounding go on to it), a number
+    against a collection of several entries, words.
     """
     if pred is None:
         return False
@@ -106,6 +113,8 @@ def quick_equiv(pred: str | None, gold: str) -> bool | None:
         if abs(pred_value - gold_value) > 1e-4 * max(1, abs(gold_value)):
             return False
         return None
+    if (pred_value is not None and is_collection(gold)) or (gold_value is not None and is_collection(pred)):
+        return False  # one number against an interval, tuple, set or matrix of several entries
     for key in (pred_key, gold_key):
         if key.isalpha() and len(key) > 1 and key.lower() not in _MATH_WORDS:
             return False

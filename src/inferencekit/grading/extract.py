@@ -210,13 +210,16 @@ def _with_every_box(found: list[str], runs: list[list[Box]], boxes: list[Box], g
 
 
 def quick_extract(text: str, dataset: str = "math", box_match: str = "last") -> tuple[bool, list[str]]:
-    """Cheap extraction, no math-verify: ``(True, candidates)`` when a box or ``####`` settles the answer.
+    """Cheap extraction, no math-verify: ``(True, candidates)`` when a box or ``####`` settles the answer
+    (always in GSM8K style, which needs no math-verify to extract).
 
     ``(False, [])`` when the answer depends on math-verify's extraction (a "final answer" phrase
     after the last box, or no mark at all): the worker processes must extract it.
     """
     _check_box_match(box_match)
-    gsm8k = answer_style(dataset) == "gsm8k"
+    if answer_style(dataset) == "gsm8k":  # GSM8K style reads numbers with regular expressions only
+        return True, extract_candidates(text, dataset, box_match)
+    gsm8k = False
     body = strip_think(text or "")
     boxes = find_boxes(body)
     runs = box_runs(body, boxes)

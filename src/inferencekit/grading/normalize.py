@@ -143,6 +143,33 @@ def plain_number(answer: str) -> Fraction | None:
     return None
 
 
+def is_collection(answer: str) -> bool:
+    """An interval, tuple, set or matrix of two or more entries (never equal to a single number).
+
+    ``(1, 2)``, ``[0, 1)``, ``\\{1, 2\\}``, ``(0,1) \\cup (2,3)``, ``\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}``.
+    """
+    s = strip_math_delimiters(str(answer)).replace("\\left", "").replace("\\right", "").strip()
+    if s.startswith("\\begin{") and ("\\\\" in s or "&" in s):
+        return True
+    if "\\cup" in s:
+        return True
+    if s.startswith("\\{"):
+        s = "{" + s[2:]
+    if not s or s[0] not in "([{":
+        return False
+    depth = 0
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return False  # the first bracket closed before any comma at its level
+        elif ch == "," and depth == 1:
+            return True
+    return False
+
+
 def choice_letter(answer: str) -> tuple[str | None, str]:
     """A multiple-choice letter and the value written beside it: ``"\\textbf{(C) }7"`` -> ``("C", "7")``.
 
