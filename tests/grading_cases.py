@@ -404,3 +404,32 @@ _PAIRS: list[tuple[str, str, bool, str]] = [
 # each pair appears boxed and in a closing sentence, so both extraction paths are exercised
 CASES += [(rf"Therefore the answer is $\boxed{{{a}}}$.", b, ok, kind) for a, b, ok, kind in _PAIRS]
 CASES += [(rf"Putting it together, we obtain ${a}$.", b, ok, kind) for a, b, ok, kind in _PAIRS]
+
+# multiple choice without a box: the letter the output picks (math-verify's letter extraction)
+CASES += [
+    ("Thinking it over, the right option is C", "C", T, "choice"),
+    ("Thinking it over, the right option is C", "(B)", F, "choice"),
+    ("It cannot be A since the sum is odd, so it must be D.", "D", T, "choice"),
+    ("It cannot be A since the sum is odd, so it must be D.", "A", F, "choice"),
+    ("The answer: E, because the others fail", r"\text{(E)}", T, "choice"),
+    ("B. The other options contradict the premise.", "(B) 14", T, "choice"),
+    ("B. The other options contradict the premise.", "(C) 14", F, "choice"),
+    (r"The value is $\boxed{15}$, option (C).", r"\textbf{(B) }14", F, "choice"),
+]
+
+# written the way programs and some models write maths, and identities that need more than simplify
+CASES += [
+    (r"\boxed{4*t**3}", "4t^3", T, "expression"),
+    (r"\boxed{4*t**3}", "4t^2", F, "expression"),
+    (r"\boxed{5 - 5*i**2}", "10", T, "complex"),
+    (r"\boxed{5 - 5*i**2}", "0", F, "complex"),
+    (r"\boxed{\sec^2 t}", r"1+\tan^2 t", T, "trig"),
+    (r"\boxed{\csc^2 t}", r"1+\tan^2 t", F, "trig"),
+    (r"\boxed{2x-4y+6=0}", "x-2y+3=0", T, "equation"),
+    (r"\boxed{2x-4y+6=0}", "x-2y-3=0", F, "equation"),
+    (r"\boxed{(-\sqrt{2}, \sqrt{2})}", "(-1.414, 1.414)", F, "tuple"),
+    (r"\boxed{(-\sqrt{2}, \sqrt{2})}", r"(-\sqrt2,\sqrt2)", T, "tuple"),
+    (r"\boxed{(\begin{pmatrix} 2 \\ 5 \end{pmatrix})}", r"\begin{pmatrix} 2 \\ 5 \end{pmatrix}", T, "matrix"),
+    (r"\boxed{3.34}", r"\frac{10}{3}", F, "decimal"),
+    (r"\boxed{3.333333}", r"\frac{10}{3}", T, "decimal"),
+]

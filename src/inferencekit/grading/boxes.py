@@ -13,10 +13,10 @@ from dataclasses import dataclass
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BARE_BOX_ARG_RE = re.compile(r"[ \t]*([^\s${}]+)")
 # What may stand between two boxes of one answer: spaces, math delimiters, commas, "and"/"or",
-# spacing commands, a short \text{...} ("\text{ for part (a) and }") and a variable name
-# ("$x = \boxed{2}$ and $y = \boxed{5}$").
+# spacing commands, a short \text{...} ("\text{ for part (a) and }"), one word before "and"/"or"
+# ("\boxed{1} papers and \boxed{2} bins") and a variable name ("$x = \boxed{2}$ and $y = \boxed{5}$").
 _RUN_GAP_RE = re.compile(
-    r"(?:\s|\$|\\[()\[\]]|[,;&]|\\q?quad(?![A-Za-z])|\\[,;:! ]|\b(?:and|or)\b"
+    r"(?:\s|\$|\\[()\[\]]|[,;&]|\\q?quad(?![A-Za-z])|\\[,;:! ]|\b(?:[A-Za-z]+\s+)?(?:and|or)\b"
     r"|\\(?:text|mathrm|textrm)\s*\{[^{}$]{0,30}\}"
     r"|[A-Za-z](?:_\{?\w+\}?)?\s*=)*",
     re.IGNORECASE,

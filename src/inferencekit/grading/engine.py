@@ -17,7 +17,7 @@ import logging
 from functools import lru_cache
 from itertools import groupby
 
-from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, StringExtractionConfig, parse, verify
 from math_verify.parser import extract_match, get_extraction_regexes
 
 from inferencekit.grading.normalize import repeating_decimals, roman_constants
@@ -84,6 +84,12 @@ def engine_extract(text: str) -> str | None:
             if value is not None:
                 return _match_text(match, config) or None
     return None
+
+
+def choice_extract(text: str, letters: str = "ABCDE") -> str | None:
+    """The option letter an output picks, by math-verify's letter extraction ("the answer is C", "D. because")."""
+    found = parse(text, [StringExtractionConfig(strings=tuple(letters))], parsing_timeout=None)
+    return str(found[0]).upper() if found else None
 
 
 def plain_extract(text: str) -> str | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
+from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from sympy import Eq, Expr, Float, I, Rational, Symbol
 from sympy.core.function import UndefinedFunction
@@ -31,8 +32,15 @@ from inferencekit.grading.normalize import (
 # as a word, because sympy reads "Evelyn" as the product E*v*e*l*y*n (equal to "Evelny").
 _MATH_WORDS = frozenset({"pi", "infty", "infinity", "inf", "oo"})
 _POINTS = (("0.37", "1.21", "-0.53"), ("1.73", "-0.29", "0.61"), ("-0.91", "0.47", "1.33"))
+# math-verify's unit stripping also eats variables named like units ("2t" -> 2, "x + t" -> "x +");
+# trailing unit words are dropped by clean_for_parsing instead, which leaves single letters alone.
 _EXTRACTION = (
-    LatexExtractionConfig(boxed_match_priority=0),
+    LatexExtractionConfig(
+        boxed_match_priority=0,
+        normalization_config=NormalizationConfig(
+            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False
+        ),
+    ),
     ExprExtractionConfig(),
 )
 

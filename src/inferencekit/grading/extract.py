@@ -232,6 +232,14 @@ def quick_extract(text: str, dataset: str = "math", box_match: str = "last") -> 
     return True, (_with_every_box(found, runs, boxes, gsm8k) if box_match == "any" else found)
 
 
+def gold_answer(gold: str, dataset: str = "math") -> str:
+    """A gold written as a whole solution (with a box or a ``####`` line) gives its final answer."""
+    gold = str(gold)
+    if "\\boxed" in gold or "\\fbox" in gold or "####" in gold:
+        return extract_answer(gold, dataset) or gold
+    return gold
+
+
 def extract_all_answers(text: str, dataset: str = "math") -> list[str]:
     """Every boxed answer in order; without boxes, ``[extract_answer(text)]`` (or ``[]``)."""
     gsm8k = answer_style(dataset) == "gsm8k"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from inferencekit.grading.engine import ENGINES, plain_extract, plain_grade
+from inferencekit.grading.engine import ENGINES, choice_extract, plain_extract, plain_grade
 from inferencekit.grading.equivalence import GradingTimeout, is_equiv, time_limit
-from inferencekit.grading.extract import extract_candidates
+from inferencekit.grading.extract import extract_candidates, gold_answer, strip_think
+from inferencekit.grading.normalize import choice_letter
 
 
 def check_engine(engine: str) -> None:
@@ -19,9 +20,26 @@ def grade_answer(
     check_engine(engine)
     if engine == "math-verify":
         return plain_extract(text), plain_grade(text, str(gold))
+    gold = gold_answer(str(gold), dataset)
     candidates = extract_candidates(text, dataset, box_match)
+    if needs_letter_search(candidates, str(gold)):
+        gold_letter = choice_letter(str(gold))[0] or "E"
+        letter = choice_extract(strip_think(text), "ABCDEFGHIJ"[: max(5, "ABCDEFGHIJ".index(gold_letter) + 1)])
+        candidates += [letter] if letter else []
     verdict = any(is_equiv(answer, gold, timeout=None) for answer in candidates)
     return (candidates[0] if candidates else None), verdict
+
+
+def needs_letter_search(candidates: list[str], gold: str) -> bool:
+    """A multiple-choice gold and no option letter among the answers found: look for a letter in the text.
+
+    When the gold also gives the option's value (``(A) 12``), only an output with no answer at all is
+    searched for a letter, so that a wrong value is not rescued by a stray letter.
+    """
+    gold_letter, gold_value = choice_letter(gold)
+    if gold_letter is None or any(choice_letter(c)[0] for c in candidates):
+        return False
+    return not candidates or not gold_value
 
 
 def grade(

@@ -21,12 +21,12 @@ _UNIT_WORDS = (
 )
 _PLAIN_UNITS_RE = re.compile(
     rf"(?<=[\d}}])\s+(?:(?:square|sq\.?|cubic)\s+)?(?:{_UNIT_WORDS})(?:\^\{{?[23]\}}?)?"
-    rf"(?:\s+per\s+[a-z]+)?\.?\s*$",
+    rf"(?:\s+per\s+[a-z]+)?\.?\s*(?=$|[,;)\]]|\\\}})",
     re.IGNORECASE,
 )
 # A trailing \text{...} made of words after some content: "5\text{ cm}^2", "18 \mbox{ dollars}".
 _TEXT_UNITS_RE = re.compile(
-    r"(?<=\S)\s*\\(?:text|mbox|textnormal|mathrm|textrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
+    r"(?<=\S)\s*\\(?:text|textbf|textit|mbox|textnormal|mathrm|textrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
     r"(?:\s*\^\s*\{?[23]\}?)?\s*$"
 )
 _TEXT_WRAP_RE = re.compile(
@@ -57,10 +57,12 @@ _ROMAN_CONSTANT_RE = re.compile(r"\\math(?:rm|it)\s*\{\s*([ei])\s*\}")
 _TRIG_DEGREES_RE = re.compile(
     r"\\(sin|cos|tan|sec|csc|cot)\s*(?:\\left)?\(?\s*(\d+(?:\.\d+)?)\s*\^\s*\{?\s*\\circ\s*\}?\s*(?:\\right)?\)?"
 )
+_PYTHON_POWER_RE = re.compile(r"(?<=[\w)}])\*\*(?=[\w({])")
 _E_NOTATION_RE = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,4})$")
 _CHOICE_LETTERS = "ABCDEFGHIJ"
 _CHOICE_PREFIX_RE = re.compile(r"^\(([A-J])\)\s*(.*)$", re.DOTALL)
 _CHOICE_COLON_RE = re.compile(r"^([A-J])(?:\)|:|\.)\s+(.+)$", re.DOTALL)
+_CHOICE_NAMED_RE = re.compile(r"^([A-J])\s+([A-Z][a-z]+)$")  # "C Cecile": an option letter and its name
 
 
 def strip_math_delimiters(s: str) -> str:
@@ -117,6 +119,7 @@ def clean_for_parsing(answer: str) -> str:
     s = roman_constants(repeating_decimals(s))
     s = _TRIG_DEGREES_RE.sub(r"\\\1(\\frac{\2\\pi}{180})", s)  # math-verify reads sin 60^\circ in radians
     s = _E_NOTATION_RE.sub(r"\1\\times 10^{\2}", s)  # math-verify reads "3e-2" as 3*e - 2
+    s = _PYTHON_POWER_RE.sub("^", s)  # "3*s**2", as programs and some models write powers
     return strip_units(s).strip()
 
 
@@ -186,7 +189,7 @@ def choice_letter(answer: str) -> tuple[str | None, str]:
         return s, ""
     if m := _CHOICE_PREFIX_RE.match(s):
         return m.group(1), m.group(2).strip()
-    if m := _CHOICE_COLON_RE.match(s):
+    if m := _CHOICE_COLON_RE.match(s) or _CHOICE_NAMED_RE.match(s):
         return m.group(1), m.group(2).strip()
     return None, str(answer)
 
@@ -256,7 +259,7 @@ def canonical_form(answer: str | None) -> str:
         return ""
     s = strip_math_delimiters(str(answer))
     s = _unwrap_boxed(s)
-    s = repeating_decimals(s)
+    s = repeating_decimals(s).replace("{, }", "{,}")
     s = _LIST_COMMA_RE.sub("," + _LIST_MARK, s)
     s = s.replace("\\left", "").replace("\\right", "").replace("\\displaystyle", "")
     s = re.sub(r",\s*\\!\s*", ",", s).replace("{,}", ",")

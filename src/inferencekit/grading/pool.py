@@ -11,8 +11,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 
 from inferencekit.grading.equivalence import GradingTimeout, math_verify_equiv, quick_equiv, time_limit
-from inferencekit.grading.extract import quick_extract
-from inferencekit.grading.grade import check_engine, grade_answer
+from inferencekit.grading.extract import gold_answer, quick_extract
+from inferencekit.grading.grade import check_engine, grade_answer, needs_letter_search
 
 # A job for a worker: ("equiv", pred, gold) compares two answers; ("grade", text, gold, dataset,
 # box_match, engine) extracts the answer too. Either gives (answer or None, verdict).
@@ -139,8 +139,9 @@ class Grader:
         jobs: list[Job] = []
         owners: list[tuple[int, int]] = []  # (item, candidate number) of each job
         for i, (text, gold, dataset) in enumerate(items):
-            gold = str(gold)
+            gold = gold_answer(str(gold), dataset)
             settled, answers = (False, []) if engine != "inferencekit" else quick_extract(text, dataset, box_match)
+            settled = settled and not needs_letter_search(answers, gold)
             results.append((answers[0] if answers else None, False))
             if not settled:
                 jobs.append(("grade", text, gold, dataset, box_match, engine))
