@@ -496,3 +496,20 @@ def test_evaluate_with_the_math_verify_grader_prints_disagreements(tmp_path: Pat
     assert metrics["grader"] == "math-verify" and metrics["votes"]["majority"]["accuracy"] == 0.25
     bad = subprocess.run(cmd[:-1] + ["sympy"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "grader" in bad.stderr and "Traceback" not in bad.stderr
+
+
+_PATHOLOGICAL = [
+    "x" * 1_000_000 + " so the answer is \\boxed{5}",  # 1 MB of output, answer at the end
+    "\\boxed{" + "\\text{" * 20_000 + "6" + "}" * 20_000 + "}",  # deeply nested braces in a box (wrong either way)
+    "$" + "{" * 100_000 + "1" + "}" * 100_000 + "$",  # deeply nested braces, no box
+    "The answer is $9^{9^{9^{9}}}$",  # a number no computer can write out
+    "\\boxed{" * 100_000,  # boxes that never close
+]
+
+
+@pytest.mark.timeout(600)  # a hang guard: each item has a 2-second limit
+def test_pathological_outputs_return_within_the_limit() -> None:
+    verdicts = [grade(text, "5", timeout=2.0) for text in _PATHOLOGICAL]
+    assert verdicts == [True, False, False, False, False]
+    with Grader(workers=2, timeout=2.0) as grader:
+        assert grader.grade_many([(text, "5", "math") for text in _PATHOLOGICAL]) == verdicts

@@ -204,12 +204,11 @@ def is_equiv(pred: str | None, gold: str, timeout: float | None = 5.0) -> bool:
     limit); in other threads signals are unavailable, so there is no limit: use ``Grader`` for
     untrusted output at scale.
     """
-    quick = quick_equiv(pred, gold)
-    if quick is not None:
-        return quick
-    assert pred is not None
     try:
         with time_limit(timeout):
-            return math_verify_equiv(pred, str(gold))
+            quick = quick_equiv(pred, gold)
+            if quick is not None:
+                return quick
+            return math_verify_equiv(str(pred), str(gold))
     except GradingTimeout:
         return False

@@ -180,6 +180,8 @@ def choice_letter(answer: str) -> tuple[str | None, str]:
     No letter gives ``(None, answer)``.
     """
     s = strip_math_delimiters(str(answer))
+    if len(s) > 200:  # an option is a letter and perhaps a short value
+        return None, str(answer)
     previous = None
     while previous != s:
         previous = s

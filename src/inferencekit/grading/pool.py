@@ -10,7 +10,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from inferencekit.grading.equivalence import GradingTimeout, math_verify_equiv, quick_equiv, time_limit
+from inferencekit.grading.equivalence import GradingTimeout, is_equiv, math_verify_equiv, quick_equiv, time_limit
 from inferencekit.grading.extract import gold_answer, quick_extract
 from inferencekit.grading.grade import check_engine, grade_answer, needs_letter_search
 
@@ -20,6 +20,9 @@ Job = tuple
 Outcome = tuple[str | None, bool]
 
 _MAX_CHUNK = 32
+# String rules run in the parent without a time limit only on answers this short; longer ones (a
+# pathological output can nest \text{} 20,000 deep) go to the workers, whose time limits apply.
+_QUICK_CHARS = 2000
 _MAX_CRASHES = 3
 _STARTUP_TIMEOUT = 120.0  # seconds for a fresh pool to import sympy/math-verify; not item time
 
@@ -36,7 +39,7 @@ def _ready() -> bool:
 
 def _do(job: Job) -> Outcome:
     if job[0] == "equiv":
-        return job[1], math_verify_equiv(job[1], job[2])
+        return job[1], is_equiv(job[1], job[2], timeout=None)
     return grade_answer(*job[1:])
 
 
@@ -50,6 +53,13 @@ def _work_chunk(jobs: list[Job], timeout: float, worker_timer: bool) -> list[Out
         except (GradingTimeout, Exception):  # out of time, or a parser bug on odd input: not equal
             results.append(None)
     return results
+
+
+def _quick_equiv(pred: str | None, gold: str) -> bool | None:
+    """``quick_equiv`` for short answers; ``None`` (decide in a worker) for long ones."""
+    if pred is not None and len(pred) + len(gold) > _QUICK_CHARS:
+        return None
+    return quick_equiv(pred, gold)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -108,7 +118,7 @@ class Grader:
         results: list[bool] = []
         todo: list[tuple[int, Job]] = []
         for i, (pred, gold) in enumerate(pairs):
-            quick = quick_equiv(pred, gold)
+            quick = _quick_equiv(pred, str(gold))
             results.append(bool(quick))
             if quick is None:
                 todo.append((i, ("equiv", str(pred), str(gold))))
@@ -148,7 +158,7 @@ class Grader:
                 owners.append((i, -1))
                 continue
             for k, answer in enumerate(answers):
-                quick = quick_equiv(answer, gold)
+                quick = _quick_equiv(answer, gold)
                 if quick:
                     results[i] = (results[i][0], True)
                     break
