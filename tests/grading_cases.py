@@ -433,3 +433,17 @@ CASES += [
     (r"\boxed{3.34}", r"\frac{10}{3}", F, "decimal"),
     (r"\boxed{3.333333}", r"\frac{10}{3}", T, "decimal"),
 ]
+
+# complex numbers in exponential or trigonometric form, exact trigonometric values
+CASES += [
+    (r"\boxed{2e^{i\pi/3}}", r"1+\sqrt{3}i", T, "complex"),
+    (r"\boxed{2e^{i\pi/6}}", r"1+\sqrt{3}i", F, "complex"),
+    (r"\boxed{e^{i\pi}}", "-1", T, "complex"),
+    (r"\boxed{\frac{1}{i}}", "-i", T, "complex"),
+    (r"\boxed{(1+i)^2}", "2i", T, "complex"),
+    (r"\boxed{(1+i)^2}", "2", F, "complex"),
+    (r"\boxed{\cos 15^\circ}", r"\frac{\sqrt{6}+\sqrt{2}}{4}", T, "trig"),
+    (r"\boxed{\cos 75^\circ}", r"\frac{\sqrt{6}+\sqrt{2}}{4}", F, "trig"),
+    (r"\boxed{g(t)=t^2+1}", "y=t^2+1", T, "equation"),
+    (r"\boxed{g(t)=t^2-1}", "y=t^2+1", F, "equation"),
+]
