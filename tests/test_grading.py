@@ -200,6 +200,9 @@ def test_answer_style() -> None:
         ("Final answer: $5$, checked: \\boxed{6}", "math", "6"),
         ("So \\boxed{2}, \\boxed{5}.", "math", "2, 5"),
         ("\\boxed{3}. I hope this final answer is right.", "math", "3"),
+        ("\\boxed{12}\n\nFinal answer check: we verified 3 cases.", "math", "12"),  # no "final answer is"
+        ("\\boxed{12}\n\nFinal answer check: we verified 3 cases.", "gsm8k", "12"),
+        ("Final answer check: we verified 3 cases.", "math", "3"),  # no box to keep: the number it names
         ("No answer in words here.", "math", None),
         ("We are done: 12 apples.", "gsm8k", "12"),
         ("It costs $1,234.00 in total.", "gsm8k", "1234"),

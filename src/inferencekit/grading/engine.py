@@ -24,6 +24,7 @@ from inferencekit.grading.normalize import repeating_decimals, roman_constants
 
 ENGINES = ("inferencekit", "math-verify")
 _CONFIGS = (LatexExtractionConfig(), ExprExtractionConfig())
+_FINAL_PRIORITY = 50  # math-verify's "final answer ... is X" patterns (and its boxes) rank 0 and 50
 
 
 class _DropTimeoutDisabledWarning(logging.Filter):
@@ -38,14 +39,17 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 
 @lru_cache(maxsize=1)
-def _priority_groups() -> list[list[tuple]]:
+def _priority_groups() -> list[tuple[int, list[tuple]]]:
     patterns = [
         (pattern, config, priority)
         for regexes, config in get_extraction_regexes(_CONFIGS)
         for pattern, priority in regexes
     ]
     patterns.sort(key=lambda p: p[2])
-    return [[(pattern, config) for pattern, config, _ in group] for _, group in groupby(patterns, key=lambda p: p[2])]
+    return [
+        (priority, [(pattern, config) for pattern, config, _ in group])
+        for priority, group in groupby(patterns, key=lambda p: p[2])
+    ]
 
 
 def _match_text(match, config) -> str:
@@ -66,14 +70,19 @@ def _match_text(match, config) -> str:
     return number + ("\\%" if groups.get("percent") else "")
 
 
-def engine_extract(text: str) -> str | None:
+def engine_extract(text: str, final_only: bool = False) -> str | None:
     """The answer math-verify's default extraction finds in ``text`` (the text of the match it keeps).
+
+    ``final_only``: only its "final answer is X" patterns (priority 50 or better), none of its
+    "answer: X" or bare-number ones.
 
     Repeating decimals are written as fractions first (math-verify cannot read ``0.\\overline{3}``),
     and ``\\mathrm{e}`` as ``e``.
     """
     text = roman_constants(repeating_decimals(text))
-    for group in _priority_groups():
+    for priority, group in _priority_groups():
+        if final_only and priority > _FINAL_PRIORITY:
+            break
         matches = [(m, config) for pattern, config in group for m in pattern.finditer(text)]
         matches.sort(key=lambda mc: (mc[0].end(), -mc[0].start()), reverse=True)  # rightmost first
         for match, config in matches:

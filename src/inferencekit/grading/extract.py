@@ -142,13 +142,19 @@ def _clean(answer: str, kind: str, gsm8k: bool) -> str:
     return answer
 
 
-def _phrase_answer(body: str, mark: _Mark, gsm8k: bool) -> str | None:
-    """The math after a "final answer" phrase (words there are read only when no mark gives an answer)."""
+def _phrase_answer(body: str, mark: _Mark, gsm8k: bool, after_mark: bool) -> str | None:
+    """The math after a "final answer" phrase (words there are read only when no mark gives an answer).
+
+    ``after_mark``: a box or ``####`` came before the phrase; to override it the phrase must read
+    "final answer ... is X" (math-verify's own final-answer patterns), not just mention a number.
+    """
     region = body[mark.start : mark.end + _PHRASE_SPAN]
     if gsm8k:
+        if after_mark and not re.search(r"\bis\b", region[: _PHRASE_SPAN // 2]):
+            return None
         numbers = _numbers(body[mark.end : mark.end + _PHRASE_SPAN])
         return numbers[0] if numbers else None
-    return engine_extract(region)
+    return engine_extract(region, final_only=after_mark)
 
 
 def _no_mark_answer(body: str, gsm8k: bool) -> str | None:
@@ -162,9 +168,10 @@ def _no_mark_answer(body: str, gsm8k: bool) -> str | None:
 
 
 def _last_mark_answer(body: str, marks: list[_Mark], gsm8k: bool) -> str | None:
-    for mark in reversed(marks):
+    for k in range(len(marks) - 1, -1, -1):
+        mark = marks[k]
         if mark.kind == "final":
-            answer = _phrase_answer(body, mark, gsm8k)
+            answer = _phrase_answer(body, mark, gsm8k, after_mark=any(m.kind != "final" for m in marks[:k]))
         else:
             answer = _clean(mark.answer or "", mark.kind, gsm8k)
         if answer:
