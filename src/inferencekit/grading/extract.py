@@ -17,7 +17,8 @@ Order of precedence (``box_match="last"``, the default), after dropping ``<think
    "final answer" phrase. **The one that comes last in the text wins**: an intermediate
    ``\\boxed{3}`` followed by "Final Answer: The final answer is $5$" gives 5, and a box written after
    a "final answer" phrase gives the box. A "final answer" phrase counts only when an answer can be
-   read after it ("Final Answer: The smallest $k$ is 12." gives 12, the math in the sentence).
+   read after it ("Final Answer: The smallest $k$ is 12." gives 12, the math in the sentence); after
+   a box it must say "final answer ... is X" ("Final answer check: 3 cases" does not replace a box).
 2. Without an explicit mark, math-verify's extraction over the whole text: "the answer is X" /
    "Answer: X", else the last math span or number ("... so the chance is 3/5." gives 3/5).
 3. Without anything math-verify can read, the words after the last "the answer is" / "answer:"

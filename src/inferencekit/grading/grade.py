@@ -1,4 +1,10 @@
-"""Extract an answer from a model output and compare it with the gold answer."""
+"""Extract an answer from a model output and compare it with the gold answer.
+
+Beyond ``extract.py``'s order of precedence: a gold written as a whole solution (with a box or a
+``####`` line) is reduced to its answer first, and for a multiple-choice gold (``C``, ``(C)``,
+``\\textbf{(C) }7``) an output whose answer names no option letter is searched for the letter it
+picks with math-verify's letter extraction ("so the right option is C").
+"""
 
 from __future__ import annotations
 
