@@ -149,9 +149,12 @@ class Grader:
         jobs: list[Job] = []
         owners: list[tuple[int, int]] = []  # (item, candidate number) of each job
         for i, (text, gold, dataset) in enumerate(items):
-            gold = gold_answer(str(gold), dataset)
-            settled, answers = (False, []) if engine != "inferencekit" else quick_extract(text, dataset, box_match)
-            settled = settled and not needs_letter_search(answers, gold)
+            if engine == "inferencekit":
+                gold = gold_answer(str(gold), dataset)
+                settled, answers = quick_extract(text, dataset, box_match)
+                settled = settled and not needs_letter_search(answers, gold)
+            else:  # plain math-verify reads the gold and extracts the answer itself, in a worker
+                gold, settled, answers = str(gold), False, []
             results.append((answers[0] if answers else None, False))
             if not settled:
                 jobs.append(("grade", text, gold, dataset, box_match, engine))
