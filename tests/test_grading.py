@@ -516,3 +516,10 @@ def test_pathological_outputs_return_within_the_limit() -> None:
     assert verdicts == [True, False, False, False, False]
     with Grader(workers=2, timeout=2.0) as grader:
         assert grader.grade_many([(text, "5", "math") for text in _PATHOLOGICAL]) == verdicts
+
+
+@pytest.mark.timeout(120)  # a hang guard
+def test_extract_answer_has_a_time_limit_of_its_own() -> None:
+    text = "Answer " * 150_000 + "$1$"  # math-verify's answer patterns grind on this for a long time
+    assert extract_answer(text, timeout=0.5) in (None, "1")
+    assert extract_answer("so the answer is $\\frac{1}{2}$.", timeout=5.0) == "\\frac{1}{2}"

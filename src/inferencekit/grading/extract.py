@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from inferencekit.grading.boxes import Box, box_runs, boxed_contents, find_boxes, run_answer
 from inferencekit.grading.engine import engine_extract
+from inferencekit.grading.equivalence import GradingTimeout, time_limit
 from inferencekit.grading.normalize import strip_math_delimiters
 from inferencekit.grading.style import answer_style
 
@@ -180,13 +181,24 @@ def _last_mark_answer(body: str, marks: list[_Mark], gsm8k: bool) -> str | None:
     return _no_mark_answer(body, gsm8k)
 
 
-def extract_answer(text: str, dataset: str = "math", box_match: str = "last") -> str | None:
+def extract_answer(
+    text: str, dataset: str = "math", box_match: str = "last", timeout: float | None = 5.0
+) -> str | None:
     """The final answer in ``text``, or ``None`` when there is none (see the module's order of precedence).
 
     ``dataset`` is a style ("math", "gsm8k") or a dataset name (see ``answer_style``).
     ``box_match``: ``"last"`` (default) or ``"first"`` box; ``"any"`` behaves like ``"last"`` here
     (``extract_candidates`` lists what ``grade`` tries under ``"any"``).
+    In the main thread, ``None`` also when reading the text takes over ``timeout`` seconds.
     """
+    try:
+        with time_limit(timeout):
+            return _extract(text, dataset, box_match)
+    except GradingTimeout:
+        return None
+
+
+def _extract(text: str, dataset: str, box_match: str) -> str | None:
     _check_box_match(box_match)
     gsm8k = answer_style(dataset) == "gsm8k"
     body = strip_think(text or "")
@@ -198,7 +210,7 @@ def extract_answer(text: str, dataset: str = "math", box_match: str = "last") ->
 
 def extract_candidates(text: str, dataset: str = "math", box_match: str = "last") -> list[str]:
     """The answers ``grade`` tries: one under ``"last"``/``"first"``; under ``"any"`` also every box and run."""
-    answer = extract_answer(text, dataset, "last" if box_match == "any" else box_match)
+    answer = _extract(text, dataset, "last" if box_match == "any" else box_match)
     found = [] if answer is None else [answer]
     if box_match == "any":
         body = strip_think(text or "")
@@ -244,7 +256,7 @@ def gold_answer(gold: str, dataset: str = "math") -> str:
     """A gold written as a whole solution (with a box or a ``####`` line) gives its final answer."""
     gold = str(gold)
     if "\\boxed" in gold or "\\fbox" in gold or "####" in gold:
-        return extract_answer(gold, dataset) or gold
+        return _extract(gold, dataset, "last") or gold
     return gold
 
 
