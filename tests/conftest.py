@@ -9,6 +9,17 @@ import pytest
 from inferencekit.models.embedded import embedded_gguf_path
 from tiny_models import make_tiny_llama
 
+# Settings a user's shell may hold that would change what the tests see (data, presets, servers).
+_USER_ENVIRONMENT = ("INFERENCEKIT_DATA_DIR", "INFERENCEKIT_PRESETS", "OPENAI_BASE_URL", "OPENAI_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from the same environment, whatever the shell that runs pytest holds."""
+    for name in _USER_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def embedded_gguf() -> Path:

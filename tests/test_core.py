@@ -60,7 +60,8 @@ def test_unknown_config_key_is_an_error_naming_accepted_keys(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("temperature", -1), ("top_p", 0), ("n", 0), ("aggregation", "max"), ("box_match", "first")]
+    ("key", "value"), [("temperature", -1), ("top_p", 0), ("n", 0), ("aggregation", "max"), ("box_match", "middle"),
+                       ("grader", "sympy")]
 )
 def test_bad_values_are_rejected(key, value):
     with pytest.raises(UserError, match=key):

@@ -7,10 +7,8 @@ import shutil
 
 import pytest
 
-pytest.importorskip("llama_cpp")
-
-from inferencekit.models.base import GeneratorSpec, SamplingParams  # noqa: E402
-from inferencekit.models.llamacpp import LlamaCppGenerator  # noqa: E402
+from inferencekit.models.base import GeneratorSpec, SamplingParams
+from inferencekit.models.llamacpp import LlamaCppGenerator
 
 QUESTIONS = ["What is 2+3?", "Name a color.", "Write a haiku about the sea in winter, please."]
 GREEDY = SamplingParams(max_new_tokens=32)

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward model setting, e.g. format=token_classification or max_tokens_per_batch=4096")
     g.add_argument("--aggregation", help="min | last | prod | mean | model")
     g.add_argument("--vote", help="comma-separated votes, e.g. majority,weighted,best")
-    g.add_argument("--box-match", help="last (default): grade the last \\boxed{}; any: accept any correct box")
+    g.add_argument("--box-match", help="last (default): grade the last \\boxed{}; first: the first; any: any box")
+    g.add_argument("--grader", help="inferencekit (default) | math-verify: plain math-verify, as lighteval grades")
     g.add_argument("--max-steps", type=int, help="tree search: most steps in a path (default 40)")
     g.add_argument("--lookahead", type=int, help="beam_search/dvts: greedy steps ahead used for ranking")
     g.add_argument("--filter-duplicates", action="store_true", default=None, help="beam search: drop repeated paths")
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--vote", help="comma-separated votes (default: the run's)")
     ev.add_argument("--aggregation", help="min | last | prod | mean | model (default: the run's)")
-    ev.add_argument("--box-match", help="last | any (default: the run's)")
+    ev.add_argument("--box-match", help="last | first | any (default: the run's)")
+    ev.add_argument("--grader", help="inferencekit | math-verify (default: the run's); also lists where the two differ")
 
     cmp = sub.add_parser("compare", help="compare two runs sample by sample (2x2 table, exact McNemar test)")
     cmp.add_argument("run_a")
@@ -178,8 +180,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from inferencekit.results.reevaluate import reevaluate
     from inferencekit.results.summary import print_summary
 
-    metrics = reevaluate(args.run_dir, votes=args.vote, aggregation=args.aggregation, box_match=args.box_match)
+    metrics = reevaluate(
+        args.run_dir, votes=args.vote, aggregation=args.aggregation, box_match=args.box_match, grader=args.grader
+    )
     print_summary(metrics, args.run_dir)
+    if args.grader is not None:
+        from inferencekit.grading.disagreements import report_disagreements
+
+        print(report_disagreements(args.run_dir, box_match=args.box_match))
     return 0
 
 

@@ -61,7 +61,8 @@ class RunConfig(BaseModel):
     mcts_prior: Literal["uniform", "score"] = "uniform"
     mcts_token_budget: int | None = Field(None, ge=1)  # generated tokens per problem
     token_beam_chunk: int = Field(16, ge=1)  # token_beam: re-rank by the reward model every K tokens
-    box_match: Literal["last", "any"] = "last"
+    box_match: Literal["last", "first", "any"] = "last"
+    grader: Literal["inferencekit", "math-verify"] = "inferencekit"  # math-verify: plain math-verify grading
 
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)

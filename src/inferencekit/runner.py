@@ -173,7 +173,7 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
             ]
             grade_records(
                 records, grader, style=dataset.style, votes=config.votes,
-                aggregation=config.aggregation, box_match=config.box_match,
+                aggregation=config.aggregation, box_match=config.box_match, engine=config.grader,
             )
             for record in records:
                 store.append(record)

@@ -21,12 +21,12 @@ _UNIT_WORDS = (
 )
 _PLAIN_UNITS_RE = re.compile(
     rf"(?<=[\d}}])\s+(?:(?:square|sq\.?|cubic)\s+)?(?:{_UNIT_WORDS})(?:\^\{{?[23]\}}?)?"
-    rf"(?:\s+per\s+[a-z]+)?\.?\s*$",
+    rf"(?:\s+per\s+[a-z]+)?\.?\s*(?=$|[,;)\]]|\\\}})",
     re.IGNORECASE,
 )
 # A trailing \text{...} made of words after some content: "5\text{ cm}^2", "18 \mbox{ dollars}".
 _TEXT_UNITS_RE = re.compile(
-    r"(?<=\S)\s*\\(?:text|mbox|textnormal|mathrm|textrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
+    r"(?<=\S)\s*\\(?:text|textbf|textit|mbox|textnormal|mathrm|textrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
     r"(?:\s*\^\s*\{?[23]\}?)?\s*$"
 )
 _TEXT_WRAP_RE = re.compile(
@@ -41,12 +41,28 @@ _PERCENT_RE = re.compile(r"\\?%")
 _UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 _VAR_PREFIX_RE = re.compile(r"^(?:[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?|\\[A-Za-z]+)(?:=|\\in(?![A-Za-z]))")
 _CHOICE_RE = re.compile(r"^\(([A-Z])\)$")
-_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _DECIMAL_RE = re.compile(r"^-?(?:\d+\.?\d*|\.\d+)$")
 _FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _SLASH_RE = re.compile(r"^(-?\d+)/(-?\d+)$")
 _COMMAND_SPACE_RE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])")
 _WORD_RE = re.compile(r"^[A-Za-z]{2,}$")
+_LIST_COMMA_RE = re.compile(r",\s+")  # "12, 345" is a list of two numbers, never 12345
+_LIST_MARK = "\x01"
+# 0.\overline{3}, 1.2\overline{34}, .\overline{6}: repeating decimals (math-verify reads only the digits)
+_REPEATING_RE = re.compile(r"(-?)(\d*)\.(\d*)\s*\\overline\s*\{\s*(\d+)\s*\}")
+# a plain number: "-1,234.5", "18", ".5", "3/4", "\frac{3}{4}" (no units, percent or degrees)
+_PLAIN_NUMBER_RE = re.compile(r"^(-?)(?:([1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.(\d+))?|\.(\d+))$")
+_ROMAN_CONSTANT_RE = re.compile(r"\\math(?:rm|it)\s*\{\s*([ei])\s*\}")
+_TRIG_DEGREES_RE = re.compile(
+    r"\\(sin|cos|tan|sec|csc|cot)\s*(?:\\left)?\(?\s*(\d+(?:\.\d+)?)\s*\^\s*\{?\s*\\circ\s*\}?\s*(?:\\right)?\)?"
+)
+_PYTHON_POWER_RE = re.compile(r"(?<=[\w)}])\*\*(?=[\w({])")
+_E_NOTATION_RE = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,4})$")
+_CHOICE_LETTERS = "ABCDEFGHIJ"
+_CHOICE_PREFIX_RE = re.compile(r"^\(([A-J])\)\s*(.*)$", re.DOTALL)
+_CHOICE_COLON_RE = re.compile(r"^([A-J])(?:\)|:|\.)\s+(.+)$", re.DOTALL)
+_CHOICE_NAMED_RE = re.compile(r"^([A-J])\s+([A-Z][a-z]+)$")  # "C Cecile": an option letter and its name
 
 
 def strip_math_delimiters(s: str) -> str:
@@ -71,14 +87,113 @@ def strip_units(s: str) -> str:
     return s
 
 
+def repeating_decimals(s: str) -> str:
+    """``0.\\overline{3}`` -> ``\\frac{1}{3}``, ``1.1\\overline{6}`` -> ``\\frac{7}{6}`` (exact digit arithmetic)."""
+    if "overline" not in s:
+        return s
+
+    def to_fraction(m: re.Match[str]) -> str:
+        sign, whole, fixed, repeat = m.groups()
+        if len(fixed) + len(repeat) > 50:
+            return m.group(0)
+        value = Fraction(int(whole or "0")) + Fraction(int(fixed or "0"), 10 ** len(fixed))
+        value += Fraction(int(repeat), 10 ** len(fixed) * (10 ** len(repeat) - 1))
+        text = str(value.numerator) if value.denominator == 1 else f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+        return f"{sign}{text}"
+
+    return _REPEATING_RE.sub(to_fraction, s)
+
+
+def roman_constants(s: str) -> str:
+    """``\\mathrm{e}`` / ``\\mathrm{i}`` -> ``e`` / ``i`` (math-verify's unit stripping cuts them off)."""
+    return _ROMAN_CONSTANT_RE.sub(r"\1", s) if "\\math" in s else s
+
+
 def clean_for_parsing(answer: str) -> str:
-    """Light clean-up before math-verify: delimiters, plain ``$`` signs and trailing unit words.
+    """Light clean-up before math-verify: delimiters, plain ``$`` signs, repeating decimals, trailing unit words.
 
     Percent signs, degrees and ``\\text{}`` are left for math-verify, which understands them.
     """
     s = strip_math_delimiters(answer)
     s = _UNESCAPED_DOLLAR_RE.sub("", s)
+    s = roman_constants(repeating_decimals(s))
+    s = _TRIG_DEGREES_RE.sub(r"\\\1(\\frac{\2\\pi}{180})", s)  # math-verify reads sin 60^\circ in radians
+    s = _E_NOTATION_RE.sub(r"\1\\times 10^{\2}", s)  # math-verify reads "3e-2" as 3*e - 2
+    s = _PYTHON_POWER_RE.sub("^", s)  # "3*s**2", as programs and some models write powers
     return strip_units(s).strip()
+
+
+def plain_number(answer: str) -> Fraction | None:
+    """The exact value of an answer that is only a number (``"$1,234.50"``, ``"-3"``, ``"3/4"``, ``"\\frac34"``).
+
+    Anything else (units, percent, degrees, lists such as ``"12, 345"``, expressions) gives ``None``.
+    """
+    s = strip_math_delimiters(str(answer)).replace("\\$", "").replace("$", "")
+    s = s.replace("{,}", ",").replace(",\\!", ",").replace("\\!", "").strip().rstrip(".").strip()
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    if len(s) > 60:
+        return None
+    try:
+        if _PLAIN_NUMBER_RE.match(s):
+            return Fraction(s.replace(",", ""))
+        if m := _SLASH_RE.match(s):
+            return Fraction(int(m.group(1)), int(m.group(2)))
+        frac = re.sub(r"\\frac(\d)(\d)$", r"\\frac{\1}{\2}", s)
+        if m := _FRAC_RE.match(frac):
+            return Fraction(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def is_collection(answer: str) -> bool:
+    """An interval, tuple, set or matrix of two or more entries (never equal to a single number).
+
+    ``(1, 2)``, ``[0, 1)``, ``\\{1, 2\\}``, ``(0,1) \\cup (2,3)``, ``\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}``.
+    """
+    s = strip_math_delimiters(str(answer)).replace("\\left", "").replace("\\right", "").strip()
+    if s.startswith("\\begin{") and ("\\\\" in s or "&" in s):
+        return True
+    if "\\cup" in s:
+        return True
+    if s.startswith("\\{"):
+        s = "{" + s[2:]
+    if not s or s[0] not in "([{":
+        return False
+    depth = 0
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return False  # the first bracket closed before any comma at its level
+        elif ch == "," and depth == 1:
+            return True
+    return False
+
+
+def choice_letter(answer: str) -> tuple[str | None, str]:
+    """A multiple-choice letter and the value written beside it: ``"\\textbf{(C) }7"`` -> ``("C", "7")``.
+
+    Recognised: ``(C)``, ``(C) 7``, ``C``, ``C) 7``, ``C: 7``, each possibly inside ``\\text{}``/``\\textbf{}``.
+    No letter gives ``(None, answer)``.
+    """
+    s = strip_math_delimiters(str(answer))
+    if len(s) > 200:  # an option is a letter and perhaps a short value
+        return None, str(answer)
+    previous = None
+    while previous != s:
+        previous = s
+        s = _TEXT_WRAP_RE.sub(r"\1", s).strip()
+    s = s.replace("\\ ", " ").replace("~", " ").strip().rstrip(".").strip()
+    if len(s) == 1 and s in _CHOICE_LETTERS:
+        return s, ""
+    if m := _CHOICE_PREFIX_RE.match(s):
+        return m.group(1), m.group(2).strip()
+    if m := _CHOICE_COLON_RE.match(s) or _CHOICE_NAMED_RE.match(s):
+        return m.group(1), m.group(2).strip()
+    return None, str(answer)
 
 
 def _unwrap_boxed(s: str) -> str:
@@ -146,6 +261,8 @@ def canonical_form(answer: str | None) -> str:
         return ""
     s = strip_math_delimiters(str(answer))
     s = _unwrap_boxed(s)
+    s = repeating_decimals(s).replace("{, }", "{,}")
+    s = _LIST_COMMA_RE.sub("," + _LIST_MARK, s)
     s = s.replace("\\left", "").replace("\\right", "").replace("\\displaystyle", "")
     s = re.sub(r",\s*\\!\s*", ",", s).replace("{,}", ",")
     s = _SPACING_RE.sub(lambda m: m.group(1) or " ", s)
@@ -172,6 +289,7 @@ def canonical_form(answer: str | None) -> str:
         return m.group(1)
     if (key := _rational_key(s)) is not None:
         return key
+    s = s.replace(_LIST_MARK, "")
     if _WORD_RE.match(s):
         return s.lower()
     return s

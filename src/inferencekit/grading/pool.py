@@ -10,10 +10,19 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from inferencekit.grading.equivalence import GradingTimeout, math_verify_equiv, quick_equiv, time_limit
-from inferencekit.grading.extract import extract_all_answers, extract_answer
+from inferencekit.grading.equivalence import GradingTimeout, is_equiv, math_verify_equiv, quick_equiv, time_limit
+from inferencekit.grading.extract import gold_answer, quick_extract
+from inferencekit.grading.grade import check_engine, grade_answer, needs_letter_search
+
+# A job for a worker: ("equiv", pred, gold) compares two answers; ("grade", text, gold, dataset,
+# box_match, engine) extracts the answer too. Either gives (answer or None, verdict).
+Job = tuple
+Outcome = tuple[str | None, bool]
 
 _MAX_CHUNK = 32
+# String rules run in the parent without a time limit only on answers this short; longer ones (a
+# pathological output can nest \text{} 20,000 deep) go to the workers, whose time limits apply.
+_QUICK_CHARS = 2000
 _MAX_CRASHES = 3
 _STARTUP_TIMEOUT = 120.0  # seconds for a fresh pool to import sympy/math-verify; not item time
 
@@ -21,22 +30,36 @@ _STARTUP_TIMEOUT = 120.0  # seconds for a fresh pool to import sympy/math-verify
 def _warm_up() -> None:
     # The first parse builds math-verify's parser; doing it at worker start keeps it out of deadlines.
     math_verify_equiv("\\frac{1}{2}", "0.5")
+    grade_answer("so the answer is $\\frac{1}{2}$.", "0.5")
 
 
 def _ready() -> bool:
     return True
 
 
-def _verify_chunk(pairs: list[tuple[str, str]], timeout: float, worker_timer: bool) -> list[bool]:
-    """Worker side: math-verify each pair, each under its own SIGALRM limit when ``worker_timer``."""
-    results = []
-    for pred, gold in pairs:
+def _do(job: Job) -> Outcome:
+    if job[0] == "equiv":
+        return job[1], is_equiv(job[1], job[2], timeout=None)
+    return grade_answer(*job[1:])
+
+
+def _work_chunk(jobs: list[Job], timeout: float, worker_timer: bool) -> list[Outcome | None]:
+    """Worker side: each job under its own SIGALRM limit when ``worker_timer``; ``None`` when it failed."""
+    results: list[Outcome | None] = []
+    for job in jobs:
         try:
             with time_limit(timeout if worker_timer else None):
-                results.append(math_verify_equiv(pred, gold))
+                results.append(_do(job))
         except (GradingTimeout, Exception):  # out of time, or a parser bug on odd input: not equal
-            results.append(False)
+            results.append(None)
     return results
+
+
+def _quick_equiv(pred: str | None, gold: str) -> bool | None:
+    """``quick_equiv`` for short answers; ``None`` (decide in a worker) for long ones."""
+    if pred is not None and len(pred) + len(gold) > _QUICK_CHARS:
+        return None
+    return quick_equiv(pred, gold)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -93,33 +116,66 @@ class Grader:
     def is_equiv_many(self, pairs: list[tuple[str | None, str]]) -> list[bool]:
         """``is_equiv`` over ``(pred, gold)`` pairs, in parallel, in input order."""
         results: list[bool] = []
-        todo: list[tuple[int, tuple[str, str]]] = []
+        todo: list[tuple[int, Job]] = []
         for i, (pred, gold) in enumerate(pairs):
-            quick = quick_equiv(pred, gold)
+            quick = _quick_equiv(pred, str(gold))
             results.append(bool(quick))
             if quick is None:
-                todo.append((i, (str(pred), str(gold))))
-        if todo:
-            verdicts = self._run([pair for _, pair in todo])
-            for (i, _), verdict in zip(todo, verdicts, strict=True):
-                results[i] = verdict
+                todo.append((i, ("equiv", str(pred), str(gold))))
+        for (i, _), outcome in zip(todo, self._run([job for _, job in todo]), strict=True):
+            results[i] = outcome is not None and outcome[1]
         return results
 
-    def grade_many(self, items: list[tuple[str, str, str]], box_match: str = "last") -> list[bool]:
-        """``grade`` over ``(text, gold, dataset)`` items, in parallel, in input order."""
-        owners: list[int] = []
-        pairs: list[tuple[str | None, str]] = []
+    def grade_many(
+        self, items: list[tuple[str, str, str]], box_match: str = "last", engine: str = "inferencekit"
+    ) -> list[bool]:
+        """``grade`` over ``(text, gold, dataset)`` items, in parallel, in input order.
+
+        ``engine="math-verify"`` grades with plain math-verify (same workers and time limits).
+        """
+        return [verdict for _, verdict in self.extract_and_grade_many(items, box_match, engine)]
+
+    def extract_and_grade_many(
+        self, items: list[tuple[str, str, str]], box_match: str = "last", engine: str = "inferencekit"
+    ) -> list[tuple[str | None, bool]]:
+        """``(extracted answer, verdict)`` per ``(text, gold, dataset)`` item, in input order.
+
+        Answers settled by a box or ``####`` are compared here when string rules decide (no worker);
+        the rest, and every item under ``engine="math-verify"``, is extracted and graded in the workers.
+        An item that runs out of time is wrong, with the cheaply found answer (or ``None``).
+        """
+        check_engine(engine)
+        results: list[tuple[str | None, bool]] = []
+        jobs: list[Job] = []
+        owners: list[tuple[int, int]] = []  # (item, candidate number) of each job
         for i, (text, gold, dataset) in enumerate(items):
-            if box_match == "any":
-                answers: list[str | None] = list(extract_all_answers(text, dataset)) or [None]
-            else:
-                answers = [extract_answer(text, dataset, box_match)]
-            for answer in answers:
-                owners.append(i)
-                pairs.append((answer, gold))
-        results = [False] * len(items)
-        for i, verdict in zip(owners, self.is_equiv_many(pairs), strict=True):
-            results[i] = results[i] or verdict
+            if engine == "inferencekit":
+                gold = gold_answer(str(gold), dataset)
+                settled, answers = quick_extract(text, dataset, box_match)
+                settled = settled and not needs_letter_search(answers, gold)
+            else:  # plain math-verify reads the gold and extracts the answer itself, in a worker
+                gold, settled, answers = str(gold), False, []
+            results.append((answers[0] if answers else None, False))
+            if not settled:
+                jobs.append(("grade", text, gold, dataset, box_match, engine))
+                owners.append((i, -1))
+                continue
+            for k, answer in enumerate(answers):
+                quick = _quick_equiv(answer, gold)
+                if quick:
+                    results[i] = (results[i][0], True)
+                    break
+                if quick is None:
+                    jobs.append(("equiv", answer, gold))
+                    owners.append((i, k))
+        for (i, k), outcome in zip(owners, self._run(jobs), strict=True):
+            if outcome is None:
+                continue
+            answer, verdict = outcome
+            if k == -1:
+                results[i] = (answer, verdict)
+            elif verdict:
+                results[i] = (results[i][0], True)
         return results
 
     # -- pool management -------------------------------------------------------------------------
@@ -146,8 +202,10 @@ class Grader:
         margin = min(self.timeout, 1.0) if self.worker_timer else 0.0
         return time.monotonic() + self.timeout * n_items + margin
 
-    def _run(self, pairs: list[tuple[str, str]]) -> list[bool]:
-        results = [False] * len(pairs)
+    def _run(self, pairs: list[Job]) -> list[Outcome | None]:
+        results: list[Outcome | None] = [None] * len(pairs)
+        if not pairs:
+            return results
         size = self.chunk_size or max(1, min(_MAX_CHUNK, math.ceil(len(pairs) / (self.workers * 4))))
         queue: deque[list[int]] = deque(
             list(range(start, min(start + size, len(pairs)))) for start in range(0, len(pairs), size)
@@ -159,7 +217,7 @@ class Grader:
             pool = self._ensure_pool()
             while queue and len(in_flight) < self.workers:
                 chunk = queue.popleft()
-                future = pool.submit(_verify_chunk, [pairs[i] for i in chunk], self.timeout, self.worker_timer)
+                future = pool.submit(_work_chunk, [pairs[i] for i in chunk], self.timeout, self.worker_timer)
                 in_flight[future] = (chunk, self._deadline(len(chunk)))
             next_deadline = min(deadline for _, deadline in in_flight.values())
             wait(list(in_flight), timeout=max(0.0, next_deadline - time.monotonic()), return_when=FIRST_COMPLETED)

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from inferencekit.grading import Grader, canonical_form, extract_answer
+from inferencekit.grading import Grader, canonical_form
 from inferencekit.results.metrics import accuracy, pass_at_k, powers_of_two, sum_usage
 from inferencekit.voting import needs_scores, vote, vote_names
 
@@ -21,23 +21,26 @@ def grade_records(
     votes: Sequence[str],
     aggregation: str,
     box_match: str = "last",
+    engine: str = "inferencekit",
 ) -> None:
     """Fill, in place, each candidate's `answer` and `correct`, and each record's `predictions` and `correct`."""
-    grade_candidates(records, grader, style=style, box_match=box_match)
+    grade_candidates(records, grader, style=style, box_match=box_match, engine=engine)
     apply_votes(records, votes, aggregation)
 
 
-def grade_candidates(records: Sequence[dict[str, Any]], grader: Grader, *, style: str, box_match: str = "last") -> None:
-    """Fill each candidate's extracted `answer` and its `correct` flag, grading in the grader's workers."""
-    items = []
+def grade_candidates(
+    records: Sequence[dict[str, Any]], grader: Grader, *, style: str, box_match: str = "last",
+    engine: str = "inferencekit",
+) -> None:
+    """Fill each candidate's extracted `answer` and its `correct` flag, both from the grader's workers.
+
+    `engine`: "inferencekit" (default) or "math-verify" (plain math-verify, the `grader` setting).
+    """
+    items = [(cand["text"], record["reference"], style) for record in records for cand in record["candidates"]]
+    outcomes = iter(grader.extract_and_grade_many(items, box_match=box_match, engine=engine))
     for record in records:
         for cand in record["candidates"]:
-            cand["answer"] = extract_answer(cand["text"], style)
-            items.append((cand["text"], record["reference"], style))
-    flags = iter(grader.grade_many(items, box_match=box_match))
-    for record in records:
-        for cand in record["candidates"]:
-            cand["correct"] = next(flags)
+            cand["answer"], cand["correct"] = next(outcomes)
 
 
 def apply_votes(records: Sequence[dict[str, Any]], votes: Sequence[str], aggregation: str) -> None:
