@@ -6,6 +6,7 @@
 Runs, with the embedded model (SmolLM2-135M, llama.cpp) and `self_certainty` as the reward model, each
 method at 2-3 budgets (N = samples, particles or width; Self-Refine: chains): cot, best_of_n,
 beam_search, dvts, particle_filter, rebase, self_consistency (ESC), deepconf (online) and self_refine,
+and budget_forcing at three thinking budgets (its N column is the budget; `<think>` opened in the prompt),
 plus self_consistency without early stopping (plain majority voting on the same sample stream as ESC:
 sample j has the same seed in both, so ESC's samples are a prefix of it) as the baseline of the savings.
 Every run is a normal run folder (resumable: rerunning skips finished runs); `inferencekit report` over
@@ -40,7 +41,7 @@ PARAMS = 134_515_008  # SmolLM2-135M
 REWARD_VOTES = "majority,weighted,best,borda"
 
 
-def plan(budgets: list[int], tiny: bool) -> list[tuple[str, str, int, dict]]:
+def plan(budgets: list[int], tiny: bool, max_new_tokens: int) -> list[tuple[str, str, int, dict]]:
     """(label, method, budget, settings) of every run."""
     small, big = budgets[0], budgets[-1]
     runs: list[tuple[str, str, int, dict]] = [("cot", "cot", 1, {"temperature": 0.0, "votes": ["majority"]})]
@@ -63,11 +64,15 @@ def plan(budgets: list[int], tiny: bool) -> list[tuple[str, str, int, dict]]:
                                                             "votes": ["majority", "weighted"]}))
     for chains in sorted({1, max(1, small // 2), max(1, big // 4)}):
         runs.append(("self_refine", "self_refine", chains, {"refine_steps": 2}))
+    for fraction in (4, 2, 1):  # accuracy against thinking tokens: N is the thinking budget here
+        budget = max(8, max_new_tokens // fraction)
+        runs.append(("budget_forcing", "budget_forcing", budget, {
+            "n": 1, "thinking_delimiters": ["<think>", "</think>"], "thinking_budget": budget, "wait": 1}))
     return runs
 
 
 MAIN_VOTE = {"cot": "majority", "self_consistency_esc": "majority", "majority": "majority",
-             "deepconf_online": "weighted", "self_refine": "majority"}
+             "deepconf_online": "weighted", "self_refine": "majority", "budget_forcing": "majority"}
 
 
 def main() -> None:
@@ -92,9 +97,9 @@ def main() -> None:
     logging.getLogger("inferencekit").setLevel(logging.WARNING)
 
     results = []
-    for label, method, n, settings in plan(budgets, args.tiny):
+    for label, method, n, settings in plan(budgets, args.tiny, args.max_new_tokens):
         config = RunConfig(**{
-            "dataset": dataset, "limit": args.problems, "method": method, "n": n, "temperature": 0.8,
+            "dataset": dataset, "limit": args.problems, "method": method, "temperature": 0.8, "n": n,
             "max_new_tokens": args.max_new_tokens, "max_steps": 3 if args.tiny else 12, "seed": args.seed,
             "work_dir": args.work_dir, "exp_name": f"frontier-{label}-{n}", "model_args": {"n_threads": args.threads},
             **settings})

@@ -148,6 +148,8 @@ def test_particle_gibbs_keeps_a_reference_particle_between_sweeps():
     seeds = [params.seed for call in gen.calls for p, params in call if p == "<P0>"]
     assert len(roots) == 2 and seeds[0] != seeds[1]  # the second sweep samples afresh (1 free particle)
     assert [params.n for call in gen.calls for p, params in call if p == "<P0>"] == [2, 1]
+    with pytest.raises(UserError, match="--n >= 4"):
+        build("particle_filter", ScriptedGenerator(PF_SCRIPT), PF_TABLE, n=3, pf_iterations=2)[0].search([problem()])
 
 
 # ---- REBASE ----

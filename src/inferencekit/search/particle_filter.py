@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from inferencekit.errors import UserError
 from inferencekit.search.base import Candidate, Problem, register_method
 from inferencekit.search.tree import Node, TreeSearch, node_seed, resample
 
@@ -64,7 +65,10 @@ class ParticleFilter(TreeSearch):
 
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         c = self.config
-        n = max(1, c.n // c.pf_iterations)
+        n = c.n // c.pf_iterations
+        if n < (2 if c.pf_iterations > 1 else 1):
+            raise UserError(f"particle Gibbs needs 2 or more particles per sweep: --n {c.n} is too small for "
+                            f"--pf-iterations {c.pf_iterations} (give --n >= {2 * c.pf_iterations})")
         self.roots(problems)
         rngs = [np.random.default_rng(p.seed) for p in problems]
         refs: list[Node | None] = [None] * len(problems)
