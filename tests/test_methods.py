@@ -101,9 +101,11 @@ PF_SCRIPT = {
     "<P0>a1\n\n": ["b1 \\boxed{1}", "b2 \\boxed{2}"],
     "<P0>a2\n\n": ["c1 \\boxed{3}"],
     "<P0>a3\n\n": ["d1 \\boxed{4}"],
+    "<P1>": ["x1 \\boxed{1}", "x2 \\boxed{2}", "x3 \\boxed{3}", "x4 \\boxed{4}"],  # done in one round
 }
 PF_TABLE = {"a1": 2 / 3, "a2": 0.5, "a3": 0.5, "a4": 0.0, "b1 \\boxed{1}": 2 / 3, "b2 \\boxed{2}": 0.5,
-            "c1 \\boxed{3}": 0.5, "d1 \\boxed{4}": 0.0}
+            "c1 \\boxed{3}": 0.5, "d1 \\boxed{4}": 0.0, "x1 \\boxed{1}": 0.9, "x2 \\boxed{2}": 0.6,
+            "x3 \\boxed{3}": 0.3, "x4 \\boxed{4}": 0.1}
 
 
 def test_particle_filter_resamples_in_proportion_to_the_weights():
@@ -134,7 +136,10 @@ def test_particle_filter_multinomial_draws_are_the_seeded_ones_whatever_the_batc
     second = resample(softmax(log_weights([PF_TABLE[p.split("\n\n")[1]] for p in particles])), 4, rng, "multinomial")
     assert sorted(texts(cands)) == sorted(particles[j] for j in second)
     both, _ = build("particle_filter", ScriptedGenerator(PF_SCRIPT), PF_TABLE)
-    assert texts(both.search([problem(1), problem()])[1]) == texts(cands)
+    other, mine = both.search([problem(1), problem()])
+    assert texts(mine) == texts(cands)
+    alone, _ = build("particle_filter", ScriptedGenerator(PF_SCRIPT), PF_TABLE)
+    assert [c.to_dict() for c in alone.search([problem(1)])[0]] == [c.to_dict() for c in other]  # done in 1 round
 
 
 def test_particle_gibbs_keeps_a_reference_particle_between_sweeps():

@@ -88,7 +88,7 @@ class ParticleFilter(TreeSearch):
         free = [n - (ref is not None) for ref in refs]
         particles: list[list[Node]] = [[Node(i)] * k for i, k in enumerate(free)]
         depth = 0
-        while any(not x.terminal for ps in particles for x in ps):
+        while live := [i for i, ps in enumerate(particles) if any(not x.terminal for x in ps)]:
             depth += 1
             distinct = list({id(x): x for ps in particles for x in ps if not x.terminal}.values())
             counts = [sum(x is y for ps in particles for y in ps) for x in distinct]
@@ -96,8 +96,8 @@ class ParticleFilter(TreeSearch):
                                                           strict=True)}
             particles = [[x if x.terminal else next(grown[id(x)]) for x in ps] for ps in particles]
             self.score(problems, [x for ps in particles for x in ps])
-            for i, ps in enumerate(particles):
-                pool = ps + ([prefix(refs[i], depth)] if refs[i] is not None else [])
+            for i in live:  # a problem whose particles are all finished is done: never resampled again
+                pool = particles[i] + ([prefix(refs[i], depth)] if refs[i] is not None else [])
                 logw = log_weights([x.score for x in pool])
                 probs = tempered(logw, depth / self.config.max_steps) if self.config.pf_tempering else softmax(logw)
                 particles[i] = [pool[j] for j in resample(probs, free[i], rngs[i], self.config.pf_resampling)]
