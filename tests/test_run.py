@@ -179,7 +179,7 @@ def test_local_dataset_file_and_gguf_path(tmp_path):
     [
         (["run", "--model", "gpt-17"], "unknown model 'gpt-17'"),
         (["run", "--dataset", "gsm9k"], "unknown dataset 'gsm9k'; accepted: aime24, amc23, gsm8k"),
-        (["run", "--method", "magic"], "unknown method 'magic'; accepted: beam_search, best_of_n, cot"),
+        (["run", "--method", "magic"], "unknown method 'magic'; accepted: beam_search, best_of_n, budget_forcing, cot"),
         (["run", "--vote", "majority,mode"], "unknown vote 'mode'; accepted: "),
         (["run", "--vote", "weighted"], "need step scores: give --reward-model"),
         (["run", "--n", "many"], "argument --n: invalid int value: 'many'"),

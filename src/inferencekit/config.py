@@ -63,6 +63,25 @@ class RunConfig(BaseModel):
     token_beam_chunk: int = Field(16, ge=1)  # token_beam: re-rank by the reward model every K tokens
     box_match: Literal["last", "first", "any"] = "last"
     grader: Literal["inferencekit", "math-verify"] = "inferencekit"  # math-verify: plain math-verify grading
+    # ---- methods of issue 14: particle_filter, rebase, budget_forcing, self_consistency, deepconf, self_refine ----
+    pf_resampling: Literal["multinomial", "systematic"] = "multinomial"
+    pf_tempering: bool = False  # temper the weights when the effective sample size falls below N/2
+    pf_iterations: int = Field(1, ge=1)  # particle Gibbs sweeps (1: plain particle filtering)
+    rebase_temperature: float = Field(0.2, gt=0)
+    thinking_budget: int | None = Field(None, ge=1)  # budget_forcing: most thinking tokens (default max_new_tokens)
+    min_thinking: int | None = Field(None, ge=1)  # budget_forcing: "Wait" while fewer thinking tokens than this
+    wait: int | None = Field(None, ge=0)  # budget_forcing: most "Wait"s (default: 0, or unlimited with min_thinking)
+    thinking_delimiters: list[str] | None = None  # [open, close], e.g. ["<think>", "</think>"]; model presets set it
+    sc_stop: Literal["esc", "adaptive", "none"] = "esc"
+    esc_window: int = Field(5, ge=1)
+    sc_confidence: float = Field(0.95, gt=0, lt=1)  # adaptive consistency: stop when P(leader stays ahead) > this
+    deepconf_mode: Literal["offline", "online"] = "offline"
+    deepconf_window: int = Field(2048, ge=1)  # tokens per group (sliding window)
+    deepconf_eta: float = Field(90.0, gt=0, le=100)  # keep the top eta% of traces by confidence
+    deepconf_warmup: int = Field(16, ge=1)  # online: traces that set the threshold
+    deepconf_top_k: int = Field(20, ge=1)  # log-probabilities per token that make its confidence
+    deepconf_chunk: int = Field(64, ge=1)  # online: tokens generated between confidence checks
+    refine_steps: int = Field(2, ge=0)  # self_refine: most feedback-and-revise rounds
 
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -117,6 +136,15 @@ class RunConfig(BaseModel):
             ) from None
         if "\x00" not in filled:
             raise ValueError("must contain {input}")
+        return value
+
+    @field_validator("thinking_delimiters", mode="before")
+    @classmethod
+    def _two_delimiters(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if value is not None and (len(value) != 2 or not all(value)):
+            raise ValueError('must be two non-empty strings, open and close, e.g. "<think>,</think>"')
         return value
 
     @field_validator("stop", mode="before")

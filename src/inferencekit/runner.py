@@ -40,7 +40,7 @@ def problem_seed(seed: int, index: int) -> int:
 def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> RunResult:
     """Run `config` to completion in its run folder, resuming what an earlier invocation finished."""
     method_cls = get_method(config.method)
-    check_votes(config.votes, has_scores=config.reward_model is not None)
+    check_votes(config.votes, has_scores=config.reward_model is not None or method_cls.provides_scores)
     if method_cls.needs_reward_model and config.reward_model is None:
         raise UserError(f"method {config.method} needs --reward-model")
     dataset = load_dataset(

@@ -117,3 +117,18 @@ def min_vote(answers, step_scores, aggregation):
 @register_vote("last_vote", needs_scores=True)
 def last_vote(answers, step_scores, aggregation):
     return weighted(answers, step_scores, "last")
+
+
+@register_vote("borda", needs_scores=True)
+def borda(answers, step_scores, aggregation, power: float = 0.5):
+    """Self-certainty Borda voting (Kang et al. 2025, arXiv 2502.18581).
+
+    The N candidates with a score are ranked by it, best first (ties in candidate order); rank r
+    (1-based) gives (N - r + 1) ** power votes (power 0.5) to its answer, summed per equivalent answer.
+    """
+    scores = [aggregate(s, aggregation) for s in step_scores]
+    ranked = sorted((i for i, s in enumerate(scores) if not math.isnan(s)), key=lambda i: -scores[i])
+    votes = [0.0] * len(answers)
+    for r, i in enumerate(ranked, start=1):
+        votes[i] = (len(ranked) - r + 1) ** power
+    return _weighted_groups(answers, votes)

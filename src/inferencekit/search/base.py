@@ -47,6 +47,7 @@ class SearchMethod(ABC):
 
     name: str = "search"
     needs_reward_model: bool = False
+    provides_scores: bool = False  # its candidates carry their own step scores (e.g. deepconf's confidence)
 
     def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
         self.config = config

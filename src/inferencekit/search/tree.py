@@ -22,9 +22,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inferencekit.errors import UserError
+import numpy as np
+
+from inferencekit.errors import UserError, unknown
 from inferencekit.grading.extract import boxed_contents
-from inferencekit.models.base import Generator, SamplingParams, truncate_at_stop
+from inferencekit.models.base import Completion, Generator, SamplingParams, truncate_at_stop
 from inferencekit.search.base import Candidate, Problem, SearchMethod
 from inferencekit.voting import aggregate
 
@@ -324,6 +326,13 @@ class TreeSearch(SearchMethod):
         self._count(nodes, grown)
         return grown
 
+    def expand_each(self, problems: Sequence[Problem], nodes: Sequence[Node], ks: Sequence[int]) -> list[list[Node]]:
+        """`expand` with a width per node (particle filter, REBASE)."""
+        grown = expand_each(self.generator, problems, nodes, ks, self.base_params(),
+                            separator=self.config.step_separator, max_steps=self.config.max_steps)
+        self._count(nodes, grown)
+        return grown
+
     def expand_tokens(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
         grown = expand_tokens(self.generator, problems, nodes, k, self.base_params())
         for node, kids in zip(nodes, grown, strict=True):
@@ -350,3 +359,81 @@ class TreeSearch(SearchMethod):
 
     def to_candidate(self, node: Node, **meta: Any) -> Candidate:
         return to_candidate(node, self.config.step_separator, **meta)
+
+
+# ---- primitives added for particle filtering, REBASE and DeepConf (issue 14) ----
+
+
+def expand_each(
+    generator: Generator,
+    problems: Sequence[Problem],
+    nodes: Sequence[Node],
+    ks: Sequence[int],
+    params: SamplingParams,
+    *,
+    separator: str | None,
+    max_steps: int | None = None,
+) -> list[list[Node]]:
+    """Continue node i `ks[i]` ways (0: not at all): `expand` once per distinct width.
+
+    The nodes must be distinct (a node wanted twice is one node with a larger k): children are told
+    apart by their index, which is their seed.
+    """
+    if len({id(node) for node in nodes}) != len(nodes):
+        raise ValueError("expand_each needs distinct nodes; give a repeated node a larger k instead")
+    out: list[list[Node]] = [[] for _ in nodes]
+    for k in sorted({k for k in ks if k > 0}):
+        picked = [i for i, kk in enumerate(ks) if kk == k]
+        grown = expand(generator, problems, [nodes[i] for i in picked], k, params, separator=separator,
+                       max_steps=max_steps)
+        for i, kids in zip(picked, grown, strict=True):
+            out[i] = kids
+    return out
+
+
+def resample(probs: Sequence[float], n: int, rng: np.random.Generator, how: str = "multinomial") -> list[int]:
+    """`n` indices drawn with replacement in proportion to `probs` (which sum to 1), in ascending order.
+
+    `multinomial`: n independent draws. `systematic`: one uniform u, then the points (j + u) / n on the
+    cumulative weights, so index i is drawn floor(n p_i) or ceil(n p_i) times.
+    """
+    p = np.asarray(probs, dtype=float)
+    cumulative = np.cumsum(p / p.sum())
+    cumulative[-1] = 1.0
+    if how == "systematic":
+        points = (np.arange(n) + rng.uniform()) / n
+    elif how == "multinomial":
+        points = rng.uniform(size=n)
+    else:
+        raise unknown("resampling", how, ("multinomial", "systematic"))
+    return sorted(int(i) for i in np.searchsorted(cumulative, points, side="right"))
+
+
+def expand_chunk(
+    generator: Generator, problems: Sequence[Problem], nodes: Sequence[Node], params: SamplingParams, tokens: int
+) -> list[tuple[Node, Completion] | None]:
+    """Continue each live node by at most `tokens` more tokens (one sample), in ONE generator call.
+
+    The child is terminal when the completion ended (EOS, a stop string) or the path reached
+    `params.max_new_tokens`. A character cut between chunks is dropped and redone by the next chunk.
+    Returns (child, completion) per node, None for a node that was already finished. Asks for what
+    `params` asks (log-probabilities, top-k), so the caller can read each chunk's tokens.
+    """
+    todo = [node for node in nodes if not node.terminal and node.tokens < params.max_new_tokens]
+    per_node = [
+        params.replace(n=1, max_new_tokens=min(tokens, params.max_new_tokens - node.tokens),
+                       seed=node_seed(problems[node.problem].seed, node.path))
+        for node in todo
+    ]
+    outputs = generator.generate([problems[node.problem].prompt + node.text for node in todo], per_node) if todo else []
+    made: dict[int, tuple[Node, Completion]] = {}
+    for node, (c,) in zip(todo, outputs, strict=True):
+        ended = c.finish_reason != "length"
+        text = c.text if ended else c.text.rstrip("\ufffd")
+        child = Node(node.problem, parent=node, step=text, path=node.path + (0,), tokens=node.tokens + c.tokens)
+        capped = child.tokens >= params.max_new_tokens
+        child.terminal = ended or capped
+        child.finish_reason = "stop" if ended else "length"
+        node.children.append(child)
+        made[id(node)] = (child, c)
+    return [made.get(id(node)) for node in nodes]

@@ -1,0 +1,104 @@
+"""Particle filtering (Puri et al. 2025, arXiv 2502.01618) and particle Gibbs over solution steps.
+
+Budget: `n` particles in all; with `pf_iterations` K sweeps of particle Gibbs, N = n // K particles per
+sweep. Each round every unfinished particle extends by one step (`expand`), the reward model scores its
+partial path (`score`, the run's aggregation: `last` reads the newest step's score), and N particles are
+resampled from the N current ones with probabilities softmax(logit(score)), the score clipped to
+[1e-7, 1 - 1e-7] (a NaN counts as the floor); finished particles keep their last weight and can be
+drawn again. A sweep ends when every particle is finished. `pf_resampling`: multinomial or systematic.
+`pf_tempering` (entropic particle filtering): when the effective sample size 1 / sum(p^2) falls below
+N/2 in the first half of the steps (depth / `max_steps` < 1/2), the log-weights are divided by
+T = max(1, (N / ESS) * (1 - depth / max_steps)).
+
+Particle Gibbs: after a sweep, one reference particle is drawn by weight; the next sweep runs N - 1 free
+particles beside it. At round t the reference stands at its depth-t prefix (or its end), is weighed
+with the others and may be drawn by free particles (which then branch off its prefix), and it always
+survives. The candidates are the final particles of every sweep (N per sweep, copies included, so
+votes count a particle's copies), each with its weight and sweep in `meta`. Resampling draws from a
+generator seeded by the problem's seed, sampling seeds come from tree positions (and the sweep), so a
+problem's particles do not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from inferencekit.errors import UserError
+from inferencekit.search.base import Candidate, Problem, register_method
+from inferencekit.search.tree import Node, TreeSearch, node_seed, resample
+
+CLIP = 1e-7
+
+
+def log_weights(scores: list[float]) -> np.ndarray:
+    """logit of each score, clipped to [CLIP, 1 - CLIP]; NaN counts as the floor."""
+    s = np.clip(np.nan_to_num(np.asarray(scores, dtype=float), nan=CLIP), CLIP, 1 - CLIP)
+    return np.log(s / (1 - s))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def tempered(logw: np.ndarray, progress: float) -> np.ndarray:
+    """Resampling probabilities, flattened while the effective sample size is below half (entropic PF)."""
+    p = softmax(logw)
+    ess = 1.0 / float(np.sum(p**2))
+    if ess < len(p) / 2 and progress < 0.5:
+        p = softmax(logw / max(1.0, len(p) / ess * (1 - progress)))
+    return p
+
+
+def prefix(node: Node, depth: int) -> Node:
+    """The node's ancestor at `depth` (the node itself when it is not deeper)."""
+    while node.depth > depth and node.parent is not None:
+        node = node.parent
+    return node
+
+
+@register_method("particle_filter")
+class ParticleFilter(TreeSearch):
+    """Particle filtering: extend N particles a step, weigh by reward, resample; particle Gibbs with sweeps."""
+
+    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        c = self.config
+        n = c.n // c.pf_iterations
+        if n < (2 if c.pf_iterations > 1 else 1):
+            raise UserError(f"particle Gibbs needs 2 or more particles per sweep: --n {c.n} is too small for "
+                            f"--pf-iterations {c.pf_iterations} (give --n >= {2 * c.pf_iterations})")
+        self.roots(problems)
+        rngs = [np.random.default_rng(p.seed) for p in problems]
+        refs: list[Node | None] = [None] * len(problems)
+        out: list[list[Candidate]] = [[] for _ in problems]
+        for sweep in range(c.pf_iterations):
+            seeded = problems if sweep == 0 else [replace(p, seed=node_seed(p.seed, (-1, sweep))) for p in problems]
+            for i, final in enumerate(self.sweep(seeded, n, refs, rngs)):
+                probs = softmax(log_weights([x.score for x in final]))
+                ranked = sorted(range(len(final)), key=lambda j: (-probs[j], final[j].path))
+                out[i] += [self.to_candidate(final[j], weight=round(float(probs[j]), 6), sweep=sweep) for j in ranked]
+                if sweep + 1 < c.pf_iterations:  # particle Gibbs: the next sweep's reference, drawn by weight
+                    refs[i] = final[resample(probs, 1, rngs[i], "multinomial")[0]]
+        return out
+
+    def sweep(self, problems: list[Problem], n: int, refs: list[Node | None], rngs) -> list[list[Node]]:
+        """One particle filtering run per problem (conditional on its reference particle, if any)."""
+        free = [n - (ref is not None) for ref in refs]
+        particles: list[list[Node]] = [[Node(i)] * k for i, k in enumerate(free)]
+        depth = 0
+        while live := [i for i, ps in enumerate(particles) if any(not x.terminal for x in ps)]:
+            depth += 1
+            distinct = list({id(x): x for ps in particles for x in ps if not x.terminal}.values())
+            counts = [sum(x is y for ps in particles for y in ps) for x in distinct]
+            grown = {id(x): iter(kids) for x, kids in zip(distinct, self.expand_each(problems, distinct, counts),
+                                                          strict=True)}
+            particles = [[x if x.terminal else next(grown[id(x)]) for x in ps] for ps in particles]
+            self.score(problems, [x for ps in particles for x in ps])
+            for i in live:  # a problem whose particles are all finished is done: never resampled again
+                pool = particles[i] + ([prefix(refs[i], depth)] if refs[i] is not None else [])
+                logw = log_weights([x.score for x in pool])
+                probs = tempered(logw, depth / self.config.max_steps) if self.config.pf_tempering else softmax(logw)
+                particles[i] = [pool[j] for j in resample(probs, free[i], rngs[i], self.config.pf_resampling)]
+        return [ps + ([ref] if ref is not None else []) for ps, ref in zip(particles, refs, strict=True)]

@@ -1,0 +1,58 @@
+"""REBASE, reward-balanced search (Wu et al. 2024, arXiv 2408.00724), over solution steps.
+
+Budget: width N = `n`, the number of finished solutions it may produce. The root is expanded N ways.
+At each depth the reward model scores the new nodes; each finished node (EOS, a final `\\boxed{}`, the
+token cap, `max_steps`) goes to the pool and uses up one unit of the width. The remaining width W is
+shared among the open nodes of that depth in proportion to exp(score / T) (`rebase_temperature`,
+default 0.2), and each node is expanded by its share. Rounding: every node first gets the floor of its
+exact share W * w_i / sum(w); the units left over go one each to the nodes with the largest fractional
+parts (ties to the better-ranked node), so the widths sum to W exactly. A node whose share rounds to
+zero is dropped. The search ends when the width is used up; the candidates are the pool, best first.
+"""
+
+from __future__ import annotations
+
+import math
+
+from inferencekit.search.base import Candidate, Problem, register_method
+from inferencekit.search.tree import Node, TreeSearch, group, rank
+
+
+def widths(scores: list[float], width: int, temperature: float) -> list[int]:
+    """Split `width` among nodes in proportion to exp(score / T), largest remainders rounding, summing to it."""
+    finite = [s for s in scores if not math.isnan(s)]
+    if not finite:
+        weights = [1.0] * len(scores)
+    else:
+        top = max(finite)
+        weights = [0.0 if math.isnan(s) else math.exp((s - top) / temperature) for s in scores]
+    total = sum(weights)
+    shares = [width * w / total for w in weights]
+    out = [math.floor(x) for x in shares]
+    order = sorted(range(len(scores)), key=lambda i: -(shares[i] - out[i]))  # stable: better-ranked first on ties
+    for i in order[: width - sum(out)]:
+        out[i] += 1
+    return out
+
+
+@register_method("rebase")
+class Rebase(TreeSearch):
+    """REBASE: the width left after finished paths is shared among open nodes by exp(reward / T)."""
+
+    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        width = [self.config.n] * len(problems)
+        pools: list[list[Node]] = [[] for _ in problems]
+        frontier = [kid for kids in self.expand(problems, self.roots(problems), self.config.n) for kid in kids]
+        while frontier:
+            self.score(problems, frontier)
+            nodes, ks = [], []
+            for i, level in enumerate(group(frontier, len(problems))):
+                done = [x for x in level if x.terminal]
+                pools[i] += done
+                width[i] -= len(done)
+                live = rank(x for x in level if not x.terminal)
+                if live and width[i] > 0:
+                    nodes += live
+                    ks += widths([x.score for x in live], width[i], self.config.rebase_temperature)
+            frontier = [kid for kids in self.expand_each(problems, nodes, ks) for kid in kids]
+        return [[self.to_candidate(x) for x in rank(pool)] for pool in pools]

@@ -1,0 +1,24 @@
+"""Helpers shared by the methods that sample whole solutions (self_consistency, deepconf, budget_forcing,
+self_refine): the answer a sample gives, and reward scores for finished candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from inferencekit.grading import canonical_form, extract_answer
+from inferencekit.search.base import Candidate, Problem
+
+
+def answer_key(text: str, dataset: str) -> str | None:
+    """The sample's answer in canonical form (equivalent answers compare equal), None when it has none."""
+    answer = extract_answer(text, dataset)
+    return None if answer is None else canonical_form(answer)
+
+
+def score_if_asked(reward_model: Any, problems: Sequence[Problem], candidates: list[list[Candidate]]) -> None:
+    """With a reward model, fill every candidate's step scores in one call (as best_of_n does)."""
+    if reward_model is not None:
+        from inferencekit.search.sampling import score_candidates
+
+        score_candidates(reward_model, problems, candidates)

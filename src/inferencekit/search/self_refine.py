@@ -1,0 +1,92 @@
+"""Self-Refine: answer, ask the model for feedback, revise (Madaan et al. 2023, arXiv 2303.17651).
+
+Budget: `n` parallel chains per problem (Snell et al. 2024's parallel axis) of at most `refine_steps`
+feedback-and-revise rounds each (the sequential axis). A chain starts with an answer to the problem's
+prompt. Each round the model, shown the whole history (question, every draft and feedback so far, as
+chat turns), gives feedback on its latest draft (FEEDBACK); a chain stops when the feedback says
+"the solution is correct" (case and spacing ignored), else it writes a revision (REFINE). The
+candidates are the chains' last drafts, voted over by `--vote`; `meta` holds the rounds and why the
+chain stopped. The conversation is rebuilt from the question (with `system_prompt` and
+`prompt_template`; worked examples of `--num-shots` only in the first answer's prompt). Tokens count
+drafts and feedback.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from inferencekit.models.base import Message
+from inferencekit.prompts import DEFAULT_TEMPLATE
+from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
+from inferencekit.search.samples import score_if_asked
+from inferencekit.search.tree import node_seed
+
+FEEDBACK = ("Review your solution above step by step and point out any mistake. "
+            "If every step and the final answer are right, say exactly: The solution is correct.")
+REFINE = ("Using this feedback, write an improved solution. Separate the steps with blank lines, and put "
+          "your final answer within \\boxed{}.")
+CORRECT = re.compile(r"\bthe solution is correct\b", re.IGNORECASE)
+
+
+@dataclass
+class Chain:
+    problem: int
+    index: int
+    turns: list[Message] = field(default_factory=list)  # assistant/user turns after the question
+    draft: str = ""  # the latest answer
+    feedbacks: int = 0
+    tokens: int = 0
+    finish_reason: str = "stop"
+    stopped_by: str = "steps"
+
+
+@register_method("self_refine")
+class SelfRefine(SearchMethod):
+    """Self-Refine: draft, self-feedback, revise until the feedback says correct; n chains and a vote."""
+
+    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+        chains = [Chain(i, j) for i in range(len(problems)) for j in range(self.config.n)]
+        self.turn(problems, chains, [problems[ch.problem].prompt for ch in chains], draft=True)
+        live = chains
+        for _ in range(self.config.refine_steps):
+            self.turn(problems, live, [self.render(problems, ch, FEEDBACK) for ch in live], draft=False)
+            for ch in live:
+                if CORRECT.search(ch.turns[-1]["content"]):
+                    ch.stopped_by = "feedback"
+            live = [ch for ch in live if ch.stopped_by != "feedback"]
+            if not live:
+                break
+            self.turn(problems, live, [self.render(problems, ch, REFINE) for ch in live], draft=True)
+        self.generated = [0] * len(problems)
+        cands: list[list[Candidate]] = [[] for _ in problems]
+        for ch in chains:
+            self.generated[ch.problem] += ch.tokens
+            cands[ch.problem].append(Candidate(text=ch.draft, tokens=ch.tokens, finish_reason=ch.finish_reason,
+                                               meta={"feedback_rounds": ch.feedbacks, "stopped_by": ch.stopped_by}))
+        score_if_asked(self.reward_model, problems, cands)
+        return cands
+
+    def render(self, problems: list[Problem], chain: Chain, request: str) -> str:
+        """The chat so far plus a new user turn, rendered with the model's template."""
+        messages: list[Message] = [{"role": "system", "content": self.config.system_prompt}] \
+            if self.config.system_prompt else []
+        question = (self.config.prompt_template or DEFAULT_TEMPLATE).format(input=problems[chain.problem].question)
+        messages.append({"role": "user", "content": question})
+        messages += chain.turns
+        messages.append({"role": "user", "content": request})
+        chain.turns.append({"role": "user", "content": request})
+        return self.generator.chat_prompt(messages)
+
+    def turn(self, problems: list[Problem], chains: list[Chain], prompts: list[str], draft: bool) -> None:
+        """One assistant turn for every chain, in one generator call."""
+        outs = self.generator.generate(prompts, [
+            self.sampling_params(node_seed(problems[ch.problem].seed, (ch.index, len(ch.turns))), n=1)
+            for ch in chains])
+        for ch, (out,) in zip(chains, outs, strict=True):
+            ch.turns.append({"role": "assistant", "content": out.text})
+            ch.tokens += out.tokens
+            if draft:
+                ch.draft, ch.finish_reason = out.text, out.finish_reason
+            else:
+                ch.feedbacks += 1
