@@ -97,11 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-resume", action="store_true", help="start over; earlier results are moved aside")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ev = sub.add_parser("evaluate", help="re-grade and re-vote a finished run, without generating")
+    ev = sub.add_parser("evaluate", help="re-grade and re-vote a finished run, without generating; written to "
+                        "RUN_DIR/evaluations/NAME unless --in-place")
     ev.add_argument("run_dir")
     ev.add_argument("--vote", help="comma-separated votes (default: the run's)")
     ev.add_argument("--aggregation", help="min | last | prod | mean | model (default: the run's)")
     ev.add_argument("--box-match", help="last | any (default: the run's)")
+    ev.add_argument("--name", help="name of the evaluation folder (default: from the changed settings)")
+    ev.add_argument("--in-place", action="store_true",
+                    help="re-grade the run itself: its predictions, config.yaml and metrics.json change together")
 
     cmp = sub.add_parser("compare", help="compare two runs sample by sample (2x2 table, exact McNemar test)")
     cmp.add_argument("run_a")
@@ -165,8 +169,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from inferencekit.results.reevaluate import reevaluate
     from inferencekit.results.summary import print_summary
 
-    metrics = reevaluate(args.run_dir, votes=args.vote, aggregation=args.aggregation, box_match=args.box_match)
-    print_summary(metrics, args.run_dir)
+    # Options beyond these (e.g. a grader choice) pass through as run settings.
+    known = {"command", "run_dir", "vote", "aggregation", "box_match", "name", "in_place"}
+    settings = {k: v for k, v in vars(args).items() if k not in known and v is not None}
+    result = reevaluate(args.run_dir, votes=args.vote, aggregation=args.aggregation, box_match=args.box_match,
+                        name=args.name, in_place=args.in_place, **settings)
+    print_summary(result.metrics, result.path)
+    print(f"{'re-graded in place' if result.name is None else 'evaluation written to'}: {result.path}")
     return 0
 
 

@@ -15,9 +15,12 @@ from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError
 from inferencekit.grading import Grader
 from inferencekit.models import Generator, Usage, load_generator, resolve_model
-from inferencekit.models.base import Timer
+from inferencekit.models.base import GenerationError, Timer
 from inferencekit.prompts import build_messages
+from inferencekit.results.accounting import attach_costs, parameter_counts
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
+from inferencekit.results.health import failed_record, is_failed, search_or_fail
+from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
 
@@ -55,11 +58,13 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
     config.backend = spec.backend
     rm_label = _check_reward_model(config)
     store = RunStore(run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name))
+    provenance = begin_provenance(store.path, config, spec, dataset, resume)  # refuses a changed model/data hash
     _prepare_store(store, config, resume)
+    provenance.write()
 
     with _run_log(store.path / LOG):
         log.info("run %s: %d samples, method %s, model %s", store.path, len(dataset.samples), config.method, spec.path)
-        done = {r["index"] for r in store.records()}
+        done = {r["index"] for r in store.records() if not is_failed(r)}  # failed problems are redone
         todo = [s for s in dataset.samples if s.index not in done]
         if done:
             finished = len(dataset.samples) - len(todo)
@@ -68,6 +73,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
             generator, reward_model = load_generator(spec), None
             try:
                 reward_model = _load_reward_model(config, generator)
+                provenance.loaded(spec, generator, reward_model)
                 method = method_cls(config, generator, reward_model)
                 _generate(method, generator, reward_model, dataset, todo, store, config, show_progress)
             finally:
@@ -77,6 +83,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
         records = _finish_records(store, dataset, config)
         metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)
         store.write_metrics(metrics)
+        provenance.finish(metrics, generated=len(todo))
         log.info("metrics: %s", {v: m["accuracy"] for v, m in metrics["votes"].items()})
     return RunResult(run_dir=store.path, metrics=metrics, generated=len(todo))
 
@@ -149,14 +156,19 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
             ]
             before = _usage_snapshot(generator, reward_model)
             with Timer() as timer:
-                candidates = method.search(problems)
+                candidates = search_or_fail(method.search, problems)  # a GenerationError in a failed problem's place
+            failed = any(isinstance(cs, GenerationError) for cs in candidates)
             # Tree searches count every generated token, pruned branches included; else the candidates' own.
-            generated = getattr(method, "generated", None) or [sum(c.tokens for c in cs) for cs in candidates]
+            generated = (None if failed else getattr(method, "generated", None)) or [
+                0 if isinstance(cs, GenerationError) else sum(c.tokens for c in cs) for cs in candidates
+            ]
             usages = _split_usage(before, _usage_snapshot(generator, reward_model), generated, timer.seconds)
             records = [
                 _record(sample, problem, cands, usage, dataset.style)
                 for sample, problem, cands, usage in zip(batch, problems, candidates, usages, strict=True)
             ]
+            for record in records:
+                attach_costs(record, *parameter_counts(generator, reward_model))  # FLOPs; each candidate's share
             grade_records(
                 records, grader, style=dataset.style, votes=config.votes,
                 aggregation=config.aggregation, box_match=config.box_match,
@@ -166,7 +178,13 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
                 progress.advance(record["correct"].get(config.votes[0], False))
 
 
-def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> dict:
+def _record(
+    sample: Sample, problem: Problem, cands: list[Candidate] | GenerationError, usage: dict[str, Any], style: str
+) -> dict:
+    if isinstance(cands, GenerationError):
+        base = {"index": sample.index, "style": style, "input": sample.input, "reference": sample.reference,
+                "prompt": problem.prompt, "usage": usage}
+        return failed_record(base, cands)
     return {
         "index": sample.index,
         "style": style,

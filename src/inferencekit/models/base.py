@@ -233,6 +233,7 @@ class GeneratorSpec:
     base_url: str | None = None
     api_key: str | None = None
     tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
+    n_params: int | None = None  # parameter count for FLOPs estimates, where the weights cannot say (openai)
     extra: dict = field(default_factory=dict)
 
 

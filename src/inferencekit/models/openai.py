@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from inferencekit.models.base import (
     Completion,
+    GenerationError,
     Generator,
     GeneratorSpec,
     Message,
@@ -101,7 +102,7 @@ class OpenAIGenerator(Generator):
         attempt = 0
         wanted = 1 if params.greedy else params.n
         while len(completions) < wanted:
-            response = self.client.completions.create(
+            response = self._create(
                 model=self.model,
                 prompt=prompt,
                 n=wanted - len(completions),
@@ -124,6 +125,16 @@ class OpenAIGenerator(Generator):
         if params.greedy:
             completions = completions * params.n
         return completions[: params.n], usage
+
+    def _create(self, **request):
+        """One completions request; a failure that outlived the client's retries is a `GenerationError`."""
+        from openai import APIError
+
+        try:
+            return self.client.completions.create(**request)
+        except APIError as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise GenerationError(f"{self.client.base_url}: {type(exc).__name__}: {reason}") from exc
 
     @staticmethod
     def _completion(choice, params: SamplingParams, token_share: int) -> Completion:

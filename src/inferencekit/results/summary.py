@@ -12,12 +12,23 @@ from rich.table import Table
 def print_summary(metrics: dict[str, Any], run_dir: Path | str, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"{run_dir}", title_justify="left")
-    for col in ("vote", "accuracy", "95% CI", "correct / n"):
+    health = metrics.get("health") or {}
+    columns = ["vote", "accuracy", "95% CI", "correct / n", "failed", "truncated", "open <think>", "no answer"]
+    for col in columns:
         table.add_column(col, justify="right" if col != "vote" else "left")
+    rates = [f"{health.get(k, 0.0):.1%}" for k in ("truncated_rate", "unclosed_think_rate", "no_answer_rate")]
     for name, m in metrics["votes"].items():
         lo, hi = m["ci95"]
-        table.add_row(name, f"{m['accuracy']:.1%}", f"[{lo:.1%}, {hi:.1%}]", f"{m['correct']} / {m['n']}")
+        table.add_row(name, f"{m['accuracy']:.1%}", f"[{lo:.1%}, {hi:.1%}]", f"{m['correct']} / {m['n']}",
+                      str(m.get("failed", 0)), *rates)
     console.print(table)
+    if health.get("candidates"):
+        console.print(f"of {health['candidates']} outputs: {health['truncated']} hit the token cap"
+                      f"{' (raise --max-new-tokens)' if health['truncated'] else ''}, {health['unclosed_think']} left "
+                      f"<think> open, {health['no_answer']} gave no answer")
+    if metrics.get("failed"):
+        console.print(f"[bold red]{metrics['failed']} problem(s) failed[/] (not counted in accuracy; their "
+                      "errors are in predictions.jsonl): rerun the same command to retry them")
     for curve, values in metrics.get("curves", {}).items():
         console.print(f"{curve}: " + "  ".join(f"k={k} {v:.1%}" for k, v in values.items()))
     usage = metrics.get("usage", {})
@@ -30,4 +41,6 @@ def print_summary(metrics: dict[str, Any], run_dir: Path | str, console: Console
     line += f"; {seconds:.1f} s generating"
     if usage.get("reward_calls"):
         line += f"; reward model: {usage['reward_calls']:.0f} calls, {usage.get('reward_prompt_tokens', 0):.0f} tokens"
+    if usage.get("flops"):
+        line += f"; {usage['flops']:.3g} FLOPs"
     console.print(line)
