@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Regenerate the built-in `arith` dataset byte for byte: the GPT-3 paper's arithmetic tasks.
+"""Regenerate the built-in `arith` dataset byte for byte: the GPT-3 paper's arithmetic tasks, and an easier rung.
 
 Brown et al. 2020 (section 3.9.1; lm-eval's `arithmetic_2da`, `_2ds`, `_3da`, `_3ds`): add or subtract
 two integers drawn uniformly from [0, 100) (2-digit) or [0, 1000) (3-digit), asked as
-"What is 98 plus 45?". The tasks are interleaved, so any first K problems mix all four.
+"What is 98 plus 45?". Below them, the same with one-digit integers ([0, 10): `1da`, `1ds`), where a
+135M model is right some of the time, so sampling more shows what it buys. The tasks are interleaved,
+so any first K problems mix all six.
 
     python scripts/make_arith.py            # writes src/inferencekit/presets/data/arith/test.jsonl
     python scripts/make_arith.py --check    # exit 1 if the shipped file differs from a fresh one
@@ -18,8 +20,9 @@ import sys
 from pathlib import Path
 
 SEED = 20200528  # the GPT-3 paper's arXiv date
-PER_TASK = 50
-TASKS = (("2da", 100, "plus"), ("2ds", 100, "minus"), ("3da", 1000, "plus"), ("3ds", 1000, "minus"))
+PER_TASK = 40
+TASKS = (("1da", 10, "plus"), ("1ds", 10, "minus"), ("2da", 100, "plus"), ("2ds", 100, "minus"),
+         ("3da", 1000, "plus"), ("3ds", 1000, "minus"))
 OUT = Path(__file__).resolve().parents[1] / "src" / "inferencekit" / "presets" / "data" / "arith" / "test.jsonl"
 
 

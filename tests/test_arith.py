@@ -31,13 +31,13 @@ def test_the_script_regenerates_the_shipped_file_byte_for_byte(tmp_path):
 def test_problems_are_right_and_balanced():
     assert "arith" in dataset_names()
     data = load_dataset("arith")
-    assert data.style == "gsm8k" and len(data.samples) == 200 and data.files
+    assert data.style == "gsm8k" and len(data.samples) == 240 and data.files
     tasks = Counter(s.meta["task"] for s in data.samples)
-    assert tasks == {"2da": 50, "2ds": 50, "3da": 50, "3ds": 50}
-    assert [s.meta["task"] for s in data.samples[:4]] == ["2da", "2ds", "3da", "3ds"]  # interleaved
+    assert tasks == {"1da": 40, "1ds": 40, "2da": 40, "2ds": 40, "3da": 40, "3ds": 40}
+    assert [s.meta["task"] for s in data.samples[:6]] == ["1da", "1ds", "2da", "2ds", "3da", "3ds"]  # interleaved
     for s in data.samples:
         a, op, b = re.fullmatch(r"What is (\d+) (plus|minus) (\d+)\?", s.input).groups()
-        bound = 100 if s.meta["task"].startswith("2") else 1000
+        bound = 10 ** int(s.meta["task"][0])
         assert int(a) < bound and int(b) < bound
         assert int(s.reference) == (int(a) + int(b) if op == "plus" else int(a) - int(b))
     assert load_dataset("arith", limit=20).samples == data.samples[:20]
