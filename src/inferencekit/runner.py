@@ -167,8 +167,9 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
                 _record(sample, problem, cands, usage, dataset.style)
                 for sample, problem, cands, usage in zip(batch, problems, candidates, usages, strict=True)
             ]
+            counts = parameter_counts(generator, reward_model)
             for record in records:
-                attach_costs(record, *parameter_counts(generator, reward_model))  # FLOPs; each candidate's share
+                attach_costs(record, *counts)  # FLOPs, and each candidate's share of the problem's cost
             grade_records(
                 records, grader, style=dataset.style, votes=config.votes,
                 aggregation=config.aggregation, box_match=config.box_match,
