@@ -13,19 +13,24 @@ def print_summary(metrics: dict[str, Any], run_dir: Path | str, console: Console
     console = console or Console()
     table = Table(title=f"{run_dir}", title_justify="left")
     health = metrics.get("health") or {}
-    columns = ["vote", "accuracy", "95% CI", "correct / n", "failed", "truncated", "open <think>", "no answer"]
-    for col in columns:
+    for col in ("vote", "accuracy", "95% CI", "correct / n", "failed"):
         table.add_column(col, justify="right" if col != "vote" else "left")
-    rates = [f"{health.get(k, 0.0):.1%}" for k in ("truncated_rate", "unclosed_think_rate", "no_answer_rate")]
     for name, m in metrics["votes"].items():
         lo, hi = m["ci95"]
         table.add_row(name, f"{m['accuracy']:.1%}", f"[{lo:.1%}, {hi:.1%}]", f"{m['correct']} / {m['n']}",
-                      str(m.get("failed", 0)), *rates)
+                      str(m.get("failed", 0)))
     console.print(table)
-    if health.get("candidates"):
-        console.print(f"of {health['candidates']} outputs: {health['truncated']} hit the token cap"
-                      f"{' (raise --max-new-tokens)' if health['truncated'] else ''}, {health['unclosed_think']} left "
-                      f"<think> open, {health['no_answer']} gave no answer")
+    if health:
+        outputs = Table(title="outputs", title_justify="left")
+        for col in ("outputs", "truncated", "open <think>", "no answer", "failed problems"):
+            outputs.add_column(col, justify="right")
+        outputs.add_row(str(health.get("candidates", 0)), *(
+            f"{health.get(k, 0)} ({health.get(f'{k}_rate', 0.0):.1%})" for k in ("truncated", "unclosed_think",
+                                                                                  "no_answer")
+        ), str(health.get("failed_samples", 0)))
+        console.print(outputs)
+        if health.get("truncated"):
+            console.print("some outputs hit the token cap: raise --max-new-tokens")
     if metrics.get("failed"):
         console.print(f"[bold red]{metrics['failed']} problem(s) failed[/] (not counted in accuracy; their "
                       "errors are in predictions.jsonl): rerun the same command to retry them")
