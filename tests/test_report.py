@@ -72,7 +72,8 @@ def report(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 
 def test_files_and_table(report):
     out, files = report
-    assert {"index.html", "metrics.csv", "accuracy_vs_n.png", "accuracy_vs_tokens.png"} <= set(files)
+    plots = {"accuracy_vs_n.png", "accuracy_vs_tokens.png", "accuracy_vs_flops.png"}
+    assert {"index.html", "metrics.csv", *plots} <= set(files)
     for name in ("accuracy_vs_n.png", "accuracy_vs_tokens.png"):
         data = files[name].read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 2000
@@ -85,7 +86,7 @@ def test_files_and_table(report):
 
     page = files["index.html"].read_text()
     assert page.count('<tr class="m">') == 3 and "[18.8%, 81.2%]" in page  # Wilson interval of 3 / 6
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3  # accuracy vs N, tokens and FLOPs
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)  # nothing outside the page
     # model and dataset text escaped, never markup
     assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -141,12 +141,13 @@ def test_evaluate_regrades_without_generating(greedy_run, tmp_path):
     rows = records(copy)
     rows[0]["candidates"][0]["text"] = f"... so the answer is \\boxed{{{rows[0]['reference']}}}"
     (copy / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = cli("evaluate", str(copy))
+    result = cli("evaluate", str(copy), "--in-place")
     assert result.returncode == 0, result.stderr
     again = records(copy)
     assert again[0]["correct"]["majority"] is True and again[0]["predictions"]["majority"] == rows[0]["reference"]
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["votes"]["majority"]["correct"] == sum(r["correct"]["majority"] for r in again)
+    assert not (copy / "evaluations").exists()
     bad = cli("evaluate", str(copy), "--vote", "weighted")
     assert bad.returncode == 2 and "need step scores" in bad.stderr
 
@@ -159,6 +160,13 @@ def test_tiny_hf_model_through_the_cli(tiny_llama_dir, tmp_path):
     assert path.name == f"{tiny_llama_dir.name}+none+default"
     assert yaml.safe_load((path / "config.yaml").read_text())["backend"] == "hf"
     assert all(r["candidates"][0]["tokens"] <= 6 for r in records(path))
+    # FLOPs use the loaded model's parameter count; its weight files are hashed
+    from transformers import AutoModelForCausalLM
+
+    provenance = json.loads((path / "provenance.json").read_text())
+    assert provenance["model"]["n_params"] == AutoModelForCausalLM.from_pretrained(tiny_llama_dir).num_parameters()
+    assert any(name.endswith(".safetensors") for name in provenance["model"]["files"])
+    assert provenance["invocations"][0]["engine"]["torch_dtype"] == "torch.float32"
 
 
 def test_local_dataset_file_and_gguf_path(tmp_path):
@@ -178,7 +186,7 @@ def test_local_dataset_file_and_gguf_path(tmp_path):
     ("args", "message"),
     [
         (["run", "--model", "gpt-17"], "unknown model 'gpt-17'"),
-        (["run", "--dataset", "gsm9k"], "unknown dataset 'gsm9k'; accepted: aime24, amc23, gsm8k"),
+        (["run", "--dataset", "gsm9k"], "unknown dataset 'gsm9k'; accepted: aime24, amc23, arith, gsm8k"),
         (["run", "--method", "magic"], "unknown method 'magic'; accepted: beam_search, best_of_n, budget_forcing, cot"),
         (["run", "--vote", "majority,mode"], "unknown vote 'mode'; accepted: "),
         (["run", "--vote", "weighted"], "need step scores: give --reward-model"),
@@ -245,14 +253,20 @@ def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
     # Re-voting the stored step scores with the same settings reproduces the live votes exactly ...
     same = cli("evaluate", str(path), "--vote", votes, "--aggregation", "min")
     assert same.returncode == 0, same.stderr
-    assert [r["predictions"] for r in records(path)] == [r["predictions"] for r in live]
-    # ... and another aggregation changes only what depends on it.
+    assert [r["predictions"] for r in records(path / "evaluations" / "regrade")] == [r["predictions"] for r in live]
+    # ... and another aggregation changes only what depends on it, in an evaluation of its own: the run's
+    # config.yaml and metrics.json keep agreeing with each other.
+    run_files = {n: (path / n).read_bytes() for n in ("config.yaml", "metrics.json", "predictions.jsonl")}
     other = cli("evaluate", str(path), "--vote", "majority,min_vote,last_vote,weighted", "--aggregation", "last")
     assert other.returncode == 0, other.stderr
-    for before, after in zip(live, records(path), strict=True):
+    evaluation = path / "evaluations" / "aggregation=last,votes=majority+min_vote+last_vote+weighted"
+    for before, after in zip(live, records(evaluation), strict=True):
         for name in ("majority", "min_vote", "last_vote"):
             assert after["predictions"][name] == before["predictions"][name]
-    assert json.loads((path / "metrics.json").read_text())["aggregation"] == "last"
+    assert json.loads((evaluation / "metrics.json").read_text())["aggregation"] == "last"
+    assert {n: (path / n).read_bytes() for n in run_files} == run_files
+    assert json.loads((path / "metrics.json").read_text())["aggregation"] == "min"
+    assert yaml.safe_load((path / "config.yaml").read_text())["aggregation"] == "min"
 
 
 def test_reward_model_args_reach_the_reward_model(tmp_path):

@@ -128,12 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-address", help="--executor ray: cluster address (default $RAY_ADDRESS, else a local one)")
     g.add_argument("--ray-num-gpus", type=float, help="--executor ray: GPUs per actor (default 0)")
 
-    ev = sub.add_parser("evaluate", help="re-grade and re-vote a finished run, without generating")
+    ev = sub.add_parser("evaluate", help="re-grade and re-vote a finished run, without generating; written to "
+                        "RUN_DIR/evaluations/NAME unless --in-place")
     ev.add_argument("run_dir")
     ev.add_argument("--vote", help="comma-separated votes (default: the run's)")
     ev.add_argument("--aggregation", help="min | last | prod | mean | model (default: the run's)")
     ev.add_argument("--box-match", help="last | first | any (default: the run's)")
     ev.add_argument("--grader", help="inferencekit | math-verify (default: the run's); also lists where the two differ")
+    ev.add_argument("--name", help="name of the evaluation folder (default: from the changed settings)")
+    ev.add_argument("--in-place", action="store_true",
+                    help="re-grade the run itself: its predictions, config.yaml and metrics.json change together")
 
     cmp = sub.add_parser("compare", help="compare two runs sample by sample (2x2 table, exact McNemar test)")
     cmp.add_argument("run_a")
@@ -203,10 +207,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from inferencekit.results.reevaluate import reevaluate
     from inferencekit.results.summary import print_summary
 
-    metrics = reevaluate(
-        args.run_dir, votes=args.vote, aggregation=args.aggregation, box_match=args.box_match, grader=args.grader
-    )
-    print_summary(metrics, args.run_dir)
+    # Options beyond these (e.g. a grader choice) pass through as run settings.
+    known = {"command", "run_dir", "vote", "aggregation", "box_match", "name", "in_place"}
+    settings = {k: v for k, v in vars(args).items() if k not in known and v is not None}
+    result = reevaluate(args.run_dir, votes=args.vote, aggregation=args.aggregation, box_match=args.box_match,
+                        name=args.name, in_place=args.in_place, **settings)
+    print_summary(result.metrics, result.path)
+    print(f"{'re-graded in place' if result.name is None else 'evaluation written to'}: {result.path}")
     if args.grader is not None:
         from inferencekit.grading.disagreements import report_disagreements
 

@@ -17,7 +17,10 @@ from inferencekit.grading import Grader
 from inferencekit.models import Generator, Usage, executor_args, load_generator, resolve_model
 from inferencekit.models.base import GenerationError, Timer
 from inferencekit.prompts import build_messages
+from inferencekit.results.accounting import attach_costs, parameter_counts
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
+from inferencekit.results.health import failed_record, is_failed, search_or_fail
+from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
@@ -58,11 +61,13 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
     rm_label = _check_reward_model(config)
     run_dir = run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name)
     store = RunStore(shard_dir(run_dir, config.shard))  # scale-out: <run>/shard-I-of-K/ for a shard
+    provenance = begin_provenance(store.path, config, spec, dataset, resume)  # refuses a changed model/data hash
     _prepare_store(store, config, resume)
+    provenance.write()
 
     with _run_log(store.path / LOG):
         log.info("run %s: %d samples, method %s, model %s", store.path, len(dataset.samples), config.method, spec.path)
-        done = {r["index"] for r in store.records() if not r.get("failed")}  # failed ones are redone
+        done = {r["index"] for r in store.records() if not is_failed(r)}  # failed problems are redone
         todo = [s for s in dataset.samples if s.index not in done]
         if done:
             finished = len(dataset.samples) - len(todo)
@@ -71,6 +76,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
             generator, reward_model = load_generator(spec, **executor_args(config)), None
             try:
                 reward_model = _load_reward_model(config, generator)
+                provenance.loaded(spec, generator, reward_model)
                 method = method_cls(config, generator, reward_model)
                 _generate(method, generator, reward_model, dataset, todo, store, config, show_progress)
             finally:
@@ -79,11 +85,10 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
                 generator.close()
         records = _finish_records(store, dataset, config)
         metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)
-        failed = _failed_count(store, dataset)
-        if failed:
-            metrics["failed"] = failed
+        if failed := metrics["failed"]:
             log.warning("%d problem(s) failed (generation errors); rerun the same command to retry them", failed)
         store.write_metrics(metrics)
+        provenance.finish(metrics, generated=len(todo))
         log.info("metrics: %s", {v: m["accuracy"] for v, m in metrics["votes"].items()})
     return RunResult(run_dir=store.path, metrics=metrics, generated=len(todo))
 
@@ -155,22 +160,21 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
                 for s in batch
             ]
             before = _usage_snapshot(generator, reward_model)
-            try:
-                with Timer() as timer:
-                    candidates = method.search(problems)
-            except GenerationError as exc:  # interim failure records (the trust branch's version supersedes this)
-                for sample, problem in zip(batch, problems, strict=True):
-                    error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    store.append({**_record(sample, problem, [], {}, dataset.style), "failed": True, "error": error})
-                    progress.advance(False)
-                continue
+            with Timer() as timer:
+                candidates = search_or_fail(method.search, problems)  # a GenerationError in a failed problem's place
+            failed = any(isinstance(cs, GenerationError) for cs in candidates)
             # Tree searches count every generated token, pruned branches included; else the candidates' own.
-            generated = getattr(method, "generated", None) or [sum(c.tokens for c in cs) for cs in candidates]
+            generated = (None if failed else getattr(method, "generated", None)) or [
+                0 if isinstance(cs, GenerationError) else sum(c.tokens for c in cs) for cs in candidates
+            ]
             usages = _split_usage(before, _usage_snapshot(generator, reward_model), generated, timer.seconds)
             records = [
                 _record(sample, problem, cands, usage, dataset.style)
                 for sample, problem, cands, usage in zip(batch, problems, candidates, usages, strict=True)
             ]
+            counts = parameter_counts(generator, reward_model)
+            for record in records:
+                attach_costs(record, *counts)  # FLOPs, and each candidate's share of the problem's cost
             grade_records(
                 records, grader, style=dataset.style, votes=config.votes,
                 aggregation=config.aggregation, box_match=config.box_match, engine=config.grader,
@@ -180,7 +184,13 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
                 progress.advance(record["correct"].get(config.votes[0], False))
 
 
-def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> dict:
+def _record(
+    sample: Sample, problem: Problem, cands: list[Candidate] | GenerationError, usage: dict[str, Any], style: str
+) -> dict:
+    if isinstance(cands, GenerationError):
+        base = {"index": sample.index, "style": style, "input": sample.input, "reference": sample.reference,
+                "prompt": problem.prompt, "usage": usage}
+        return failed_record(base, cands)
     return {
         "index": sample.index,
         "style": style,
@@ -222,15 +232,10 @@ def _split_usage(before, after, generated: list[int], seconds: float) -> list[di
 def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> list[dict[str, Any]]:
     """The run's records for the current sample set, re-voted where the vote list changed since."""
     wanted = {s.index for s in dataset.samples}
-    records = [r for r in store.records() if r["index"] in wanted and not r.get("failed")]
+    records = [r for r in store.records() if r["index"] in wanted]
     stale = [r for r in records if set(config.votes) - set(r.get("correct", {}))]
     apply_votes(stale, config.votes, config.aggregation)
     return records
-
-
-def _failed_count(store: RunStore, dataset: Dataset) -> int:
-    wanted = {s.index for s in dataset.samples}
-    return sum(1 for r in store.records() if r["index"] in wanted and r.get("failed"))
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:

@@ -41,6 +41,8 @@ class Dataset:
     samples: list[Sample]
     style: str = "math"  # answer style for grading: "math" or "gsm8k"
     shots: list[Sample] = field(default_factory=list)  # worked examples for k-shot prompts
+    files: list[Path] = field(default_factory=list)  # the local files read (hashed in a run's provenance)
+    hub: dict[str, Any] | None = None  # where on the hub it came from, when it did
 
 
 DatasetLoader = Callable[..., Dataset]
@@ -99,7 +101,7 @@ def load_dataset(
         style = "gsm8k" if rows and "####" in str(rows[0].get(reference_field or "answer", "")) else "math"
         parser = gsm8k_reference if style == "gsm8k" else None
         samples = _to_samples(rows, input_field, reference_field, parser, str(path))
-        dataset = Dataset(name=dataset_label(name_or_path), samples=samples, style=style)
+        dataset = Dataset(name=dataset_label(name_or_path), samples=samples, style=style, files=[path])
     else:
         raise UserError(
             f"unknown dataset {name_or_path!r}; accepted: {', '.join(dataset_names())}, "
@@ -116,16 +118,21 @@ def load_dataset(
 def _from_preset(name, preset, data_dir, split, input_field, reference_field, num_shots) -> Dataset:
     parser = _REFERENCE_PARSERS.get(preset.get("reference_parser", ""))
     fields = (input_field or preset.get("input_field"), reference_field or preset.get("reference_field"))
-    rows = _preset_rows(name, preset, data_dir, split)
+    rows, source = _preset_rows(name, preset, data_dir, split)
     samples = _to_samples(rows, *fields, parser, name)
+    sources = [source]
     shots: list[Sample] = []
     if num_shots and preset.get("shots_split"):
-        shot_rows = _preset_rows(name, preset, data_dir, preset["shots_split"])[:num_shots]
-        shots = _to_samples(shot_rows, *fields, parser, name)
-    return Dataset(name=name, samples=samples, style=preset.get("style", "math"), shots=shots)
+        shot_rows, shot_source = _preset_rows(name, preset, data_dir, preset["shots_split"])
+        shots = _to_samples(shot_rows[:num_shots], *fields, parser, name)
+        sources.append(shot_source)
+    files = [s for s in sources if isinstance(s, Path)]
+    hub = next((s for s in sources if isinstance(s, dict)), None)
+    return Dataset(name=name, samples=samples, style=preset.get("style", "math"), shots=shots, files=files, hub=hub)
 
 
-def _preset_rows(name: str, preset: dict, data_dir: str | None, split: str) -> list[dict]:
+def _preset_rows(name: str, preset: dict, data_dir: str | None, split: str) -> tuple[list[dict], Path | dict]:
+    """A preset's rows of one split, and where they came from (a file, or the hub's id and fingerprint)."""
     if preset.get("package_data"):  # shipped inside the package: needs no data folder
         data_dir, name = str(Path(__file__).parent.parent / "presets" / "data"), preset["package_data"]
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
@@ -133,7 +140,7 @@ def _preset_rows(name: str, preset: dict, data_dir: str | None, split: str) -> l
         folder = Path(data_dir).expanduser() / name
         for suffix in TABLE_SUFFIXES:
             if (folder / f"{split}{suffix}").is_file():
-                return read_table(folder / f"{split}{suffix}")
+                return read_table(folder / f"{split}{suffix}"), folder / f"{split}{suffix}"
         raise UserError(f"dataset {name}: no {split}.jsonl/.json/.csv/.parquet in {folder}")
     hub = preset.get("hub")
     if not hub:
@@ -141,7 +148,7 @@ def _preset_rows(name: str, preset: dict, data_dir: str | None, split: str) -> l
     return _hub_rows(name, hub, split)
 
 
-def _hub_rows(name: str, hub: dict, split: str) -> list[dict]:
+def _hub_rows(name: str, hub: dict, split: str) -> tuple[list[dict], dict]:
     import datasets as hf_datasets
 
     hub_split = hub.get("split", split) if split == "test" else split
@@ -153,7 +160,9 @@ def _hub_rows(name: str, hub: dict, split: str) -> list[dict]:
             f"dataset {name}: could not load {hub['path']} from the hub ({first}); "
             f"offline, give --data-dir DIR or set {DATA_DIR_ENV}"
         ) from None
-    return [dict(row) for row in table]
+    source = {"path": hub["path"], "name": hub.get("name"), "split": hub_split,
+              "fingerprint": getattr(table, "_fingerprint", None)}
+    return [dict(row) for row in table], source
 
 
 def read_table(path: Path) -> list[dict]:

@@ -241,6 +241,7 @@ class GeneratorSpec:
     # llama-cpp-python's server (its default 1.1 changes even greedy output; vLLM's default is 1.0)
     extra_body: dict = field(default_factory=dict)
     tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
+    n_params: int | None = None  # parameter count for FLOPs estimates, where the weights cannot say (openai)
     extra: dict = field(default_factory=dict)
 
 

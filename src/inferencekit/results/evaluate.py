@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from inferencekit.grading import Grader, canonical_form
+from inferencekit.results.accounting import compute_summary
+from inferencekit.results.health import health, is_failed, unclosed_think
 from inferencekit.results.metrics import accuracy, pass_at_k, powers_of_two, sum_usage
 from inferencekit.voting import needs_scores, vote, vote_names
 
@@ -32,7 +34,7 @@ def grade_candidates(
     records: Sequence[dict[str, Any]], grader: Grader, *, style: str, box_match: str = "last",
     engine: str = "inferencekit",
 ) -> None:
-    """Fill each candidate's extracted `answer` and its `correct` flag, both from the grader's workers.
+    """Fill each candidate's extracted `answer`, `unclosed_think` and `correct`, all from the grader's workers.
 
     `engine`: "inferencekit" (default) or "math-verify" (plain math-verify, the `grader` setting).
     """
@@ -41,11 +43,14 @@ def grade_candidates(
     for record in records:
         for cand in record["candidates"]:
             cand["answer"], cand["correct"] = next(outcomes)
+            cand["unclosed_think"] = unclosed_think(cand["text"])
 
 
 def apply_votes(records: Sequence[dict[str, Any]], votes: Sequence[str], aggregation: str) -> None:
-    """Fill each record's `predictions` and `correct` per vote from its graded candidates."""
+    """Fill each record's `predictions` and `correct` per vote from its graded candidates (failed ones: none)."""
     for record in records:
+        if is_failed(record):
+            continue
         cands = record["candidates"]
         answers = [c["answer"] for c in cands]
         scores = [c.get("step_scores") for c in cands]
@@ -65,16 +70,21 @@ def _same(a: str | None, b: str | None) -> bool:
 def compute_metrics(
     records: Sequence[dict[str, Any]], votes: Sequence[str], aggregation: str, seed: int = 0
 ) -> dict[str, Any]:
-    """Per-vote accuracy with 95% interval, scaling curves for k = 1, 2, 4, ... <= N, usage totals."""
-    metrics: dict[str, Any] = {"n_samples": len(records), "aggregation": aggregation, "votes": {}}
+    """Per-vote accuracy with 95% interval over the problems that ran (failed ones counted beside it),
+    scaling curves for k = 1, 2, 4, ... <= N, truncation and failure counts, usage and compute totals."""
+    ran = [r for r in records if not is_failed(r)]
+    failed = len(records) - len(ran)
+    metrics: dict[str, Any] = {"n_samples": len(ran), "failed": failed, "aggregation": aggregation, "votes": {}}
     for name in votes:
-        metrics["votes"][name] = accuracy([bool(r["correct"].get(name)) for r in records])
-    n_min = min((len(r["candidates"]) for r in records), default=0)
+        metrics["votes"][name] = {**accuracy([bool(r["correct"].get(name)) for r in ran]), "failed": failed}
+    n_min = min((len(r["candidates"]) for r in ran), default=0)
     if n_min > 1:
-        metrics["curves"] = scaling_curves(records, n_min, aggregation, seed)
-    metrics["usage"] = sum_usage(records)
-    n = len(records) or 1
+        metrics["curves"] = scaling_curves(ran, n_min, aggregation, seed)
+    metrics["health"] = health(records)
+    metrics["usage"] = sum_usage(records)  # failed problems' work was spent too
+    n = len(ran) or 1
     metrics["usage"]["completion_tokens_per_sample"] = round(metrics["usage"].get("completion_tokens", 0) / n, 2)
+    metrics["compute"] = compute_summary(metrics["usage"], len(ran))
     return metrics
 
 

@@ -21,8 +21,11 @@ from inferencekit.errors import UserError
 from inferencekit.results.evaluate import compute_metrics
 from inferencekit.results.store import RunStore, write_atomic
 
-COLUMNS = ("run", "vote", "accuracy", "ci95_low", "ci95_high", "correct", "n", "samples_per_problem",
-           "tokens_per_problem", "seconds", "reward_calls")
+COLUMNS = ("run", "vote", "accuracy", "ci95_low", "ci95_high", "correct", "n", "failed", "samples_per_problem",
+           "tokens_per_problem", "flops_per_problem", "seconds", "reward_calls", "truncation_rate",
+           "unclosed_think_rate", "no_answer_rate")
+PLOTS = (("accuracy_vs_n", "N (samples per problem)"), ("accuracy_vs_tokens", "generated tokens per problem"),
+         ("accuracy_vs_flops", "FLOPs per problem (generator + reward model)"))
 
 
 @dataclass
@@ -43,6 +46,20 @@ class Run:
         return float(usage.get("completion_tokens_per_sample") or usage.get("completion_tokens", 0) / max(
             1, len(self.records)))
 
+    @property
+    def flops_per_problem(self) -> float:
+        """Estimated FLOPs per problem that ran; 0 when the parameter count was unknown."""
+        ran = self.metrics.get("n_samples") or len([r for r in self.records if not r.get("failed")])
+        return float(self.metrics.get("usage", {}).get("flops", 0.0)) / max(1, ran)
+
+    def x_scale(self, axis: str) -> float:
+        """What one sample per problem costs on a plot's x axis (1 on the N axis)."""
+        if axis == "accuracy_vs_tokens":
+            return self.tokens_per_problem / self.n
+        if axis == "accuracy_vs_flops":
+            return self.flops_per_problem / self.n
+        return 1.0
+
 
 def load_run(path: str | Path, label: str) -> Run:
     """One run folder; metrics are recomputed from the predictions when metrics.json is missing."""
@@ -56,9 +73,28 @@ def load_run(path: str | Path, label: str) -> Run:
     return Run(label, store.path, config, metrics, records)
 
 
+def with_evaluations(paths: list[Path]) -> list[Path]:
+    """Each run folder followed by its named evaluations (`RUN/evaluations/<name>`), each folder once."""
+    from inferencekit.results.reevaluate import evaluation_dirs
+
+    out: list[Path] = []
+    for path in paths:
+        for p in (path, *evaluation_dirs(path)):
+            if p.resolve() not in {q.resolve() for q in out}:
+                out.append(p)
+    return out
+
+
+def _label(path: Path) -> str:
+    p = path.resolve()
+    if p.parent.name == "evaluations":  # a named evaluation of a run
+        return f"{p.parents[2].name}/{p.parents[1].name} [evaluation {p.name}]"
+    return f"{p.parent.name}/{p.name}"
+
+
 def _labels(paths: list[Path]) -> list[str]:
-    """Short unique names: `<dataset>/<run folder>`, numbered when two agree."""
-    labels = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    """Short unique names: `<dataset>/<run folder>` (an evaluation's name beside), numbered when two agree."""
+    labels = [_label(p) for p in paths]
     return [f"{lab} ({i + 1})" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
 
 
@@ -67,12 +103,17 @@ def table_rows(runs: list[Run]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         usage = run.metrics.get("usage", {})
+        health = run.metrics.get("health", {})
         for vote, m in run.metrics.get("votes", {}).items():
             rows.append({
                 "run": run.label, "vote": vote, "accuracy": m["accuracy"], "ci95_low": m["ci95"][0],
-                "ci95_high": m["ci95"][1], "correct": m["correct"], "n": m["n"], "samples_per_problem": run.n,
-                "tokens_per_problem": round(run.tokens_per_problem, 2), "seconds": usage.get("seconds", 0.0),
-                "reward_calls": round(usage.get("reward_calls", 0), 2),
+                "ci95_high": m["ci95"][1], "correct": m["correct"], "n": m["n"],
+                "failed": m.get("failed", run.metrics.get("failed", 0)), "samples_per_problem": run.n,
+                "tokens_per_problem": round(run.tokens_per_problem, 2), "flops_per_problem": run.flops_per_problem,
+                "seconds": usage.get("seconds", 0.0), "reward_calls": round(usage.get("reward_calls", 0), 2),
+                "truncation_rate": health.get("truncated_rate", 0.0),
+                "unclosed_think_rate": health.get("unclosed_think_rate", 0.0),
+                "no_answer_rate": health.get("no_answer_rate", 0.0),
             })
     return rows
 
@@ -84,20 +125,21 @@ def _png(fig) -> bytes:
 
 
 def plot_accuracy(runs: list[Run]) -> dict[str, bytes]:
-    """PNG bytes of accuracy vs N (the scaling curves; runs without curves as one point at their N) and vs tokens."""
+    """PNG bytes of accuracy vs N (the scaling curves; runs without curves as one point at their N), vs generated
+    tokens and vs FLOPs per problem (the k-sample point of a curve costs k / N of the run's per-problem cost)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = {}
-    for name, xlabel in (("accuracy_vs_n", "N (samples per problem)"), ("accuracy_vs_tokens", "tokens per problem")):
+    for name, xlabel in PLOTS:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for i, run in enumerate(runs):
-            if name == "accuracy_vs_tokens" and run.tokens_per_problem <= 0:
-                continue  # no token counts: nothing to place on a log axis
+            scale = run.x_scale(name)
+            if scale <= 0:
+                continue  # no token counts or no parameter count: nothing to place on a log axis
             color = f"C{i % 10}"
-            scale = run.tokens_per_problem / run.n if name == "accuracy_vs_tokens" else 1.0
             curves = run.metrics.get("curves") or {}
             for style, (curve, values) in zip(("-o", "--s", ":^"), curves.items(), strict=False):
                 ks = sorted(values, key=int)
@@ -109,7 +151,7 @@ def plot_accuracy(runs: list[Run]) -> dict[str, bytes]:
                     x = run.n * scale
                     ax.errorbar([x], [m["accuracy"]], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]], fmt="o",
                                 color=color, capsize=3, label=f"{run.label} {vote}")
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("log", base=2 if name == "accuracy_vs_n" else 10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
@@ -162,6 +204,10 @@ def _scores(scores: Any) -> str:
 def _sample_html(run: Run, record: dict[str, Any], open_: bool = False) -> str:
     correct = record.get("correct") or {}
     first_ok = next(iter(correct.values()), False)
+    if record.get("failed"):
+        return (f'<details class="s" data-ok="0"><summary>{E(run.label)} #{record["index"]} '
+                f'<span class="no">failed</span> <span class="muted">{E(str(record.get("error", "")))}</span>'
+                f"</summary><pre>{E(str(record.get('input', '')))}</pre></details>")
     predictions = (record.get("predictions") or {}).items()
     votes = " ".join(f"{E(v)}: {E(str(a))} {_mark(correct.get(v))}" for v, a in predictions)
     parts = [
@@ -175,7 +221,9 @@ def _sample_html(run: Run, record: dict[str, Any], open_: bool = False) -> str:
     for j, cand in enumerate(record.get("candidates", [])):
         parts.append(
             f'<div class="cand"><b>candidate {j + 1}</b> answer {E(str(cand.get("answer")))} '
-            f"{_mark(cand.get('correct'))} · {cand.get('tokens', '?')} tokens · step scores "
+            f"{_mark(cand.get('correct'))} · {cand.get('tokens', '?')} tokens · ended by "
+            f"{E(str(cand.get('finish_reason', '?')))}{' · &lt;think&gt; left open' * bool(cand.get('unclosed_think'))}"
+            f" · step scores "
             f"{E(_scores(cand.get('step_scores')))}<pre>{E(str(cand.get('text', '')))}</pre></div>"
         )
     parts.append("</details>")
@@ -184,13 +232,16 @@ def _sample_html(run: Run, record: dict[str, Any], open_: bool = False) -> str:
 
 def render_html(runs: list[Run], rows: list[dict[str, Any]], plots: dict[str, bytes], max_samples: int) -> str:
     """The report page; `max_samples` bounds the samples listed per run."""
-    head = "".join(f"<th>{E(c)}</th>" for c in ("run", "vote", "accuracy", "95% CI", "correct / n", "N",
-                                                 "tokens / problem", "seconds", "reward calls"))
+    head = "".join(f"<th>{E(c)}</th>" for c in ("run", "vote", "accuracy", "95% CI", "correct / n", "failed", "N",
+                                                 "tokens / problem", "FLOPs / problem", "seconds", "reward calls",
+                                                 "truncated", "open <think>", "no answer"))
     body = "\n".join(
         f'<tr class="m"><td class="l">{E(r["run"])}</td><td class="l">{E(r["vote"])}</td>'
         f"<td>{r['accuracy']:.1%}</td><td>[{r['ci95_low']:.1%}, {r['ci95_high']:.1%}]</td>"
-        f"<td>{r['correct']} / {r['n']}</td><td>{r['samples_per_problem']}</td><td>{r['tokens_per_problem']:.1f}</td>"
-        f"<td>{r['seconds']:.1f}</td><td>{r['reward_calls']:.3g}</td></tr>"
+        f"<td>{r['correct']} / {r['n']}</td><td>{r['failed']}</td><td>{r['samples_per_problem']}</td>"
+        f"<td>{r['tokens_per_problem']:.1f}</td><td>{r['flops_per_problem']:.3g}</td>"
+        f"<td>{r['seconds']:.1f}</td><td>{r['reward_calls']:.3g}</td><td>{r['truncation_rate']:.1%}</td>"
+        f"<td>{r['unclosed_think_rate']:.1%}</td><td>{r['no_answer_rate']:.1%}</td></tr>"
         for r in rows
     )
     imgs = "".join(
@@ -217,7 +268,7 @@ def render_html(runs: list[Run], rows: list[dict[str, Any]], plots: dict[str, by
 <h2>Metrics</h2><table id="metrics"><thead><tr>{head}</tr></thead><tbody>
 {body}
 </tbody></table>
-<h2>Accuracy vs N and vs tokens</h2><p>{imgs}</p>
+<h2>Accuracy vs N, tokens and FLOPs</h2><p>{imgs}</p>
 <h2>Samples</h2>
 <div id="filter"><input id="q" placeholder="filter text"> <label><input type="checkbox" id="wrong">
 only samples the first vote got wrong</label></div>
@@ -231,7 +282,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, max_samples: int =
     """Write metrics.csv, the PNG plots and index.html into `out`; return the written files by name."""
     if not run_dirs:
         raise UserError("give at least one run folder")
-    paths = [Path(p) for p in run_dirs]
+    paths = with_evaluations([Path(p) for p in run_dirs])
     runs = [load_run(p, label) for p, label in zip(paths, _labels(paths), strict=True)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

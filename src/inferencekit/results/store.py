@@ -22,6 +22,8 @@ CONFIG = "config.yaml"
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 LOG = "run.log"
+PROVENANCE = "provenance.json"
+EVALUATIONS = "evaluations"
 
 
 def run_dir_for(work_dir: str | Path, dataset: str, model: str, reward_model: str | None, exp_name: str) -> Path:
@@ -42,6 +44,21 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_together(folder: Path, files: dict[str, str]) -> None:
+    """Write several files of one folder so that they change together: all temporary files are written
+    and synced first, then renamed into place one right after another."""
+    tmps = []
+    for name, text in files.items():
+        tmp = folder / f".{name}.tmp"
+        with tmp.open("wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        tmps.append((tmp, folder / name))
+    for tmp, path in tmps:
+        os.replace(tmp, path)
 
 
 class RunStore:
@@ -118,8 +135,9 @@ class RunStore:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def set_aside(self) -> Path | None:
-        """Move old predictions and metrics aside (for --no-resume); returns the backup folder."""
-        old = [self.path / n for n in (PREDICTIONS, METRICS) if (self.path / n).exists()]
+        """Move old predictions, metrics, provenance and evaluations aside (for --no-resume); returns the
+        backup folder."""
+        old = [self.path / n for n in (PREDICTIONS, METRICS, PROVENANCE, EVALUATIONS) if (self.path / n).exists()]
         if not old:
             return None
         k = 1

@@ -1,0 +1,88 @@
+"""Compute accounting: per-candidate and per-problem cost, parameter counts, FLOPs, and the FLOPs plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from inferencekit.results.accounting import attach_costs, flops, gguf_parameters
+
+COST_KEYS = {"seconds", "calls", "prompt_tokens", "computed_prompt_tokens", "completion_tokens", "generator_flops",
+             "flops"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inferencekit.cli", *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_gguf_parameter_count_matches_llama_cpp(embedded_gguf):
+    import llama_cpp
+
+    count = gguf_parameters(embedded_gguf)
+    llm = llama_cpp.Llama(model_path=str(embedded_gguf), n_ctx=64, verbose=False)
+    try:
+        assert count == llama_cpp.llama_model_n_params(llm.model)
+    finally:
+        llm.close()
+
+
+def test_costs_split_among_candidates_sum_to_the_problem():
+    record = {"candidates": [{"tokens": 10}, {"tokens": 30}],
+              "usage": {"seconds": 2.0, "calls": 1, "prompt_tokens": 100, "computed_prompt_tokens": 50,
+                        "completion_tokens": 60, "reward_calls": 1, "reward_prompt_tokens": 80}}
+    attach_costs(record, generator_params=1000, reward_params=10)
+    usage = record["usage"]
+    assert usage["generator_flops"] == 2 * 1000 * (50 + 60) and usage["reward_flops"] == 2 * 10 * 80
+    assert usage["flops"] == usage["generator_flops"] + usage["reward_flops"]
+    a, b = (c["usage"] for c in record["candidates"])
+    assert a["completion_tokens"] == 10 + 10 and b["completion_tokens"] == 30 + 10  # 20 pruned tokens shared
+    for key in ("seconds", "prompt_tokens", "computed_prompt_tokens", "completion_tokens", "reward_prompt_tokens",
+                "flops", "generator_flops", "reward_flops"):
+        assert a[key] + b[key] == pytest.approx(usage[key]), key
+    assert flops({"completion_tokens": 5}, None, None) == {}  # unknown parameter count: no guess
+
+
+def test_a_run_carries_its_cost_and_the_report_plots_flops(tmp_path):
+    result = cli("run", "--limit", "2", "--method", "best_of_n", "--n", "2", "--temperature", "0.8",
+                 "--max-new-tokens", "16", "--no-progress", "--work-dir", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr
+    assert "FLOPs" in result.stdout
+    (path,) = (tmp_path / "w").glob("*/*+*+*")
+    rows = [json.loads(x) for x in (path / "predictions.jsonl").read_text().splitlines()]
+    n_params = json.loads((path / "provenance.json").read_text())["model"]["n_params"]
+    for row in rows:
+        usage = row["usage"]
+        assert COST_KEYS <= set(usage)
+        assert usage["generator_flops"] == 2 * n_params * (usage["computed_prompt_tokens"] + usage["completion_tokens"])
+        for cand in row["candidates"]:
+            assert COST_KEYS <= set(cand["usage"]) and cand["finish_reason"] in ("stop", "length")
+            assert cand["unclosed_think"] is False
+        assert sum(c["usage"]["flops"] for c in row["candidates"]) == pytest.approx(usage["flops"])
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["usage"]["flops"] == pytest.approx(sum(r["usage"]["flops"] for r in rows))
+    assert metrics["compute"]["flops_per_problem"] == pytest.approx(metrics["usage"]["flops"] / 2)
+    assert set(metrics["health"]) >= {"truncated_rate", "unclosed_think_rate", "no_answer_rate", "failed_samples"}
+    report = cli("report", str(path), "--out", str(tmp_path / "rep"))
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "rep" / "accuracy_vs_flops.png").read_bytes().startswith(b"\x89PNG")
+    header = (tmp_path / "rep" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"flops_per_problem", "truncation_rate", "unclosed_think_rate", "no_answer_rate", "failed"} <= set(header)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "FLOPs / problem" in page and "ended by" in page
+
+
+def test_openai_parameter_count_only_when_given():
+    from inferencekit.models import resolve_model
+    from inferencekit.results.accounting import generator_parameters
+
+    spec = resolve_model("served", backend="openai", model_args={"base_url": "http://127.0.0.1:9/v1"})
+    assert generator_parameters(spec) is None
+    spec = resolve_model("served", backend="openai", model_args={"base_url": "http://127.0.0.1:9/v1",
+                                                                  "n_params": 7_000_000_000})
+    assert generator_parameters(spec) == 7_000_000_000
+
