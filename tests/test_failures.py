@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,36 +18,16 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
-
-from inferencekit.results.evaluate import compute_metrics  # noqa: E402
-from inferencekit.results.health import health, unclosed_think  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.health import health, unclosed_think
+from llama_servers import GGUF, Server, free_port
 
 
 @pytest.fixture(scope="module")
-def llama_server(embedded_gguf):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail("llama_cpp.server exited")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
+def llama_server():
+    server = Server().start()
+    yield f"http://127.0.0.1:{server.port}"  # the proxy adds /v1
+    server.kill()
 
 
 class Proxy:
@@ -123,7 +101,8 @@ def test_a_failed_problem_is_counted_apart_and_redone_on_resume(proxy, tmp_path)
 
     second = load_dataset("gsm8k-mini", limit=3).samples[1].input
     proxy.fail_on = json.dumps(second)[1:40]  # as the JSON request body spells it
-    args = ["run", "--backend", "openai", "--model", "smollm2", "--model-arg", f"base_url={proxy.url}", "--limit", "3",
+    args = ["run", "--backend", "openai", "--model", GGUF, "--model-arg", f"base_url={proxy.url}",
+            "--model-arg", "retry_delay=0.05", "--limit", "3",
             "--max-new-tokens", "12", "--no-progress", "--batch-size", "3", "--work-dir", str(tmp_path)]
     first = cli(*args)
     assert first.returncode == 0, first.stderr
@@ -152,17 +131,14 @@ def test_a_failed_problem_is_counted_apart_and_redone_on_resume(proxy, tmp_path)
     assert isinstance(prov["model"]["served"], list) and prov["model"]["served"][0]["id"]
 
 
-def test_a_dead_server_fails_every_problem_without_a_traceback(tmp_path):
-    port = _free_port()  # nothing listens there
-    result = cli("run", "--backend", "openai", "--model", "smollm2", "--model-arg", f"base_url=http://127.0.0.1:{port}/v1",
+def test_a_dead_server_is_named_at_start_without_a_traceback(tmp_path):
+    port = free_port()  # nothing listens there
+    result = cli("run", "--backend", "openai", "--model", GGUF, "--model-arg", f"base_url=http://127.0.0.1:{port}/v1",
                  "--limit", "2", "--max-new-tokens", "8", "--no-progress", "--work-dir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    (path,) = tmp_path.glob("*/*+*+*")
-    assert [r["failed"] for r in lines(path)] == [True, True]
-    assert "APIConnectionError" in lines(path)[0]["error"]
-    metrics = json.loads((path / "metrics.json").read_text())
-    assert metrics["votes"]["majority"]["n"] == 0 and metrics["failed"] == 2
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "health check" in result.stderr
+    assert not list(tmp_path.glob("*/*+*+*/predictions.jsonl"))
 
 
 def test_truncation_open_think_and_missing_answers_are_counted():
