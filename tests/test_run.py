@@ -29,7 +29,9 @@ def run_dir(work: Path) -> Path:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+    """The records by index (a run appends each problem as it finishes, several being in flight at once)."""
+    rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+    return sorted(rows, key=lambda r: r["index"])
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +220,29 @@ def test_a_model_that_fails_to_load_says_why(tmp_path):
 def test_list(what, expected):
     result = cli("list", what)
     assert result.returncode == 0 and expected in result.stdout
+
+
+@pytest.mark.parametrize("method", [
+    ["--method", "best_of_n", "--n", "3"],
+    ["--method", "beam_search", "--n", "4", "--beam-width", "2", "--reward-model", "self_certainty"],
+])
+def test_problems_in_flight_do_not_change_the_results(method, tmp_path):
+    """Seeded sampling gives the same predictions with one problem at a time and with eight at once."""
+    runs = []
+    for k in ("1", "8"):
+        result = cli("run", *FAST, "--limit", "8", "--max-new-tokens", "24", "--temperature", "0.8", "--seed", "5",
+                     *method, "--concurrency", k, "--work-dir", str(tmp_path / k))
+        assert result.returncode == 0, result.stderr
+        runs.append(records(run_dir(tmp_path / k)))
+    one, eight = runs
+    assert [r["index"] for r in eight] == list(range(8))
+    assert [[c["text"] for c in r["candidates"]] for r in one] == [[c["text"] for c in r["candidates"]] for r in eight]
+    assert [r["candidates"] for r in one] == [r["candidates"] for r in eight]  # step scores too, to the bit
+    assert [r["predictions"] for r in one] == [r["predictions"] for r in eight]
+    assert len({c["text"] for r in one for c in r["candidates"]}) > 8  # sampled, not copies
+    # each problem's usage is its own: the same whatever ran beside it
+    keys = ("completion_tokens", "prompt_tokens", "calls")
+    assert [[r["usage"][k] for k in keys] for r in one] == [[r["usage"][k] for k in keys] for r in eight]
 
 
 def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
