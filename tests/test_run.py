@@ -230,8 +230,8 @@ def test_problems_in_flight_do_not_change_the_results(method, tmp_path):
     """Seeded sampling gives the same predictions with one problem at a time and with eight at once."""
     runs = []
     for k in ("1", "8"):
-        result = cli("run", *FAST, "--limit", "8", "--max-new-tokens", "24", "--temperature", "0.8", "--seed", "5",
-                     *method, "--concurrency", k, "--work-dir", str(tmp_path / k))
+        result = cli("run", *FAST, "--limit", "8", "--max-new-tokens", "16", "--temperature", "0.8", "--seed", "5",
+                     *method, "--concurrency", k, "--work-dir", str(tmp_path / k), timeout=900)
         assert result.returncode == 0, result.stderr
         runs.append(records(run_dir(tmp_path / k)))
     one, eight = runs
