@@ -9,8 +9,10 @@ Raw: the same prompts (the runner's own, read back from its run folder) and the 
 samples, driven directly with the engine's API and kept full:
 
 - llamacpp: a minimal continuous-batching loop on llama.cpp's batch API (`llama_decode`, one sampler
-  chain per sequence: top-p, temperature, seeded draw), a unified KV cache of `--width` sequences,
-  each finished sequence's slot refilled at the next step with the next sample's prompt;
+  chain per sequence: top-p, temperature, seeded draw), `--width` sequences with a KV stream each
+  (llama.cpp's faster layout for many sequences: a unified cache makes every query read every
+  sequence's cells), each finished sequence's slot refilled at the next step with the next sample's
+  prompt (evaluated in the same batch); the same llama.cpp thread count on both sides;
 - hf: transformers' continuous batching (`model.generate_batch`, paged attention) on the GGUF
   dequantised to float32, falling back to one padded `model.generate` where it is missing.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +45,7 @@ def ours(args: argparse.Namespace, work: Path) -> tuple[float, int, list[str]]:
         model="smollm2-135m", backend=args.backend, dataset="gsm8k", data_dir=str(args.data_dir), limit=args.limit,
         method="best_of_n", n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, work_dir=str(work),
-        model_args={"dtype": "float32"} if args.backend == "hf" else {},
+        model_args={"dtype": "float32"} if args.backend == "hf" else {"n_threads": args.threads},
     )
     start = time.perf_counter()
     result = run(config, show_progress=False)
@@ -61,18 +64,18 @@ def raw_llamacpp(prompts: list[str], args: argparse.Namespace) -> tuple[float, i
 
     llm = lc.Llama(model_path=str(embedded_gguf_path()), n_ctx=256, verbose=False, n_threads=args.threads)
     toks = [llm.tokenize(p.encode(), add_bos=True, special=True) for p in prompts]
-    per = max(len(t) for t in toks) + args.max_new_tokens
+    per = -(-(max(len(t) for t in toks) + args.max_new_tokens) // 256) * 256
+    width = min(args.width, len(prompts) * args.n)
     cp = lc.llama_context_default_params()
-    cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = args.width * per, args.width, 2048, 2048
-    cp.kv_unified = True
-    if args.threads:
-        cp.n_threads = cp.n_threads_batch = args.threads
+    cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = width * per, width, 2048, 2048
+    cp.kv_unified = False  # a stream per sequence: attention reads only its own cells (much faster here)
+    cp.n_threads = cp.n_threads_batch = args.threads
     ctx = lc.llama_init_from_model(llm.model, cp)
     mem = lc.llama_get_memory(ctx)
     vocab = lc.llama_model_get_vocab(llm.model)
     batch = lc.llama_batch_init(2048, 0, 1)
     queue = [(i, j) for i in range(len(prompts)) for j in range(args.n)]
-    free = list(range(args.width))
+    free = list(range(width))
     live: dict[int, dict] = {}  # sequence -> its state
     generated = 0
     start = time.perf_counter()
@@ -159,7 +162,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8, help="inferencekit --batch-size (concurrency: twice it)")
     ap.add_argument("--width", type=int, default=64, help="raw llama.cpp: sequences decoded together")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="llama.cpp threads, the same on both sides (default: all cores)")
     ap.add_argument("--data-dir", type=Path, default=DATA)
     args = ap.parse_args()
 

@@ -71,14 +71,21 @@ metric_list:
 """
 
 
+def threads_env(args: argparse.Namespace) -> dict[str, str]:
+    """The thread count for torch (both tools' hf runs) when --threads is given."""
+    return {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+
+
 def run_inferencekit(args: argparse.Namespace, work: Path) -> tuple[float, Path]:
     cmd = [sys.executable, "-m", "inferencekit.cli", "run", "--dataset", "gsm8k", "--data-dir", str(args.data_dir),
            "--num-shots", str(args.shots), "--limit", str(args.limit), "--max-new-tokens", str(args.max_new_tokens),
            "--batch-size", str(args.batch_size), "--work-dir", str(work), "--no-progress"]
     if args.backend == "hf":
         cmd += ["--backend", "hf", "--model-arg", "dtype=float32"]
+    elif args.threads:
+        cmd += ["--model-arg", f"n_threads={args.threads}"]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    subprocess.run(cmd, check=True, env={**os.environ, **threads_env(args), "PYTHONPATH": str(ROOT / "src")})
     seconds = time.perf_counter() - start
     (run_dir,) = work.glob("*/*+*+*")
     return seconds, run_dir
@@ -104,6 +111,7 @@ def float32_checkpoint(folder: Path) -> Path:
 
 def run_lm_eval(args: argparse.Namespace, records: list[dict], work: Path) -> tuple[float, dict[int, str], float]:
     """lm-eval on the same prompts: (wall seconds, generated text per index, its flexible-extract score)."""
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "prompts.jsonl"
     with data.open("w") as f:
         for r in records:
@@ -119,7 +127,7 @@ def run_lm_eval(args: argparse.Namespace, records: list[dict], work: Path) -> tu
            "--output_path", str(work / "out"), "--log_samples"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    subprocess.run(cmd, check=True, env={**env, **threads_env(args), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     seconds = time.perf_counter() - start
     (samples,) = (work / "out").rglob("samples_inferencekit_gsm8k_*.jsonl")
     texts, hits = {}, []
@@ -140,6 +148,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--data-dir", type=Path, default=DATA)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both tools (llama.cpp n_threads, OMP_NUM_THREADS); default: theirs")
     ap.add_argument("--checkpoint", type=Path, default=Path(tempfile.gettempdir()) / "smollm2-135m-float32",
                     help="where the float32 checkpoint for lm-eval is made once")
     args = ap.parse_args()

@@ -420,9 +420,13 @@ class LlamaCppGenerator(Generator):
         self._compact()
         first = len(self._live)
         t = np.asarray(job.toks)
+        # a prefix may come from a cached stream or from a live one's prompt (problems in flight share few-shot
+        # blocks and tree paths): positions below a prompt's length hold the same KV in either
+        sources = list(self._cache.items())
+        sources += list({id(s.job): (s.seq, s.job.toks) for s in self._live}.values())
         prefix, src = 0, -1
-        for seq, cached in self._cache.items():
-            n = min(_common_prefix(t, cached), len(t) - 2)  # see _feed: recompute >= 2 tokens
+        for seq, tokens in sources:
+            n = min(_common_prefix(t, np.asarray(tokens)), len(t) - 2)  # see _feed: recompute >= 2 tokens
             if n > prefix:
                 prefix, src = n, seq
         # cached streams in the job's way move to free streams above it (copies run in order at the next decode)
