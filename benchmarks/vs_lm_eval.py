@@ -102,7 +102,10 @@ def float32_checkpoint(folder: Path) -> Path:
 
     path = embedded_gguf_path()
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    plain = LlamaForCausalLM(loaded.config)  # a GGUF-loaded model refuses save_pretrained
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the GGUF loading options: not part of a plain checkpoint
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)  # a GGUF-loaded model refuses save_pretrained
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(folder)
     AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
@@ -150,7 +153,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both tools (llama.cpp n_threads, OMP_NUM_THREADS); default: theirs")
-    ap.add_argument("--checkpoint", type=Path, default=Path(tempfile.gettempdir()) / "smollm2-135m-float32",
+    ap.add_argument("--checkpoint", type=Path,
+                    default=Path(tempfile.gettempdir()) / "inferencekit-smollm2-135m-float32",
                     help="where the float32 checkpoint for lm-eval is made once")
     args = ap.parse_args()
     if not args.lm_eval_python.is_file():
