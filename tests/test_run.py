@@ -299,3 +299,41 @@ def test_unreadable_run_config_is_one_line(tmp_path):
 def test_where_a_model_runs_may_change_on_resume(greedy_run):
     result = cli("run", *FAST, "--limit", "4", "--work-dir", str(greedy_run.parents[1]), "--model-arg", "n_threads=1")
     assert result.returncode == 0, result.stderr
+
+
+class _FailsOnce:
+    """The problems the test method below has failed already (it fails each once, as a dead server would)."""
+
+    failed: set[int] = set()
+
+
+def test_a_failed_problem_is_recorded_and_redone_without_stopping_the_others(tmp_path):
+    from inferencekit.config import RunConfig
+    from inferencekit.models.base import GenerationError
+    from inferencekit.runner import run
+    from inferencekit.search.base import _METHODS, register_method
+    from inferencekit.search.sampling import BestOfN
+
+    @register_method("fails_once_for_test")
+    class FailsOnce(BestOfN):
+        def search(self, problems):
+            if problems[0].index == 1 and 1 not in _FailsOnce.failed:
+                _FailsOnce.failed.add(1)
+                raise GenerationError("server at 127.0.0.1:1 gave up\nafter 3 tries")
+            return super().search(problems)
+
+    config = RunConfig(method="fails_once_for_test", limit=3, max_new_tokens=8, work_dir=str(tmp_path), concurrency=3)
+    try:
+        first = run(config, show_progress=False)
+        again = run(config, show_progress=False)  # resuming redoes only the failed problem, appended
+    finally:
+        _METHODS.pop("fails_once_for_test")
+    rows = records(first.run_dir)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert rows[1]["failed"] is True and rows[1]["error"] == "server at 127.0.0.1:1 gave up"
+    assert rows[1]["candidates"] == [] and rows[0]["candidates"] and rows[2]["candidates"]
+    assert first.metrics["votes"]["majority"]["n"] == 2  # the failed problem counts in no accuracy
+    assert again.generated == 1
+    lines = [json.loads(line) for line in (first.run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in lines][-1] == 1 and not lines[-1].get("failed")
+    assert again.metrics["votes"]["majority"]["n"] == 3

@@ -64,7 +64,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
 
     with _run_log(store.path / LOG):
         log.info("run %s: %d samples, method %s, model %s", store.path, len(dataset.samples), config.method, spec.path)
-        done = {r["index"] for r in store.records()}
+        done = {r["index"] for r in store.records() if not r.get("failed")}  # a failed problem is redone
         todo = [s for s in dataset.samples if s.index not in done]
         if done:
             finished = len(dataset.samples) - len(todo)
@@ -281,7 +281,7 @@ def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dic
 def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> list[dict[str, Any]]:
     """The run's records for the current sample set, re-voted where the vote list changed since."""
     wanted = {s.index for s in dataset.samples}
-    records = [r for r in store.records() if r["index"] in wanted]
+    records = [r for r in store.records() if r["index"] in wanted and not r.get("failed")]  # failed: no accuracy
     stale = [r for r in records if set(config.votes) - set(r.get("correct", {}))]
     apply_votes(stale, config.votes, config.aggregation)
     return records

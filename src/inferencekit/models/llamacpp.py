@@ -497,8 +497,9 @@ class LlamaCppGenerator(Generator):
             call.error = error
             call.done()
         for task in tasks:
-            task.error = error
-            task.done()
+            if task.result is None and task.error is None:  # not run yet
+                task.error = error
+                task.done()
         self._free_context()
 
     def _cap(self, prompt_len: int, p: SamplingParams) -> int:

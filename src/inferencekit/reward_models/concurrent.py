@@ -27,6 +27,8 @@ class SharedRewardModel:
         self._gather: Coalescer[_Request, list[list[list[float]]]] = Coalescer(self._score_many, max_items)
 
     def __getattr__(self, name: str) -> Any:  # usage, name, step_separator, close, ...
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def score(
