@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from inferencekit.models.base import GeneratorSpec, SamplingParams
+from inferencekit.models.base import GeneratorSpec, SamplingParams, usage_account
 from inferencekit.models.llamacpp import LlamaCppGenerator
 
 QUESTIONS = ["What is 2+3?", "Name a color.", "Write a haiku about the sea in winter, please."]
@@ -69,6 +72,29 @@ def test_seeded_samples_do_not_depend_on_the_batch(gen, prompts):
     assert len(set(texts(batched)[0])) > 1, "temperature-1 samples should differ"
     other_seed = gen.generate([prompts[2]], SAMPLED.replace(seed=8))
     assert texts(other_seed)[0] != texts(alone)[0]
+
+
+def test_concurrent_callers_share_the_decode_loop(gen, prompts):
+    """Many threads and coroutines at once: each gets what it would alone, and its own usage."""
+    alone = [gen.generate([p], SAMPLED)[0] for p in prompts]
+
+    def one(prompt):
+        with usage_account() as account:
+            return gen.generate([prompt], SAMPLED)[0], account.generator
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        outcomes = list(pool.map(lambda p: contextvars.copy_context().run(one, p), prompts))
+    assert [[c.text for c in cs] for cs, _ in outcomes] == [[c.text for c in cs] for cs in alone]
+    for prompt, (completions, usage) in zip(prompts, outcomes, strict=True):
+        assert usage.calls == 1 and usage.prompt_tokens == 3 * gen.count_tokens(prompt)
+        assert usage.completion_tokens == sum(c.tokens for c in completions)
+
+    async def together():
+        return await asyncio.gather(*(gen.agenerate(p, SAMPLED) for p in prompts))
+
+    gen.max_live = 0
+    assert [[c.text for c in cs] for cs in asyncio.run(together())] == [[c.text for c in cs] for cs in alone]
+    assert gen.max_live > SAMPLED.n  # several requests decoded in the same steps
 
 
 def test_greedy_n_copies_and_usage(gen, prompts):

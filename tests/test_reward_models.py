@@ -6,18 +6,23 @@ input ids built as the checkpoint's reference code builds them, and the read-out
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import math
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from inferencekit.coalesce import Coalescer
 from inferencekit.errors import UserError
-from inferencekit.models.base import Completion, Generator, SamplingParams, Usage
+from inferencekit.models.base import Completion, Generator, SamplingParams, Usage, usage_account
 from inferencekit.presets import load_preset, preset_names
 from inferencekit.reward_models import (
     FORMATS,
@@ -27,6 +32,7 @@ from inferencekit.reward_models import (
     resolve_reward_model,
 )
 from inferencekit.reward_models.batching import pack_batches
+from inferencekit.reward_models.concurrent import SharedRewardModel
 from tiny_models import make_tokenizer
 
 Q = "What is 1+2-1? Answer with a number."
@@ -530,3 +536,64 @@ def test_unknown_format_and_options_are_user_errors(token_classification_dir):
         resolve_reward_model("no such thing!")
     with pytest.raises(UserError, match="needs a checkpoint"):
         resolve_reward_model("math_shepherd")
+
+
+def test_shared_reward_model_gathers_concurrent_callers(load):
+    """Many threads scoring at once: merged into few calls of the model, each caller gets its own scores and usage."""
+    rm = load("token_classification")
+    shared = SharedRewardModel(rm)
+    expected = [rm.score([q], [sols])[0] for q, sols in zip(MIXED_QUESTIONS, MIXED_SOLUTIONS, strict=True)]
+    before = rm.usage.calls
+    start = threading.Barrier(len(MIXED_QUESTIONS))
+
+    def one(question, solutions):
+        start.wait()
+        with usage_account() as account:
+            return shared.score([question], [solutions])[0], account.reward_model
+
+    with ThreadPoolExecutor(len(MIXED_QUESTIONS)) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, one, q, s)
+                   for q, s in zip(MIXED_QUESTIONS, MIXED_SOLUTIONS, strict=True)]
+        outcomes = [f.result() for f in futures]
+    for (got, _), want in zip(outcomes, expected, strict=True):
+        for g, w in zip(got, want, strict=True):
+            assert approx(g, w)
+    calls = rm.usage.calls - before
+    assert 1 <= calls <= len(MIXED_QUESTIONS)
+    assert sum(u.calls for _, u in outcomes) == pytest.approx(calls)  # the work is shared out, none lost
+    assert shared.usage is rm.usage and shared.step_separator == rm.step_separator
+    (async_scores,) = asyncio.run(_gather_ascore(shared, MIXED_QUESTIONS[:1], MIXED_SOLUTIONS[:1]))
+    assert all(approx(g, w) for g, w in zip(async_scores, expected[0], strict=True))
+
+
+async def _gather_ascore(rm, questions, solutions):
+    return await asyncio.gather(*(rm.ascore(q, s) for q, s in zip(questions, solutions, strict=True)))
+
+
+def test_coalescer_runs_whatever_is_pending_together():
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def run(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            release.wait(timeout=60)  # the first batch holds the worker while the others queue up
+        if 13 in items:
+            raise ValueError("unlucky")
+        return [i * 10 for i in items]
+
+    gather = Coalescer(run)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(gather, 1)
+        while not calls:
+            threading.Event().wait(0.01)
+        rest = [pool.submit(gather, i) for i in (2, 3, 13)]
+        while len(gather._queue) < 3:
+            threading.Event().wait(0.01)
+        release.set()
+        assert first.result() == 10
+        with pytest.raises(ValueError, match="unlucky"):
+            rest[2].result()
+        with pytest.raises(ValueError, match="unlucky"):  # the error reaches every caller of that batch
+            rest[0].result()
+    assert calls == [[1], [2, 3, 13]]

@@ -29,7 +29,9 @@ def run_dir(work: Path) -> Path:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+    """The records by index (a run appends each problem as it finishes, several being in flight at once)."""
+    rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+    return sorted(rows, key=lambda r: r["index"])
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +230,29 @@ def test_list(what, expected):
     assert result.returncode == 0 and expected in result.stdout
 
 
+@pytest.mark.parametrize("method", [
+    ["--method", "best_of_n", "--n", "3"],
+    ["--method", "beam_search", "--n", "4", "--beam-width", "2", "--reward-model", "self_certainty"],
+])
+def test_problems_in_flight_do_not_change_the_results(method, tmp_path):
+    """Seeded sampling gives the same predictions with one problem at a time and with eight at once."""
+    runs = []
+    for k in ("1", "8"):
+        result = cli("run", *FAST, "--limit", "8", "--max-new-tokens", "16", "--temperature", "0.8", "--seed", "5",
+                     *method, "--concurrency", k, "--work-dir", str(tmp_path / k), timeout=900)
+        assert result.returncode == 0, result.stderr
+        runs.append(records(run_dir(tmp_path / k)))
+    one, eight = runs
+    assert [r["index"] for r in eight] == list(range(8))
+    assert [[c["text"] for c in r["candidates"]] for r in one] == [[c["text"] for c in r["candidates"]] for r in eight]
+    assert [r["candidates"] for r in one] == [r["candidates"] for r in eight]  # step scores too, to the bit
+    assert [r["predictions"] for r in one] == [r["predictions"] for r in eight]
+    assert len({c["text"] for r in one for c in r["candidates"]}) > 8  # sampled, not copies
+    # each problem's usage is its own: the same whatever ran beside it
+    keys = ("completion_tokens", "prompt_tokens", "calls")
+    assert [[r["usage"][k] for k in keys] for r in one] == [[r["usage"][k] for k in keys] for r in eight]
+
+
 def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
     votes = "majority,weighted,best,min_vote,last_vote"
     result = cli("run", *FAST, "--limit", "2", "--method", "best_of_n", "--n", "4", "--temperature", "0.8",
@@ -288,3 +313,41 @@ def test_unreadable_run_config_is_one_line(tmp_path):
 def test_where_a_model_runs_may_change_on_resume(greedy_run):
     result = cli("run", *FAST, "--limit", "4", "--work-dir", str(greedy_run.parents[1]), "--model-arg", "n_threads=1")
     assert result.returncode == 0, result.stderr
+
+
+class _FailsOnce:
+    """The problems the test method below has failed already (it fails each once, as a dead server would)."""
+
+    failed: set[int] = set()
+
+
+def test_a_failed_problem_is_recorded_and_redone_without_stopping_the_others(tmp_path):
+    from inferencekit.config import RunConfig
+    from inferencekit.models.base import GenerationError
+    from inferencekit.runner import run
+    from inferencekit.search.base import _METHODS, register_method
+    from inferencekit.search.sampling import BestOfN
+
+    @register_method("fails_once_for_test")
+    class FailsOnce(BestOfN):
+        def search(self, problems):
+            if problems[0].index == 1 and 1 not in _FailsOnce.failed:
+                _FailsOnce.failed.add(1)
+                raise GenerationError("server at 127.0.0.1:1 gave up\nafter 3 tries")
+            return super().search(problems)
+
+    config = RunConfig(method="fails_once_for_test", limit=3, max_new_tokens=8, work_dir=str(tmp_path), concurrency=3)
+    try:
+        first = run(config, show_progress=False)
+        again = run(config, show_progress=False)  # resuming redoes only the failed problem, appended
+    finally:
+        _METHODS.pop("fails_once_for_test")
+    lines = [json.loads(line) for line in (first.run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in lines) == [0, 1, 1, 2]  # the redo is appended, nothing rewritten
+    (failed,) = [r for r in lines if r.get("failed")]
+    assert failed["index"] == 1 and failed["error"] == "server at 127.0.0.1:1 gave up" and failed["candidates"] == []
+    assert all(r["candidates"] for r in lines if not r.get("failed"))  # the others ran beside it
+    assert first.metrics["votes"]["majority"]["n"] == 2  # the failed problem counts in no accuracy
+    assert again.generated == 1  # resuming redid only the failed problem
+    assert lines[-1]["index"] == 1 and not lines[-1].get("failed")
+    assert again.metrics["votes"]["majority"]["n"] == 3

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--work-dir", help="where run folders go (default results)")
     g.add_argument("--exp-name", help="name of this experiment (default default)")
     g.add_argument("--batch-size", type=int, help="problems per generator call (default 8)")
+    g.add_argument("--concurrency", type=int, help="problems in flight at once (default 2 x batch size)")
     g.add_argument("--config", help="YAML file of run settings (command-line flags win)")
     g.add_argument("--no-resume", action="store_true", help="start over; earlier results are moved aside")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

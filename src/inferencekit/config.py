@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inferencekit.errors import UserError
 
 # Keys that change neither generation nor grading: a resumed run may differ in these.
-RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "grading_workers", "votes",
+RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "grading_workers", "votes",
                 "shard", "executor", "replicas", "ray_address", "ray_num_gpus")
 # Model arguments that say where or how fast a model runs, not what it computes.
 RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map",
@@ -93,6 +93,7 @@ class RunConfig(BaseModel):
     work_dir: str = "results"
     exp_name: str = "default"
     batch_size: int = Field(8, ge=1)
+    concurrency: int | None = Field(None, ge=1)  # problems in flight at once (default: 2 x batch_size)
     grading_workers: int | None = Field(None, ge=1)
     grading_timeout: float = Field(5.0, gt=0)
 

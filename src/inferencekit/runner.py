@@ -1,10 +1,15 @@
-"""Run a benchmark: load, search in batches, grade, append each finished sample, resume, summarise."""
+"""Run a benchmark: load, keep K problems in flight, grade, append each finished sample, resume, summarise."""
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import itertools
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +19,12 @@ from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError
 from inferencekit.grading import Grader
-from inferencekit.models import Generator, Usage, executor_args, load_generator, resolve_model
-from inferencekit.models.base import GenerationError, Timer
+from inferencekit.models import Generator, executor_args, load_generator, resolve_model
+from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_account
 from inferencekit.prompts import build_messages
 from inferencekit.results.accounting import attach_costs, parameter_counts
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
-from inferencekit.results.health import failed_record, is_failed, search_or_fail
+from inferencekit.results.health import failed_record, is_failed, one_line
 from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for
@@ -67,7 +72,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
 
     with _run_log(store.path / LOG):
         log.info("run %s: %d samples, method %s, model %s", store.path, len(dataset.samples), config.method, spec.path)
-        done = {r["index"] for r in store.records() if not is_failed(r)}  # failed problems are redone
+        done = {r["index"] for r in store.records() if not is_failed(r)}  # a failed problem is redone
         todo = [s for s in dataset.samples if s.index not in done]
         if done:
             finished = len(dataset.samples) - len(todo)
@@ -77,7 +82,8 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
             try:
                 reward_model = _load_reward_model(config, generator)
                 provenance.loaded(spec, generator, reward_model)
-                method = method_cls(config, generator, reward_model)
+                shared = None if reward_model is None else _shared(reward_model)
+                method = method_cls(config, generator, shared)
                 _generate(method, generator, reward_model, dataset, todo, store, config, show_progress)
             finally:
                 if reward_model is not None:
@@ -117,6 +123,12 @@ def _load_reward_model(config: RunConfig, generator: Generator):
     )
 
 
+def _shared(reward_model):
+    from inferencekit.reward_models.concurrent import SharedRewardModel
+
+    return SharedRewardModel(reward_model)
+
+
 def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
     """Refuse to resume a run whose results-defining settings changed; --no-resume sets old results aside."""
     if store.exists() and resume:
@@ -141,56 +153,132 @@ def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
 
 
 def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Sample], store, config, show_progress):
+    """Search up to K problems at once, each on its own; grade and append each as soon as it finishes.
+
+    Each problem's search runs in a worker thread with its own context (REQUEST_AFFINITY, a usage
+    account), so the engines batch the requests of all problems in flight. Problems are taken from
+    `todo` only as slots free up (memory stays flat on a huge dataset), and this thread is the only
+    writer of the run folder.
+    """
     from inferencekit.progress import RunProgress
 
     total = len(dataset.samples)
+    workers = config.concurrency or 2 * config.batch_size
+    samples = iter(todo)
+    clock = _SharedClock()
+    costs = parameter_counts(generator, reward_model)
     with Grader(workers=config.grading_workers, timeout=config.grading_timeout) as grader, RunProgress(
         total=total, done=total - len(todo), vote=config.votes[0], enabled=show_progress
-    ) as progress:
-        for batch in _chunks(todo, config.batch_size):
-            problems = [
-                Problem(
-                    index=s.index,
-                    question=s.input,
+    ) as progress, ThreadPoolExecutor(workers, thread_name_prefix="problem") as pool:
+        running: dict[Future, tuple[Sample, Problem]] = {}
+
+        def fill() -> None:
+            for sample in itertools.islice(samples, workers - len(running)):
+                problem = Problem(
+                    index=sample.index,
+                    question=sample.input,
                     prompt=generator.chat_prompt(
-                        build_messages(s, dataset, config.system_prompt, config.prompt_template)
+                        build_messages(sample, dataset, config.system_prompt, config.prompt_template)
                     ),
-                    seed=problem_seed(config.seed, s.index),
+                    seed=problem_seed(config.seed, sample.index),
                 )
-                for s in batch
-            ]
-            before = _usage_snapshot(generator, reward_model)
-            with Timer() as timer:
-                candidates = search_or_fail(method.search, problems)  # a GenerationError in a failed problem's place
-            failed = any(isinstance(cs, GenerationError) for cs in candidates)
-            # Tree searches count every generated token, pruned branches included; else the candidates' own.
-            generated = (None if failed else getattr(method, "generated", None)) or [
-                0 if isinstance(cs, GenerationError) else sum(c.tokens for c in cs) for cs in candidates
-            ]
-            usages = _split_usage(before, _usage_snapshot(generator, reward_model), generated, timer.seconds)
-            records = [
-                _record(sample, problem, cands, usage, dataset.style)
-                for sample, problem, cands, usage in zip(batch, problems, candidates, usages, strict=True)
-            ]
-            counts = parameter_counts(generator, reward_model)
-            for record in records:
-                attach_costs(record, *counts)  # FLOPs, and each candidate's share of the problem's cost
-            grade_records(
-                records, grader, style=dataset.style, votes=config.votes,
-                aggregation=config.aggregation, box_match=config.box_match, engine=config.grader,
-            )
-            for record in records:
-                store.append(record)
-                progress.advance(record["correct"].get(config.votes[0], False))
+                running[pool.submit(contextvars.copy_context().run, _solve, method, problem, clock)] = (
+                    sample, problem)
+
+        fill()
+        try:
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: running[f][0].index):
+                    sample, problem = running.pop(future)
+                    outcome = future.result()
+                    record = _record(sample, problem, outcome.candidates, outcome.usage, dataset.style)
+                    attach_costs(record, *costs)  # FLOPs, and each candidate's share of the problem's cost
+                    if outcome.error is not None:
+                        record = failed_record(record, outcome.error)
+                        log.warning("problem %d failed: %s", sample.index, outcome.error)
+                    else:
+                        grade_records(
+                            [record], grader, style=dataset.style, votes=config.votes,
+                            aggregation=config.aggregation, box_match=config.box_match, engine=config.grader,
+                        )
+                    store.append(record)
+                    progress.advance(record["correct"].get(config.votes[0], False))
+                fill()
+        finally:
+            for future in running:  # an error above: the problems not started never will
+                future.cancel()
 
 
-def _record(
-    sample: Sample, problem: Problem, cands: list[Candidate] | GenerationError, usage: dict[str, Any], style: str
-) -> dict:
-    if isinstance(cands, GenerationError):
-        base = {"index": sample.index, "style": style, "input": sample.input, "reference": sample.reference,
-                "prompt": problem.prompt, "usage": usage}
-        return failed_record(base, cands)
+@dataclass
+class _Outcome:
+    candidates: list[Candidate]
+    usage: dict[str, Any]
+    error: str | None = None
+
+
+def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
+    """One problem's search, in this worker's own context: its requests carry its index and usage account."""
+    REQUEST_AFFINITY.set(problem.index)
+    error = None
+    with usage_account() as account, clock.share() as seconds:
+        try:
+            (candidates,) = method.search([problem])
+        except GenerationError as exc:
+            candidates, error = [], one_line(exc)
+    # Tree searches count every generated token, pruned branches included; else the candidates' own.
+    generated = (getattr(method, "generated", None) or [sum(c.tokens for c in candidates)])[0]
+    usage: dict[str, Any] = {"seconds": round(seconds.value, 4), "completion_tokens": generated}
+    accounts = [("", account.generator)]
+    if getattr(method.reward_model, "usage", None) is not None:
+        accounts.append(("reward_", account.reward_model))
+    for prefix, work in accounts:
+        usage[f"{prefix}calls"] = round(work.calls, 4)
+        usage[f"{prefix}prompt_tokens"] = round(work.prompt_tokens, 2)
+        usage[f"{prefix}computed_prompt_tokens"] = round(work.computed_prompt_tokens, 2)
+    return _Outcome(candidates, usage, error)
+
+
+class _SharedClock:
+    """Wall time shared among the problems in flight: each is charged dt / (problems running) for every dt.
+
+    So the problems' seconds add up to the run's wall time however many run at once, and throughput
+    (tokens per second) read from the records stays right.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._last = time.perf_counter()
+        self._per_problem = 0.0  # seconds charged to each problem running since the start
+
+    def _tick(self) -> float:
+        now = time.perf_counter()
+        if self._running:
+            self._per_problem += (now - self._last) / self._running
+        self._last = now
+        return self._per_problem
+
+    @contextmanager
+    def share(self) -> Iterator[_Seconds]:
+        seconds = _Seconds()
+        with self._lock:
+            start = self._tick()
+            self._running += 1
+        try:
+            yield seconds
+        finally:
+            with self._lock:
+                seconds.value = self._tick() - start
+                self._running -= 1
+
+
+@dataclass
+class _Seconds:
+    value: float = 0.0
+
+
+def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> dict:
     return {
         "index": sample.index,
         "style": style,
@@ -204,43 +292,13 @@ def _record(
     }
 
 
-def _usage_snapshot(generator, reward_model) -> dict[str, Usage]:
-    snap = {"generator": generator.usage.copy()}
-    if reward_model is not None and hasattr(reward_model, "usage"):
-        snap["reward_model"] = reward_model.usage.copy()
-    return snap
-
-
-def _split_usage(before, after, generated: list[int], seconds: float) -> list[dict[str, Any]]:
-    """Share one batch's usage among its samples: generated tokens exactly, the rest evenly."""
-    k = len(generated)
-    out = []
-    for tokens in generated:
-        usage: dict[str, Any] = {"seconds": round(seconds / k, 4), "completion_tokens": tokens}
-        for who, end in after.items():
-            start = before[who]
-            prefix = "" if who == "generator" else "reward_"
-            usage[f"{prefix}calls"] = round((end.calls - start.calls) / k, 4)
-            usage[f"{prefix}prompt_tokens"] = round((end.prompt_tokens - start.prompt_tokens) / k, 2)
-            usage[f"{prefix}computed_prompt_tokens"] = round(
-                (end.computed_prompt_tokens - start.computed_prompt_tokens) / k, 2
-            )
-        out.append(usage)
-    return out
-
-
 def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> list[dict[str, Any]]:
     """The run's records for the current sample set, re-voted where the vote list changed since."""
     wanted = {s.index for s in dataset.samples}
-    records = [r for r in store.records() if r["index"] in wanted]
+    records = [r for r in store.records() if r["index"] in wanted]  # failed ones: counted apart by compute_metrics
     stale = [r for r in records if set(config.votes) - set(r.get("correct", {}))]
     apply_votes(stale, config.votes, config.aggregation)
     return records
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
 
 
 @contextmanager

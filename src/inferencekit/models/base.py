@@ -12,6 +12,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 
@@ -121,6 +122,31 @@ Message = dict[str, str]  # {"role": ..., "content": ...}
 REQUEST_AFFINITY: ContextVar[Hashable | None] = ContextVar("inferencekit_request_affinity", default=None)
 
 
+@dataclass
+class UsageAccount:
+    """The work done for one problem (or any block of calls): its generator's and its reward model's."""
+
+    generator: Usage = field(default_factory=Usage)
+    reward_model: Usage = field(default_factory=Usage)
+
+
+# Where the current request's work is counted besides the model's own total (set by the runner per problem,
+# like REQUEST_AFFINITY). Engines that batch many callers capture it when a request is submitted and add
+# that request's own share, so per-problem usage stays exact however many problems run at once.
+USAGE_ACCOUNT: ContextVar[UsageAccount | None] = ContextVar("inferencekit_usage_account", default=None)
+
+
+@contextmanager
+def usage_account() -> Iterator[UsageAccount]:
+    """Count the work of the calls made in this block (in this context) into a fresh `UsageAccount`."""
+    account = UsageAccount()
+    token = USAGE_ACCOUNT.set(account)
+    try:
+        yield account
+    finally:
+        USAGE_ACCOUNT.reset(token)
+
+
 class GenerationError(RuntimeError):
     """A generation that failed for good (after the backend's own retries): a server error, a timeout.
 
@@ -171,9 +197,18 @@ class Generator(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""
 
-    def _record(self, usage: Usage) -> None:
+    def _record(self, usage: Usage, account: UsageAccount | None = None) -> None:
+        """Add one request's work to the total and to its caller's account (default: the current context's)."""
+        account = account if account is not None else USAGE_ACCOUNT.get()
         with self._lock:
             self.usage.add(usage)
+            if account is not None:
+                account.generator.add(usage)
+
+    def _unrecord(self, usage: Usage) -> None:
+        """Take work off the total (work done for someone else, e.g. a reward model using this generator)."""
+        with self._lock:
+            self.usage.add(Usage(**{k: -v for k, v in asdict(usage).items()}))
 
 
 def per_prompt_params(

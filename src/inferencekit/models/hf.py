@@ -1,7 +1,9 @@
 """Hugging Face transformers backend: a local folder, a hub id, or a GGUF file loaded through transformers.
 
 All prompts x samples of one call run in as few left-padded `model.generate` calls as
-`spec.max_batch_sequences` allows. Token choice happens in `_RowSampler`, a logits processor that
+`spec.max_batch_sequences` allows, and calls from many threads at once (the runner's problems in
+flight) are gathered into one such call while the model is busy (`inferencekit.coalesce`).
+Token choice happens in `_RowSampler`, a logits processor that
 draws each row's token from that row's own random stream, so a sample depends on its prompt, its
 seed and its index, never on the batch it sits in.
 """
@@ -13,6 +15,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -29,14 +32,17 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from inferencekit.coalesce import Coalescer
+
 from .base import (
+    USAGE_ACCOUNT,
     Completion,
     Generator,
     GeneratorSpec,
     Message,
     SamplingParams,
-    Timer,
     Usage,
+    UsageAccount,
     per_prompt_params,
     truncate_at_stop,
 )
@@ -232,6 +238,7 @@ class HFGenerator(Generator):
         self._setup_tokenizer()
         self._setup_generation_config()
         self._generate_lock = threading.Lock()
+        self._gather: Coalescer[_Request, list[list[Completion]]] = Coalescer(self._generate_many)
         self._warned_no_template = False
 
     # ----------------------------------------------------------------- setup
@@ -316,24 +323,57 @@ class HFGenerator(Generator):
     def generate(
         self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
     ) -> list[list[Completion]]:
-        """`params.n` completions per prompt; usage counts the work done (greedy copies count once)."""
+        """`params.n` completions per prompt; usage counts the work done (greedy copies count once).
+
+        Safe from many threads: calls arriving while a batch runs are gathered into the next one, so
+        the problems in flight share forward passes; each call's usage goes to its caller's account.
+        """
         plist = per_prompt_params(prompts, params)
         if not prompts:
             return []
-        with self._generate_lock, Timer() as timer:
+        return self._gather((list(prompts), plist, USAGE_ACCOUNT.get(), time.perf_counter()))
+
+    def _generate_many(self, requests: list[_Request]) -> list[list[list[Completion]]]:
+        """One batched generation for the gathered requests; each request's work recorded to its account."""
+        prompts = [p for r in requests for p in r[0]]
+        plist = [p for r in requests for p in r[1]]
+        out, computed, encoded = self._generate_now(prompts, plist)
+        results, at = [], 0
+        for r_prompts, _, account, start in requests:
+            part = range(at, at + len(r_prompts))
+            results.append(out[at : at + len(r_prompts)])
+            self._record(
+                Usage(
+                    calls=1,
+                    prompt_tokens=sum(len(encoded[i]) * plist[i].n for i in part),
+                    computed_prompt_tokens=sum(computed.get(i, 0) for i in part),
+                    completion_tokens=sum(c.tokens for i in part for c in _counted(out[i], plist[i])),
+                    seconds=time.perf_counter() - start,
+                ),
+                account,
+            )
+            at += len(r_prompts)
+        return results
+
+    def _generate_now(
+        self, prompts: list[str], plist: list[SamplingParams]
+    ) -> tuple[list[list[Completion]], dict[int, int], list[list[int]]]:
+        """Completions per prompt, prompt tokens computed per prompt, and the prompts' token ids."""
+        with self._generate_lock:
             encoded = [self.encode(p) for p in prompts]
             groups: dict[tuple, list[_Row]] = {}  # rows with other token caps share a batch; stop strings not
             for i, p in enumerate(plist):
                 for j in range(1 if p.greedy else p.n):
                     groups.setdefault(p.stop, []).append(_Row(i, j))
             done: dict[tuple[int, int], Completion] = {}
-            computed = 0
+            computed: dict[int, int] = {}
             for stop, rows in groups.items():
                 rows.sort(key=lambda r: len(encoded[r.prompt]))  # similar lengths share a batch
                 for start in range(0, len(rows), self.max_batch_sequences):
                     chunk = rows[start : start + self.max_batch_sequences]
                     results, work = self._run_batch(chunk, prompts, plist, encoded, stop)
-                    computed += work
+                    for i, n in work.items():
+                        computed[i] = computed.get(i, 0) + n
                     for row, completion in zip(chunk, results, strict=True):
                         done[row.prompt, row.sample] = completion
         out: list[list[Completion]] = []
@@ -344,16 +384,7 @@ class HFGenerator(Generator):
                     first.top_logprobs)) for _ in range(p.n - 1)])
             else:
                 out.append([done[i, j] for j in range(p.n)])
-        self._record(
-            Usage(
-                calls=1,
-                prompt_tokens=sum(len(ids) * p.n for ids, p in zip(encoded, plist, strict=True)),
-                computed_prompt_tokens=computed,
-                completion_tokens=sum(c.tokens for c in done.values()),
-                seconds=timer.seconds,
-            )
-        )
-        return out
+        return out, computed, encoded
 
     def close(self) -> None:
         self.model = None
@@ -370,8 +401,8 @@ class HFGenerator(Generator):
         plist: list[SamplingParams],
         encoded: list[list[int]],
         stop: tuple[str, ...],
-    ) -> tuple[list[Completion], int]:
-        """Decode `rows` as one batch; return their completions and the prompt tokens computed."""
+    ) -> tuple[list[Completion], dict[int, int]]:
+        """Decode `rows` as one batch; return their completions and the prompt tokens computed per prompt."""
         width = max(len(encoded[r.prompt]) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -395,11 +426,13 @@ class HFGenerator(Generator):
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         shared = self._shared_prompt_cache(rows, input_ids, attention_mask)
+        computed: dict[int, int] = {}
+        for r in rows:  # shared: a prompt but its last token once, that token per row; else all per row
+            whole = len(encoded[r.prompt])
+            computed[r.prompt] = computed.get(r.prompt, whole - 1 if shared is not None else 0) + (
+                1 if shared is not None else whole)
         if shared is not None:
             kwargs[_CACHE_KWARG] = shared
-            computed = sum(len(encoded[i]) - 1 for i in {r.prompt for r in rows}) + len(rows)
-        else:
-            computed = sum(len(encoded[r.prompt]) for r in rows)
         device = self.input_device
         with torch.inference_mode(), self._attention_backends():
             sequences = self.model.generate(
@@ -514,6 +547,14 @@ class HFGenerator(Generator):
             else:
                 low = mid + 1
         return high
+
+
+_Request = tuple[list[str], list[SamplingParams], UsageAccount | None, float]  # prompts, params, account, start
+
+
+def _counted(completions: list[Completion], params: SamplingParams) -> list[Completion]:
+    """The completions actually decoded: a greedy prompt's copies count once."""
+    return completions[:1] if params.greedy else completions
 
 
 def _copy(values: list | None) -> list | None:

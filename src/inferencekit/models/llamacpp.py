@@ -1,11 +1,14 @@
-"""llama.cpp backend: every sample of every prompt decoded together through llama.cpp's batch API.
+"""llama.cpp backend: one decode loop, continuously batching every pending request, through llama.cpp's batch API.
 
-Each prompt is evaluated once and its KV cache copied (`llama_memory_seq_cp`) to its samples; then
-every live sequence advances one token per `llama_decode`. Work beyond the context's sequences runs
-in waves of whole prompts. Sampling is done here in numpy: sample `j` of a prompt draws only from
-`np.random.default_rng([seed, j])`, whatever else shares the batch.
+Callers (`generate` from any thread, `agenerate` from any event loop) hand requests to one thread that
+owns the llama.cpp context. At every step it admits waiting prompts into free sequences while
+`max_batch_sequences` allows (each prompt evaluated once and its KV cache copied with
+`llama_memory_seq_cp` to its samples), advances every live sequence one token in one `llama_decode`,
+and retires finished ones, waking their callers: continuous batching, so the engine stays full while
+work waits, and many problems' searches share every step. Sampling is done here in numpy: sample `j`
+of a prompt draws only from `np.random.default_rng([seed, j])`, whatever else shares the batch.
 
-Results are bit-identical whatever else shares the batch, however the work is split into waves, and
+Results are bit-identical whatever else shares the batch, whenever it was admitted, and
 whether a prompt prefix came from the cache (the tests check this). That rules out three llama.cpp
 settings, each of which changes a sequence's logits in the last bits, which this quantised model turns
 into other tokens: a unified KV cache (the cell layout among other sequences changes the order of the
@@ -26,10 +29,13 @@ so results then differ in the last bits from computing the same text as a prompt
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +44,15 @@ import numpy as np
 
 from inferencekit.errors import UserError
 from inferencekit.models.base import (
+    USAGE_ACCOUNT,
     Completion,
+    GenerationError,
     Generator,
     GeneratorSpec,
     Message,
     SamplingParams,
-    Timer,
     Usage,
+    UsageAccount,
     per_prompt_params,
     truncate_at_stop,
 )
@@ -73,10 +81,54 @@ def resolve_gguf(spec: GeneratorSpec) -> Path:
 
 
 @dataclass
+class _Call:
+    """One caller's request: `params[i].n` completions of each prompt `toks[i]`, awaited by the caller."""
+
+    toks: list[list[int]]
+    params: list[SamplingParams]
+    account: UsageAccount | None
+    done: Callable[[], None]  # wakes the caller (an event's set, or a loop's call_soon_threadsafe)
+    results: dict[tuple[int, int], Completion] = field(default_factory=dict)
+    left: int = 0  # jobs not finished
+    computed: int = 0
+    error: BaseException | None = None
+    start: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Task:
+    """Work for the decode loop's thread (scoring given text) that needs streams of `per_seq` cells."""
+
+    fn: Callable[[], object]
+    per_seq: int
+    streams: int
+    done: Callable[[], None]
+    result: object = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Job:
+    """Samples `js` of prompt `prompt` of `call`, admitted to the decode loop together (they share the prompt)."""
+
+    call: _Call
+    prompt: int
+    js: list[int]
+
+    @property
+    def toks(self) -> list[int]:
+        return self.call.toks[self.prompt]
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.call.params[self.prompt]
+
+
+@dataclass
 class _Seq:
     """One sample being decoded in llama.cpp sequence (and KV stream) `seq`."""
 
-    job: int
+    job: _Job
     j: int
     seq: int
     fed: list[int]  # tokens whose KV the stream holds: the prompt, then generated tokens
@@ -86,14 +138,6 @@ class _Seq:
     top: list[list[tuple[str, float]]] = field(default_factory=list)
     data: bytearray = field(default_factory=bytearray)
     finish: str | None = None
-
-
-@dataclass
-class _Job:
-    """Samples `js` of prompt `prompt`, decoded in one wave."""
-
-    prompt: int
-    js: list[int]
 
 
 class LlamaCppGenerator(Generator):
@@ -133,6 +177,17 @@ class LlamaCppGenerator(Generator):
         self._bos = lc.llama_vocab_bos(self._vocab)
         self._template = spec.chat_template or self._llm.metadata.get("tokenizer.chat_template")
         self._formatters: dict[bool, object] = {}
+        # the decode loop: callers hand jobs in through _inbox / _tasks under _wake; the loop's thread owns
+        # the context, the streams and _waiting / _live, and holds _engine while it works
+        self._wake = threading.Condition()
+        self._engine = threading.RLock()
+        self._inbox: list[_Job] = []
+        self._tasks: list[_Task] = []
+        self._waiting: list[_Job] = []
+        self._live: list[_Seq] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.max_live = 0  # most sequences decoded together so far (continuous batching at work)
 
     # ---------------------------------------------------------------- tokenizer and chat template
 
@@ -186,7 +241,7 @@ class LlamaCppGenerator(Generator):
         n_seq = max(n_seq, min(2 * self._n_seq, cap))  # grow in steps: a new context loses the cache
         self._free_context()
         cp = lc.llama_context_default_params()
-        streams = n_seq + (n_seq > 1)  # one spare stream, for swaps (see _move_down)
+        streams = n_seq + (n_seq > 1)  # one spare stream, for swaps (see _compact)
         cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = streams * per, streams, _BATCH, _BATCH
         cp.kv_unified, cp.flash_attn_type = False, 0  # see the module docstring
         cp.n_threads = cp.n_threads_batch = self._threads
@@ -203,84 +258,253 @@ class LlamaCppGenerator(Generator):
         self._mem = lc.llama_get_memory(self._ctx)
 
     def _free_context(self) -> None:
-        if self._ctx:
-            lc.llama_free(self._ctx)
-        self._ctx, self._cache, self._scored = None, {}, {}
+        with self._engine:
+            if self._ctx:
+                lc.llama_free(self._ctx)
+            self._ctx, self._cache, self._scored = None, {}, {}
 
-    # ---------------------------------------------------------------- generation
+    # ---------------------------------------------------------------- requests
+
+    def _prompt_tokens(self, prompts: Sequence[str]) -> list[list[int]]:
+        toks = [self._tokenize(p, add_bos=True) or [self._bos] for p in prompts]
+        for p, t in zip(prompts, toks, strict=True):
+            if len(t) >= self.n_ctx:
+                raise UserError(
+                    f"a prompt of {len(t)} tokens does not fit the context of {self.n_ctx}: "
+                    f"raise it with --model-arg n_ctx=N ({p[:40]!r}...)"
+                )
+        return toks
 
     def generate(
         self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
     ) -> list[list[Completion]]:
+        """Submit all prompts to the decode loop as one request and wait for it (safe from many threads)."""
         plist = per_prompt_params(prompts, params)
-        with self._lock, Timer() as timer:
-            toks = [self._tokenize(p, add_bos=True) or [self._bos] for p in prompts]
-            for p, t in zip(prompts, toks, strict=True):
-                if len(t) >= self.n_ctx:
-                    raise UserError(
-                        f"a prompt of {len(t)} tokens does not fit the context of {self.n_ctx}: "
-                        f"raise it with --model-arg n_ctx=N ({p[:40]!r}...)"
-                    )
-            need = [1 if p.greedy else p.n for p in plist]
-            if prompts:
-                per = max(len(t) + self._cap(len(t), p) for t, p in zip(toks, plist, strict=True))
-                self._ensure_context(sum(need), per)
-            width = min(self._n_seq, self.spec.max_batch_sequences)  # sequences decoded together
-            jobs = [_Job(i, list(range(a, min(n, a + width)))) for i, n in enumerate(need) for a in range(0, n, width)]
-            results: dict[tuple[int, int], Completion] = {}
-            computed = 0
-            while jobs:
-                k, seqs = 0, 0
-                while k < len(jobs) and seqs + len(jobs[k].js) <= width:
-                    seqs += len(jobs[k].js)
-                    k += 1
-                computed += self._run_wave(jobs[:k], toks, plist, results)
-                jobs = jobs[k:]
-        out = [[results.get((i, j)) or _copy(results[(i, 0)]) for j in range(p.n)] for i, p in enumerate(plist)]
+        if not prompts:
+            return []
+        done = threading.Event()
+        call = _Call(self._prompt_tokens(prompts), plist, USAGE_ACCOUNT.get(), done.set)
+        self._submit(call)
+        done.wait()
+        return self._finish(call)
+
+    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
+        """`params.n` completions of one prompt, decoded beside every other pending request."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        call = _Call(self._prompt_tokens([prompt]), [params], USAGE_ACCOUNT.get(),
+                     lambda: loop.call_soon_threadsafe(_resolve, future))
+        self._submit(call)
+        await future
+        return self._finish(call)[0]
+
+    def _submit(self, call: _Call) -> None:
+        jobs = [_Job(call, i, list(range(1 if p.greedy else p.n))) for i, p in enumerate(call.params)]
+        call.left = sum(len(job.js) for job in jobs)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("this llama.cpp generator is closed")
+            self._inbox.extend(jobs)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="llamacpp-decode", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _finish(self, call: _Call) -> list[list[Completion]]:
+        """The completions of a finished request, its work recorded to its caller's account."""
+        if call.error is not None:
+            raise call.error
+        out = [
+            [call.results.get((i, j)) or _copy(call.results[(i, 0)]) for j in range(p.n)]
+            for i, p in enumerate(call.params)
+        ]
         self._record(
             Usage(
                 calls=1,
-                prompt_tokens=sum(len(t) * p.n for t, p in zip(toks, plist, strict=True)),
-                computed_prompt_tokens=computed,
+                prompt_tokens=sum(len(t) * p.n for t, p in zip(call.toks, call.params, strict=True)),
+                computed_prompt_tokens=call.computed,
                 completion_tokens=sum(c.tokens for cs in out for c in cs),
-                seconds=timer.seconds,
-            )
+                seconds=time.perf_counter() - call.start,
+            ),
+            call.account,
         )
         return out
+
+    def _run_in_loop(self, fn: Callable[[], object], per_seq: int, streams: int) -> object:
+        """Run `fn` in the decode loop's thread, between two steps, once the context can hold it."""
+        done = threading.Event()
+        task = _Task(fn, per_seq, streams, done.set)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("this llama.cpp generator is closed")
+            self._tasks.append(task)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="llamacpp-decode", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        done.wait()
+        if task.error is not None:
+            raise task.error
+        return task.result
+
+    # ---------------------------------------------------------------- the decode loop (one thread)
+
+    def _loop(self) -> None:
+        """Admit waiting sequences into free streams, advance every live one a token, retire finished ones.
+
+        The thread ends after a moment without work (a later request starts another), so an idle
+        generator holds no thread and can be garbage-collected.
+        """
+        while True:
+            with self._wake:
+                if not (self._inbox or self._tasks or self._waiting or self._live):
+                    self._wake.wait(timeout=0.5)
+                    if not (self._inbox or self._tasks or self._waiting or self._live):
+                        self._thread = None
+                        return
+                self._waiting.extend(self._inbox)
+                self._inbox.clear()
+                tasks, self._tasks = self._tasks, []
+            with self._engine:
+                try:
+                    tasks = self._run_tasks(tasks)
+                    self._admit()
+                    if self._live:
+                        self._advance()
+                except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
+                    self._fail_all(exc, tasks)
+                    tasks = []
+            if tasks:
+                with self._wake:
+                    self._tasks[:0] = tasks  # not runnable beside the live sequences: after they drain
+
+    def _run_tasks(self, tasks: list[_Task]) -> list[_Task]:
+        """Run the tasks the context can hold now; return the others."""
+        later = []
+        for task in tasks:
+            fits = self._ctx is not None and task.per_seq <= self._per_seq and len(self._live) < self._n_seq
+            if not fits and self._live:
+                later.append(task)
+                continue
+            if not fits:
+                self._ensure_context(task.streams, task.per_seq)
+            try:
+                task.result = task.fn()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                task.error = exc
+            task.done()
+        return later
+
+    def _admit(self) -> None:
+        """Start waiting jobs, in order, while the decode width has room."""
+        while self._waiting:
+            job = self._waiting[0]
+            per = len(job.toks) + self._cap(len(job.toks), job.params)
+            if not self._live:  # a new context loses the live streams: only between them
+                demand = sum(len(j.js) for j in self._waiting)
+                self._ensure_context(max(demand, self.spec.max_batch_sequences), per)
+            elif per > self._per_seq:
+                return  # the live sequences drain first
+            width = min(self._n_seq, self.spec.max_batch_sequences)
+            if len(job.js) > width:  # more samples than the width: in parts, each sharing the prompt again
+                self._waiting[0:1] = [_Job(job.call, job.prompt, job.js[a : a + width])
+                                      for a in range(0, len(job.js), width)]
+                job = self._waiting[0]
+            if len(self._live) + len(job.js) > width:
+                return
+            self._waiting.pop(0)
+            self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        """Feed a job's prompt into the first free stream (from the longest cached prefix) and share it."""
+        self._compact()
+        first = len(self._live)
+        t = np.asarray(job.toks)
+        # a prefix may come from a cached stream or from a live one's prompt (problems in flight share few-shot
+        # blocks and tree paths): positions below a prompt's length hold the same KV in either
+        sources = list(self._cache.items())
+        sources += list({id(s.job): (s.seq, s.job.toks) for s in self._live}.values())
+        prefix, src = 0, -1
+        for seq, tokens in sources:
+            n = min(_common_prefix(t, np.asarray(tokens)), len(t) - 2)  # see _feed: recompute >= 2 tokens
+            if n > prefix:
+                prefix, src = n, seq
+        # cached streams in the job's way move to free streams above it (copies run in order at the next decode)
+        end = first + len(job.js)
+        free = [q for q in range(self._n_seq - 1, end - 1, -1) if q not in self._cache]
+        for seq in range(first, end):
+            if seq in self._cache and free:
+                to = free.pop(0)
+                lc.llama_memory_seq_cp(self._mem, seq, to, -1, -1)
+                self._cache[to] = self._cache[seq]
+                if seq in self._scored:
+                    self._scored[to] = self._scored[seq]
+            self._cache.pop(seq, None)
+            self._scored.pop(seq, None)
+        if src >= 0 and src != first:
+            lc.llama_memory_seq_cp(self._mem, src, first, -1, -1)  # whole streams only
+        lc.llama_memory_seq_rm(self._mem, first, prefix, -1)
+        logits = self._feed(job.toks, prefix, first)
+        job.call.computed += len(t) - prefix
+        p = job.params
+        for seq, j in enumerate(job.js, start=first):
+            if seq != first:
+                lc.llama_memory_seq_cp(self._mem, first, seq, -1, -1)
+            s = _Seq(job, j, seq, list(job.toks), None if p.greedy else np.random.default_rng([p.seed, j]))
+            self._live.append(s)
+            self._step(s, logits, p, len(t))
+        self._retire()
+
+    def _advance(self) -> None:
+        """One token for every live sequence, in one llama_decode."""
+        live = self._live
+        self.max_live = max(self.max_live, len(live))
+        self._decode([(s.out[-1], len(s.fed), s.seq, True) for s in live])
+        for row, s in zip(self._logits(None, len(live)), live, strict=True):
+            s.fed.append(s.out[-1])
+            self._step(s, row, s.job.params, len(s.job.toks))
+        self._retire()
+        self._compact()
+
+    def _retire(self) -> None:
+        """Hand finished sequences' completions to their requests; their streams join the prefix cache."""
+        finished = [s for s in self._live if s.finish is not None]
+        if not finished:
+            return
+        self._live = [s for s in self._live if s.finish is None]
+        kept = {tuple(t) for t in self._cache.values()}
+        for s in finished:
+            call = s.job.call
+            call.results[(s.job.prompt, s.j)] = self._completion(s, s.job.params)
+            tokens = tuple(s.fed if self._reuse_generated else s.job.toks)
+            if tokens not in kept:
+                kept.add(tokens)
+                self._cache[s.seq] = np.asarray(tokens)
+            call.left -= 1
+            if call.left == 0:
+                call.done()
+
+    def _fail_all(self, exc: BaseException, tasks: list[_Task]) -> None:
+        """A failed step ends every request in the loop: each caller gets the error."""
+        error = exc if isinstance(exc, (GenerationError, UserError)) else GenerationError(f"llama.cpp: {exc}")
+        calls = {id(s.job.call): s.job.call for s in self._live}
+        with self._wake:
+            self._waiting.extend(self._inbox)
+            self._inbox.clear()
+            calls.update({id(job.call): job.call for job in self._waiting})
+            self._waiting, self._live = [], []
+        for call in calls.values():
+            call.error = error
+            call.done()
+        for task in tasks:
+            if task.result is None and task.error is None:  # not run yet
+                task.error = error
+                task.done()
+        self._free_context()
 
     def _cap(self, prompt_len: int, p: SamplingParams) -> int:
         """Most tokens a completion may have: `max_new_tokens`, or what is left of n_ctx."""
         return min(p.max_new_tokens, self.n_ctx - prompt_len)
-
-    def _seed_prefixes(self, wave: list[_Job], toks: list[list[int]], first: list[int]) -> list[int]:
-        """Copy into each job's first sequence the longest cached prefix of its prompt; return its length."""
-        prefix, src = [0] * len(wave), [-1] * len(wave)
-        for k, job in enumerate(wave):
-            t = np.asarray(toks[job.prompt])
-            for seq, cached in self._cache.items():
-                n = min(_common_prefix(t, cached), len(t) - 2)  # see _feed: recompute >= 2 tokens
-                if n > prefix[k]:
-                    prefix[k], src[k] = n, seq
-        # Stream copies run in order at the next decode, so a target that is still some job's source waits.
-        pending = {k for k in range(len(wave)) if prefix[k] and src[k] != first[k]}
-        while pending:
-            ready = [k for k in sorted(pending) if all(src[o] != first[k] for o in pending if o != k)]
-            if not ready:  # copies in a cycle: park one target's content in the spare stream, or recompute
-                k, spare = min(pending), self._n_seq
-                if spare > 1 and all(src[o] != spare for o in pending):
-                    lc.llama_memory_seq_cp(self._mem, first[k], spare, -1, -1)
-                    src = [spare if x == first[k] else x for x in src]
-                else:
-                    prefix[k] = 0
-                    pending.discard(k)
-            for k in ready:
-                lc.llama_memory_seq_cp(self._mem, src[k], first[k], -1, -1)  # whole streams only
-                pending.discard(k)
-        for k in range(len(wave)):
-            lc.llama_memory_seq_rm(self._mem, first[k], prefix[k], -1)
-        if self._n_seq > 1:
-            lc.llama_memory_seq_rm(self._mem, self._n_seq, -1, -1)
-        return prefix
 
     def _feed(self, tokens: list[int], start: int, seq: int) -> np.ndarray:
         """Decode `tokens[start:]` into `seq`, one prompt at a time; return the last token's logits.
@@ -297,69 +521,28 @@ class LlamaCppGenerator(Generator):
                 return self._logits(end - 1 - start)[0].copy()
             start = end
 
-    def _run_wave(
-        self,
-        wave: list[_Job],
-        toks: list[list[int]],
-        plist: list[SamplingParams],
-        results: dict[tuple[int, int], Completion],
-    ) -> int:
-        """Decode all samples of `wave` into `results`; return the number of prompt tokens computed.
-
-        The wave's samples use sequences 0, 1, ... in order, each job's first sample holding its prompt.
-        """
-        first = np.cumsum([0] + [len(job.js) for job in wave])[:-1].tolist()
-        prefix = self._seed_prefixes(wave, toks, first)
-        self._cache = {s: t for s, t in self._cache.items() if s >= first[-1] + len(wave[-1].js)}
-        self._scored = {s: x for s, x in self._scored.items() if s in self._cache}
-        seqs: list[_Seq] = []
-        for k, job in enumerate(wave):
-            t, p = toks[job.prompt], plist[job.prompt]
-            logits = self._feed(t, prefix[k], first[k])
-            for seq, j in enumerate(job.js, start=first[k]):
-                if seq != first[k]:
-                    lc.llama_memory_seq_cp(self._mem, first[k], seq, -1, -1)
-                s = _Seq(k, j, seq, list(t), None if p.greedy else np.random.default_rng([p.seed, j]))
-                self._step(s, logits, p, len(t))
-                seqs.append(s)
-
-        owner = {s.seq: s for s in seqs}  # what each stream holds
-        live = [s for s in seqs if s.finish is None]
-        while live:
-            self._move_down(live, owner)
-            self._decode([(s.out[-1], len(s.fed), s.seq, True) for s in live])
-            for row, s in zip(self._logits(None, len(live)), live, strict=True):
-                s.fed.append(s.out[-1])
-                self._step(s, row, plist[wave[s.job].prompt], len(toks[wave[s.job].prompt]))
-            live = [s for s in live if s.finish is None]
-
-        for s in seqs:
-            results[(wave[s.job].prompt, s.j)] = self._completion(s, plist[wave[s.job].prompt])
-        kept = {tuple(t) for t in self._cache.values()}
-        for seq, s in owner.items():
-            tokens = s.fed if self._reuse_generated else toks[wave[s.job].prompt]
-            if tuple(tokens) not in kept:
-                kept.add(tuple(tokens))
-                self._cache[seq] = np.asarray(tokens)
-        return sum(len(toks[job.prompt]) - n for job, n in zip(wave, prefix, strict=True))
-
-    def _move_down(self, live: list[_Seq], owner: dict[int, _Seq]) -> None:
-        """Swap live sequences onto sequences 0 .. len(live) - 1, finished ones out of their way.
+    def _compact(self) -> None:
+        """Swap the live sequences onto sequences 0 .. len(live) - 1, out of the way of finished ones.
 
         llama.cpp splits a batch into one ubatch per run of consecutive sequence ids, and each ubatch
         reads all weights again; copying streams is cheap next to that. Swapping, rather than
         overwriting, keeps finished streams for the cache.
         """
-        holes = [i for i in range(len(live)) if owner[i].finish is not None]
+        n = len(self._live)
+        taken = {s.seq for s in self._live}
+        holes = [i for i in range(n) if i not in taken]
         spare = self._n_seq
-        for hole, s in zip(holes, [s for s in live if s.seq >= len(live)], strict=False):
-            done = owner[hole]
+        for hole, s in zip(holes, [s for s in self._live if s.seq >= n], strict=False):
             for src, dst in ((s.seq, spare), (hole, s.seq), (spare, hole)):  # run in this order
                 lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
             lc.llama_memory_seq_rm(self._mem, spare, -1, -1)
-            done.seq, s.seq = s.seq, hole
-            owner[done.seq], owner[hole] = done, s
-        live.sort(key=lambda s: s.seq)
+            for entries in (self._cache, self._scored):  # what the hole held now lies in s's old stream
+                if hole in entries:
+                    entries[s.seq] = entries.pop(hole)
+                else:
+                    entries.pop(s.seq, None)
+            s.seq = hole
+        self._live.sort(key=lambda s: s.seq)
 
     def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of (token, position, sequence, wants logits) items."""
@@ -426,50 +609,62 @@ class LlamaCppGenerator(Generator):
 
         A continuation is a list of pieces (a solution's steps and separators), each tokenised on its
         own (no BOS) and appended to the prompt's tokens, as a search method appends a step; all of
-        it is read in one pass. Scored sequences stay cached in streams counted from the top (generation
-        fills them from the bottom) with their log-probabilities, so a continuation that extends one
-        scored before (a tree search's child of its parent) computes only what is new, and a cached
-        prompt is not computed again. The numbers are the same either way (see the module docstring).
-        The work is added to `usage` when given (a reward model's), else to this generator's.
+        it is read in one pass. The work runs in the decode loop between two steps, in streams above
+        the live sequences: scored sequences stay cached there (generation fills streams from the
+        bottom) with their log-probabilities, so a continuation that extends one scored before (a tree
+        search's child of its parent) computes only what is new, and a cached prompt is not computed
+        again. The numbers are the same either way (see the module docstring). The work is added to
+        `usage` when given (a reward model's), else to this generator's.
         """
-        out: list[list[list[float]]] = []
-        total = computed = 0
-        with self._lock, Timer() as timer:
-            for k, (prompt, pieces) in enumerate(zip(prompts, continuations, strict=True)):
-                head = self._tokenize(prompt, add_bos=True) or [self._bos]
-                tails = [self._tokenize(piece, add_bos=False) for piece in pieces]
-                tokens = head + [t for tail in tails for t in tail]
-                if len(tokens) == len(head):
-                    out.append([[] for _ in pieces])
-                    continue
-                if len(tokens) > self.n_ctx:
-                    raise ValueError(f"prompt and continuation of {len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
-                self._ensure_context(2 * len(prompts), len(tokens))  # room beside the generation's streams
-                seq = self._n_seq - 1 - k % self._n_seq
-                scored, start = self._reuse_scored(tokens, seq, first_out=len(head) - 1)
-                while start < len(tokens):
-                    end = min(len(tokens), start + _BATCH)
-                    end -= len(tokens) - end == 1  # no lone token in a chunk (see _feed)
-                    want = [len(head) - 1 <= i < len(tokens) - 1 for i in range(start, end)]
-                    self._decode([(tokens[i], i, seq, want[i - start]) for i in range(start, end)])
-                    for i in (i for i in range(start, end) if want[i - start]):
-                        x = self._logits(i - start)[0].astype(np.float64)
-                        scored[i] = x[tokens[i + 1]] - _logsumexp(x)
-                    computed += end - start
-                    start = end
-                self._cache[seq], self._scored[seq] = np.asarray(tokens), scored
-                total += len(tokens)
-                split, at = [], len(head) - 1
-                for tail in tails:
-                    split.append(scored[at : at + len(tail)].tolist())
-                    at += len(tail)
-                out.append(split)
-        work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=computed, seconds=timer.seconds)
+        account = USAGE_ACCOUNT.get()
+        items = []
+        for prompt, pieces in zip(prompts, continuations, strict=True):
+            head = self._tokenize(prompt, add_bos=True) or [self._bos]
+            tails = [self._tokenize(piece, add_bos=False) for piece in pieces]
+            tokens = head + [t for tail in tails for t in tail]
+            if len(tokens) > self.n_ctx:
+                raise ValueError(f"prompt and continuation of {len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
+            items.append((head, tails, tokens))
+        per = max((len(tokens) for _, _, tokens in items), default=1)
+        start = time.perf_counter()
+        out, total, computed = self._run_in_loop(lambda: self._score_items(items), per, 2 * len(items))
+        work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=computed,
+                     seconds=time.perf_counter() - start)
         if usage is None:
-            self._record(work)
+            self._record(work, account)
         else:
             usage.add(work)
         return out
+
+    def _score_items(self, items: list[tuple[list[int], list[list[int]], list[int]]]):
+        """`score_text`'s work, in the decode loop: (log-probs per piece, tokens read, tokens computed)."""
+        out: list[list[list[float]]] = []
+        total = computed = 0
+        free = self._n_seq - len(self._live)  # streams n_seq - 1, n_seq - 2, ... above the live ones
+        for k, (head, tails, tokens) in enumerate(items):
+            if len(tokens) == len(head):
+                out.append([[] for _ in tails])
+                continue
+            seq = self._n_seq - 1 - k % free
+            scored, start = self._reuse_scored(tokens, seq, first_out=len(head) - 1)
+            while start < len(tokens):
+                end = min(len(tokens), start + _BATCH)
+                end -= len(tokens) - end == 1  # no lone token in a chunk (see _feed)
+                want = [len(head) - 1 <= i < len(tokens) - 1 for i in range(start, end)]
+                self._decode([(tokens[i], i, seq, want[i - start]) for i in range(start, end)])
+                for i in (i for i in range(start, end) if want[i - start]):
+                    x = self._logits(i - start)[0].astype(np.float64)
+                    scored[i] = x[tokens[i + 1]] - _logsumexp(x)
+                computed += end - start
+                start = end
+            self._cache[seq], self._scored[seq] = np.asarray(tokens), scored
+            total += len(tokens)
+            split, at = [], len(head) - 1
+            for tail in tails:
+                split.append(scored[at : at + len(tail)].tolist())
+                at += len(tail)
+            out.append(split)
+        return out, total, computed
 
     def _reuse_scored(self, tokens: list[int], seq: int, first_out: int) -> tuple[np.ndarray, int]:
         """Load into `seq` the longest cached prefix of `tokens` whose needed log-probabilities are known.
@@ -503,18 +698,30 @@ class LlamaCppGenerator(Generator):
         return scored, best
 
     def close(self) -> None:
-        """Free the llama.cpp context, batch and model."""
-        if getattr(self, "_batch", None) is not None:
-            self._free_context()
-            lc.llama_batch_free(self._batch)
-            self._batch = None
-            self._llm.close()
+        """Stop the decode loop (after the work it holds), then free the llama.cpp context, batch and model."""
+        with self._wake:
+            self._closed = True
+            thread = self._thread
+            self._wake.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._engine:
+            if getattr(self, "_batch", None) is not None:
+                self._free_context()
+                lc.llama_batch_free(self._batch)
+                self._batch = None
+                self._llm.close()
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _copy(c: Completion) -> Completion:

@@ -8,13 +8,8 @@ is reported beside the accuracy so a too small `--max-new-tokens` shows at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-
-from inferencekit.models.base import GenerationError
-
-P = TypeVar("P")
-C = TypeVar("C")
+from collections.abc import Sequence
+from typing import Any
 
 
 def unclosed_think(text: str) -> bool:
@@ -26,20 +21,6 @@ def unclosed_think(text: str) -> bool:
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:500]
-
-
-def search_or_fail(search: Callable[[list[P]], list[C]], problems: list[P]) -> list[C | GenerationError]:
-    """`search(problems)`, or where that raises `GenerationError`, each problem alone: a problem that
-    fails by itself gets the error in its place, so one failing request does not sink its batch."""
-    try:
-        return list(search(problems))
-    except GenerationError as exc:
-        if len(problems) == 1:
-            return [exc]
-    out: list[C | GenerationError] = []
-    for problem in problems:
-        out.extend(search_or_fail(search, [problem]))
-    return out
 
 
 def failed_record(base: dict[str, Any], error: BaseException | str) -> dict[str, Any]:

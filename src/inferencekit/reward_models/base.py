@@ -107,6 +107,16 @@ class RewardModel(ABC):
         flat = iter(self.score_items(items))
         return [[next(flat) for _ in sols] for sols in solutions]
 
+    async def ascore(self, question: str, solutions: Sequence[str], prompt: str | None = None) -> list[list[float]]:
+        """Step scores of one question's solutions, awaited (the batch `score` in a worker thread).
+
+        Wrap the model in `SharedRewardModel` to have concurrent callers' requests scored together.
+        """
+        import asyncio
+
+        prompts = None if prompt is None else [prompt]
+        return (await asyncio.to_thread(self.score, [question], [list(solutions)], prompts))[0]
+
     @abstractmethod
     def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
         """Scores of each (question, steps) pair, one float per step, in order."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from inferencekit.errors import UserError
-from inferencekit.models.base import Completion, SamplingParams, Timer, Usage
+from inferencekit.models.base import Completion, SamplingParams, Timer, usage_account
 from inferencekit.reward_models.base import RewardModel
 from inferencekit.reward_models.registry import register_format
 
@@ -61,13 +61,12 @@ class LLMJudge(RewardModel):
         prompts = [self.prompt(q, steps[:i], step) for q, steps in items for i, step in enumerate(steps)]
         if not prompts:
             return [[] for _ in items]
-        before = self.generator.usage.copy()
         params = SamplingParams(temperature=0.0, max_new_tokens=1, logprobs=True)
-        with Timer() as timer:
+        with usage_account() as account, Timer() as timer:  # this call's own work, whatever runs beside it
             completions = self.generator.generate(prompts, params)
-        work = self.generator.usage.since(before)
+        work = account.generator
         # The judge's calls are reward-model work: move them off the generator's account.
-        self.generator.usage.add(Usage(**{k: -v for k, v in vars(work).items()}))
+        self.generator._unrecord(work)
         work.calls, work.seconds = 1, timer.seconds
         self.usage.add(work)
         flat = iter(p_yes(c[0]) for c in completions)

@@ -69,7 +69,21 @@ class SearchMethod(ABC):
 
     @abstractmethod
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
-        """Candidates for each problem, in problem order."""
+        """Candidates for each problem, in problem order.
+
+        Called from many threads at once (the runner keeps several problems in flight, each searched
+        on its own): per-search state belongs in local variables, or per thread like `TreeSearch.generated`.
+        """
+
+    async def solve(self, problem: Problem) -> list[Candidate]:
+        """The candidates of one problem, awaited: `search([problem])` in a worker thread.
+
+        The engines batch concurrent requests (continuous batching), so many problems solved at once
+        share every decode step; the request's context (REQUEST_AFFINITY, the usage account) goes along.
+        """
+        import asyncio
+
+        return (await asyncio.to_thread(self.search, [problem]))[0]
 
 
 _METHODS: dict[str, type[SearchMethod]] = {}

@@ -1,0 +1,190 @@
+"""The same GSM8K job through inferencekit and through lm-evaluation-harness, side by side.
+
+    python benchmarks/vs_lm_eval.py --lm-eval-python /work/venvs/lmeval/bin/python [--backend llamacpp|hf]
+        [--limit 100] [--batch-size 16] [--max-new-tokens 256] [--shots 5]
+
+The job (issue 12): the first `--limit` GSM8K test problems from the shipped data, 5-shot (the first
+five training problems as worked examples), greedy, 256 new tokens, batch 16, SmolLM2-135M-Instruct
+(the embedded GGUF). inferencekit runs it through its command line (`inferencekit run`, llama.cpp by
+default, or `--backend hf` on the GGUF dequantised to float32). lm-eval runs the very same prompt
+texts (read back from inferencekit's run folder into a JSONL file its task reads, so both tools see
+identical prompts and stop at the chat template's end of turn) with its HF backend on the same GGUF
+dequantised to float32 and saved once as a normal checkpoint. Both wall times include starting the
+tool and loading the model. Both tools' texts are graded by inferencekit's GSM8K grader, so the
+accuracies and the share of identical extracted answers compare like with like; lm-eval's own
+flexible-extract score is printed too. The last line is `ratio=<lm-eval seconds / inferencekit seconds>`.
+
+Install lm-eval in its OWN virtual environment (never into inferencekit's: it could change shared
+packages), with this machine's torch first:
+
+    python3 -m venv /work/venvs/lmeval
+    /work/venvs/lmeval/bin/pip install torch==2.13.0
+    /work/venvs/lmeval/bin/pip install "lm-eval[hf]"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
+            ROOT.parent / "shared" / "data")
+END_OF_TURN = "<|im_end|>"  # SmolLM2's chat template ends the assistant's turn with it
+
+TASK = """task: inferencekit_gsm8k
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: prompt
+doc_to_target: reference
+target_delimiter: ""
+num_fewshot: 0
+generation_kwargs:
+  until: ["{stop}"]
+  do_sample: false
+  temperature: 0.0
+  max_gen_toks: {tokens}
+filter_list:
+  - name: flexible-extract
+    filter:
+      - function: regex
+        group_select: -1
+        regex_pattern: "(-?[$0-9.,]{{2,}})|(-?[0-9]+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: false
+    regexes_to_ignore: [",", "\\\\$", "(?s).*#### ", "\\\\.$"]
+"""
+
+
+def threads_env(args: argparse.Namespace) -> dict[str, str]:
+    """The thread count for torch (both tools' hf runs) when --threads is given."""
+    return {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+
+
+def run_inferencekit(args: argparse.Namespace, work: Path) -> tuple[float, Path]:
+    cmd = [sys.executable, "-m", "inferencekit.cli", "run", "--dataset", "gsm8k", "--data-dir", str(args.data_dir),
+           "--num-shots", str(args.shots), "--limit", str(args.limit), "--max-new-tokens", str(args.max_new_tokens),
+           "--batch-size", str(args.batch_size), "--work-dir", str(work), "--no-progress"]
+    if args.backend == "hf":
+        cmd += ["--backend", "hf", "--model-arg", "dtype=float32"]
+    elif args.threads:
+        cmd += ["--model-arg", f"n_threads={args.threads}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, **threads_env(args), "PYTHONPATH": str(ROOT / "src")})
+    seconds = time.perf_counter() - start
+    (run_dir,) = work.glob("*/*+*+*")
+    return seconds, run_dir
+
+
+def float32_checkpoint(folder: Path) -> Path:
+    """The embedded GGUF dequantised to float32 and saved as a plain transformers checkpoint (made once)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from inferencekit.models.embedded import embedded_gguf_path
+
+    path = embedded_gguf_path()
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the GGUF loading options: not part of a plain checkpoint
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)  # a GGUF-loaded model refuses save_pretrained
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(folder)
+    return folder
+
+
+def run_lm_eval(args: argparse.Namespace, records: list[dict], work: Path) -> tuple[float, dict[int, str], float]:
+    """lm-eval on the same prompts: (wall seconds, generated text per index, its flexible-extract score)."""
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "prompts.jsonl"
+    with data.open("w") as f:
+        for r in records:
+            f.write(json.dumps({"index": r["index"], "prompt": r["prompt"], "reference": str(r["reference"])}) + "\n")
+    tasks = work / "tasks"
+    tasks.mkdir()
+    (tasks / "inferencekit_gsm8k.yaml").write_text(
+        TASK.format(data=data, stop=END_OF_TURN, tokens=args.max_new_tokens))
+    model = float32_checkpoint(args.checkpoint)
+    cmd = [str(args.lm_eval_python), "-m", "lm_eval", "--model", "hf",
+           "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
+           "--tasks", "inferencekit_gsm8k", "--include_path", str(tasks), "--batch_size", str(args.batch_size),
+           "--output_path", str(work / "out"), "--log_samples"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**env, **threads_env(args), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    seconds = time.perf_counter() - start
+    (samples,) = (work / "out").rglob("samples_inferencekit_gsm8k_*.jsonl")
+    texts, hits = {}, []
+    for line in samples.read_text().splitlines():
+        s = json.loads(line)
+        texts[int(s["doc"]["index"])] = s["resps"][0][0]
+        hits.append(float(s.get("exact_match", 0.0)))
+    return seconds, texts, sum(hits) / max(1, len(hits))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lm-eval-python", type=Path, default=Path("/work/venvs/lmeval/bin/python"),
+                    help="python of the virtual environment holding lm-eval (see the install note above)")
+    ap.add_argument("--backend", choices=["llamacpp", "hf"], default="llamacpp")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--shots", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--data-dir", type=Path, default=DATA)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both tools (llama.cpp n_threads, OMP_NUM_THREADS); default: theirs")
+    ap.add_argument("--checkpoint", type=Path,
+                    default=Path(tempfile.gettempdir()) / "inferencekit-smollm2-135m-float32",
+                    help="where the float32 checkpoint for lm-eval is made once")
+    args = ap.parse_args()
+    if not args.lm_eval_python.is_file():
+        sys.exit(f"no python at {args.lm_eval_python}: install lm-eval as this script's docstring says")
+
+    from inferencekit.grading import grade
+    from inferencekit.grading.extract import extract_answer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t_ours, run_dir = run_inferencekit(args, work / "ik")
+        records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+        records.sort(key=lambda r: r["index"])
+        t_lm, lm_texts, lm_own = run_lm_eval(args, records, work / "lm")
+
+    ours_ok = lm_ok = same = 0
+    for r in records:
+        ours_text, lm_text = r["candidates"][0]["text"], lm_texts[r["index"]]
+        ours_ok += grade(ours_text, str(r["reference"]), "gsm8k")
+        lm_ok += grade(lm_text, str(r["reference"]), "gsm8k")
+        same += extract_answer(ours_text, "gsm8k") == extract_answer(lm_text, "gsm8k")
+    n = len(records)
+    print(f"job: GSM8K first {n} test problems, {args.shots}-shot, greedy, {args.max_new_tokens} new tokens, "
+          f"batch {args.batch_size}, SmolLM2-135M-Instruct")
+    print(f"inferencekit ({args.backend}): {t_ours:.1f} s, accuracy {ours_ok / n:.1%}")
+    print(f"lm-eval (hf, float32):   {t_lm:.1f} s, accuracy {lm_ok / n:.1%} "
+          f"(its own flexible-extract exact match: {lm_own:.1%})")
+    print(f"identical extracted answers: {same / n:.1%}")
+    print(f"ratio={t_lm / t_ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""A reward model shared by many concurrent searches: their `score` calls are gathered into batched calls.
+
+The runner keeps many problems in flight, each scoring its own few nodes at a time. Wrapped in a
+`SharedRewardModel`, calls arriving while the model is busy are merged into its next call, so one
+problem's scoring overlaps another's generation and the model still sees large batches. The model is
+only ever called by one thread at a time (formats may keep per-call state). Each caller's share of
+the work (by items scored) goes to its own usage account, so per-problem usage stays exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from inferencekit.coalesce import Coalescer
+from inferencekit.models.base import USAGE_ACCOUNT, Timer, Usage, UsageAccount, usage_account
+
+_Request = tuple[list[str], list[list[str]], list[str] | None, UsageAccount | None]
+
+
+class SharedRewardModel:
+    """`reward_model` behind a gatherer: same `score` signature and attributes, safe from many threads."""
+
+    def __init__(self, reward_model: Any, max_items: int | None = None) -> None:
+        self.inner = reward_model
+        self._gather: Coalescer[_Request, list[list[list[float]]]] = Coalescer(self._score_many, max_items)
+
+    def __getattr__(self, name: str) -> Any:  # usage, name, step_separator, close, ...
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def score(
+        self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[list[list[float]]]:
+        """As the wrapped model's `score`, batched with whatever other threads ask at the same time."""
+        if isinstance(questions, str) or len(questions) != len(solutions):
+            raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")
+        request = (list(questions), [list(s) for s in solutions], None if prompts is None else list(prompts),
+                   USAGE_ACCOUNT.get())
+        return self._gather(request)
+
+    async def ascore(self, question: str, solutions: list[str], prompt: str | None = None) -> list[list[float]]:
+        import asyncio
+
+        return (await asyncio.to_thread(self.score, [question], [solutions], None if prompt is None else [prompt]))[0]
+
+    def _score_many(self, requests: list[_Request]) -> list[list[list[list[float]]]]:
+        """One call of the wrapped model for all requests (those with and without prompts apart)."""
+        results: list[list[list[list[float]]] | None] = [None] * len(requests)
+        for with_prompts in (True, False):
+            part = [i for i, r in enumerate(requests) if (r[2] is not None) == with_prompts]
+            if not part:
+                continue
+            questions = [q for i in part for q in requests[i][0]]
+            solutions = [s for i in part for s in requests[i][1]]
+            prompts = [p for i in part for p in requests[i][2]] if with_prompts else None
+            before = self.inner.usage.copy() if hasattr(self.inner, "usage") else None
+            with usage_account(), Timer() as timer:  # keep the calling problem's account out of it
+                scores = self.inner.score(questions, solutions, prompts=prompts)
+            at = 0
+            for i in part:
+                k = len(requests[i][0])
+                results[i] = scores[at : at + k]
+                at += k
+            if before is not None:
+                work = self.inner.usage.since(before)
+                work.seconds = timer.seconds
+                _share(work, [(requests[i][3], sum(len(s) for s in requests[i][1])) for i in part])
+        return results  # type: ignore[return-value]
+
+
+def _share(work: Usage, parts: list[tuple[UsageAccount | None, int]]) -> None:
+    """Split one call's work among its callers' accounts in proportion to their items."""
+    total = sum(n for _, n in parts) or 1
+    for account, n in parts:
+        if account is not None:
+            account.reward_model.add(Usage(**{k: v * n / total for k, v in asdict(work).items()}))
