@@ -28,12 +28,14 @@ from typing import Any, TypeVar
 
 from inferencekit.models.base import (
     REQUEST_AFFINITY,
+    USAGE_ACCOUNT,
     Completion,
     GenerationError,
     Generator,
     SamplingParams,
     Timer,
     Usage,
+    UsageAccount,
     per_prompt_params,
 )
 
@@ -111,6 +113,14 @@ class BackgroundLoop:
         self.loop.close()
 
 
+@dataclass(frozen=True)
+class _Caller:
+    """Who asked, read in the caller's context: the pool's loop thread runs in another."""
+
+    affinity: Hashable | None
+    account: UsageAccount | None
+
+
 class _State:
     """Routing state of one replica."""
 
@@ -172,11 +182,11 @@ class ReplicaPool(Generator):
         self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
     ) -> list[list[Completion]]:
         per_prompt = per_prompt_params(prompts, params)
-        affinity = REQUEST_AFFINITY.get()
+        caller = _Caller(REQUEST_AFFINITY.get(), USAGE_ACCOUNT.get())
 
         async def all_prompts() -> list[list[Completion]]:
             pairs = zip(prompts, per_prompt, strict=True)
-            return await _all_or_none([self._samples(p, sp, affinity) for p, sp in pairs])
+            return await _all_or_none([self._samples(p, sp, caller) for p, sp in pairs])
 
         with Timer() as timer:
             results = self._loop.run(all_prompts())
@@ -184,35 +194,35 @@ class ReplicaPool(Generator):
         return results
 
     async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        affinity = REQUEST_AFFINITY.get()  # read here: the pool's loop runs in another context
+        caller = _Caller(REQUEST_AFFINITY.get(), USAGE_ACCOUNT.get())  # read here: the loop runs in another context
         with Timer() as timer:
-            completions = await self._loop.wrap(self._samples(prompt, params, affinity))
+            completions = await self._loop.wrap(self._samples(prompt, params, caller))
         self._record(Usage(calls=1, seconds=timer.seconds))
         return completions
 
     def count_tokens(self, text: str) -> int:
         return self._loop.run(self._call(lambda r: r.count_tokens(text), REQUEST_AFFINITY.get()))
 
-    async def _samples(self, prompt: str, params: SamplingParams, affinity: Hashable | None) -> list[Completion]:
+    async def _samples(self, prompt: str, params: SamplingParams, caller: _Caller) -> list[Completion]:
         """`params.n` completions: greedy once and copied; replicas that ignore `n` get one request per sample,
         sample k with seed `seed + k` (so which replica serves it does not change it)."""
         if params.greedy:
-            return (await self._request(prompt, params.replace(n=1), affinity)) * params.n
+            return (await self._request(prompt, params.replace(n=1), caller)) * params.n
         got: list[Completion] = []
         if not self._fan_out:
-            got = (await self._request(prompt, params, affinity))[: params.n]
+            got = (await self._request(prompt, params, caller))[: params.n]
             if len(got) == params.n:
                 return got
             self._fan_out = True  # the server ignored n: from now on fan out from the start
         singles = [params.replace(n=1, seed=params.seed + k) for k in range(len(got), params.n)]
-        rest = await _all_or_none([self._request(prompt, sp, affinity) for sp in singles])
+        rest = await _all_or_none([self._request(prompt, sp, caller) for sp in singles])
         return got + [c for cs in rest for c in cs[:1]]
 
-    async def _request(self, prompt: str, params: SamplingParams, affinity: Hashable | None) -> list[Completion]:
+    async def _request(self, prompt: str, params: SamplingParams, caller: _Caller) -> list[Completion]:
         # Without a problem to follow, a prompt's own samples still share one replica's prefix cache.
-        key = affinity if affinity is not None else ("prompt", hash(prompt))
+        key = caller.affinity if caller.affinity is not None else ("prompt", hash(prompt))
         completions, usage = await self._call(lambda r: r.request(prompt, params), key)
-        self._record(usage)
+        self._record(usage, caller.account)
         return completions
 
     async def _call(self, fn: Callable[[Replica], Awaitable[T]], affinity: Hashable | None) -> T:
