@@ -495,7 +495,8 @@ def test_evaluate_with_the_math_verify_grader_prints_disagreements(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert "graders disagree on 2 of 4 samples" in result.stdout
     assert "sample 2 candidate 0" in result.stdout and "sample 3 candidate 0" in result.stdout
-    metrics = json.loads((run / "metrics.json").read_text())
+    (evaluation,) = (run / "evaluations").iterdir()  # a named evaluation: the run's own files stay as they were
+    metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["grader"] == "math-verify" and metrics["votes"]["majority"]["accuracy"] == 0.25
     bad = subprocess.run(cmd[:-1] + ["sympy"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "grader" in bad.stderr and "Traceback" not in bad.stderr

@@ -408,8 +408,9 @@ def test_borda_in_run_and_evaluate(tmp_path):
     args = ["--method", "best_of_n", "--n", "4", "--reward-model", "self_certainty", "--vote", "majority", *FLAGS]
     run_cli(args, tmp_path, "a")
     (run_dir,) = tmp_path.glob("*/*+a")
-    assert main(["evaluate", str(run_dir), "--vote", "borda,majority"]) == 0
-    (record,) = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert main(["evaluate", str(run_dir), "--vote", "borda,majority", "--name", "borda"]) == 0
+    evaluation = run_dir / "evaluations" / "borda"
+    (record,) = [json.loads(line) for line in (evaluation / "predictions.jsonl").read_text().splitlines()]
     answers = [c["answer"] for c in record["candidates"]]
     assert record["predictions"]["borda"] == vote("borda", answers, [c["step_scores"] for c in record["candidates"]])
-    assert "borda" in json.loads((run_dir / "metrics.json").read_text())["votes"]
+    assert "borda" in json.loads((evaluation / "metrics.json").read_text())["votes"]

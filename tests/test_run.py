@@ -245,12 +245,18 @@ def test_problems_in_flight_do_not_change_the_results(method, tmp_path):
     one, eight = runs
     assert [r["index"] for r in eight] == list(range(8))
     assert [[c["text"] for c in r["candidates"]] for r in one] == [[c["text"] for c in r["candidates"]] for r in eight]
-    assert [r["candidates"] for r in one] == [r["candidates"] for r in eight]  # step scores too, to the bit
+    # step scores too, to the bit (a candidate's `usage` is its share of the costs: prompt-cache hits vary)
+    assert [[_without_usage(c) for c in r["candidates"]] for r in one] == [
+        [_without_usage(c) for c in r["candidates"]] for r in eight]
     assert [r["predictions"] for r in one] == [r["predictions"] for r in eight]
     assert len({c["text"] for r in one for c in r["candidates"]}) > 8  # sampled, not copies
     # each problem's usage is its own: the same whatever ran beside it
     keys = ("completion_tokens", "prompt_tokens", "calls")
     assert [[r["usage"][k] for k in keys] for r in one] == [[r["usage"][k] for k in keys] for r in eight]
+
+
+def _without_usage(candidate: dict) -> dict:
+    return {k: v for k, v in candidate.items() if k != "usage"}
 
 
 def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
@@ -345,7 +351,8 @@ def test_a_failed_problem_is_recorded_and_redone_without_stopping_the_others(tmp
     lines = [json.loads(line) for line in (first.run_dir / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in lines) == [0, 1, 1, 2]  # the redo is appended, nothing rewritten
     (failed,) = [r for r in lines if r.get("failed")]
-    assert failed["index"] == 1 and failed["error"] == "server at 127.0.0.1:1 gave up" and failed["candidates"] == []
+    assert failed["index"] == 1 and failed["candidates"] == []
+    assert failed["error"] == "server at 127.0.0.1:1 gave up after 3 tries"  # one line
     assert all(r["candidates"] for r in lines if not r.get("failed"))  # the others ran beside it
     assert first.metrics["votes"]["majority"]["n"] == 2  # the failed problem counts in no accuracy
     assert again.generated == 1  # resuming redid only the failed problem

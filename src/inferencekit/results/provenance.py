@@ -119,12 +119,25 @@ def hub_revision(repo_id: str) -> str | None:
 
 
 def served_models(spec: Any) -> list[dict[str, Any]] | str:
-    """The model list an OpenAI-compatible server reports (`GET /models`), or why it could not be read."""
-    base = (spec.base_url or os.environ.get("OPENAI_BASE_URL") or "").rstrip("/")
-    if not base:
-        return "no base_url"
+    """The model list the OpenAI-compatible servers report (`GET /models`), or why it could not be read.
+
+    With a pool of servers each item also names its `server`.
+    """
+    from inferencekit.models.openai import api_key, base_urls
+
+    urls = base_urls(spec)
+    key = api_key(spec)
+    found: list[dict[str, Any]] = []
+    for url in urls:
+        models = _served_by(url.rstrip("/"), key)
+        if isinstance(models, str):
+            return f"{url}: {models}" if len(urls) > 1 else models
+        found += [{**m, "server": url} for m in models] if len(urls) > 1 else models
+    return found
+
+
+def _served_by(base: str, key: str | None) -> list[dict[str, Any]] | str:
     request = urllib.request.Request(f"{base}/models")
-    key = spec.api_key or os.environ.get("OPENAI_API_KEY")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
