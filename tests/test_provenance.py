@@ -36,7 +36,7 @@ def run_dir(work: Path) -> Path:
 
 def texts(path: Path) -> list[tuple[int, list[str]]]:
     rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
-    return [(r["index"], [c["text"] for c in r["candidates"]]) for r in rows]
+    return sorted((r["index"], [c["text"] for c in r["candidates"]]) for r in rows)  # appended as each finishes
 
 
 def test_hashes_are_cached_by_path_size_and_mtime(tmp_path):

@@ -398,7 +398,8 @@ TINY_FLAGS = ["--n", "4", "--beam-width", "2", "--limit", "1", "--max-new-tokens
 def run_cli(args: list[str], work: Path, name: str) -> list[dict]:
     assert main(["run", *args, "--work-dir", str(work), "--exp-name", name]) == 0
     (path,) = work.glob(f"*/*+{name}")
-    return [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+    return sorted(rows, key=lambda r: r["index"])  # appended as each problem finishes
 
 
 def check_record(record: dict, method_name: str) -> None:
