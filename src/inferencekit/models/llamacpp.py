@@ -301,10 +301,14 @@ class LlamaCppGenerator(Generator):
     def _submit(self, call: _Call) -> None:
         jobs = [_Job(call, i, list(range(1 if p.greedy else p.n))) for i, p in enumerate(call.params)]
         call.left = sum(len(job.js) for job in jobs)
+        self._post(lambda: self._inbox.extend(jobs))
+
+    def _post(self, add: Callable[[], None]) -> None:
+        """Hand work to the decode loop (`add` queues it, under the loop's lock), starting the loop if idle."""
         with self._wake:
             if self._closed:
                 raise RuntimeError("this llama.cpp generator is closed")
-            self._inbox.extend(jobs)
+            add()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="llamacpp-decode", daemon=True)
                 self._thread.start()
@@ -334,14 +338,7 @@ class LlamaCppGenerator(Generator):
         """Run `fn` in the decode loop's thread, between two steps, once the context can hold it."""
         done = threading.Event()
         task = _Task(fn, per_seq, streams, done.set)
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("this llama.cpp generator is closed")
-            self._tasks.append(task)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="llamacpp-decode", daemon=True)
-                self._thread.start()
-            self._wake.notify()
+        self._post(lambda: self._tasks.append(task))
         done.wait()
         if task.error is not None:
             raise task.error
