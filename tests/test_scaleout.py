@@ -171,12 +171,17 @@ FAULT_RUN = ["--backend", "openai", "--model", GGUF, "--method", "best_of_n", "-
              "--max-new-tokens", "24", "--batch-size", "2", "--limit", "6"]
 
 
+def wait_for_first_record(work: Path) -> None:
+    """Until the run under `work` has appended its first problem (a kill then lands mid-run)."""
+    wait_for(lambda: len(lines(next(iter(work.glob("*/*/predictions.jsonl")), Path("/nonexistent")))) >= 1)
+
+
 def test_sigkill_of_one_server_mid_run_loses_nothing(servers, tmp_path):
     a, b = servers(2)
     args = [*FAULT_RUN, "--model-arg", f"base_url={a.url},{b.url}", "--model-arg", "retry_delay=0.05"]
     proc = spawn_run(args, tmp_path, stdout=subprocess.PIPE)
     try:
-        wait_for(lambda: len(lines(next(iter(tmp_path.glob("*/*/predictions.jsonl")), Path("/nonexistent")))) >= 1)
+        wait_for_first_record(tmp_path)
         b.kill()
         out, err = proc.communicate(timeout=300)
     finally:
@@ -197,7 +202,7 @@ def test_the_only_server_dies_samples_fail_then_a_rerun_completes_them(servers, 
             "--model-arg", "max_retries=2"]
     proc = spawn_run(args, tmp_path, stdout=subprocess.PIPE)
     try:
-        wait_for(lambda: len(lines(next(iter(tmp_path.glob("*/*/predictions.jsonl")), Path("/nonexistent")))) >= 1)
+        wait_for_first_record(tmp_path)
         only.kill()
         out, err = proc.communicate(timeout=300)
     finally:
