@@ -13,12 +13,19 @@ from tiny_models import make_tiny_llama
 _USER_ENVIRONMENT = ("INFERENCEKIT_DATA_DIR", "INFERENCEKIT_PRESETS", "OPENAI_BASE_URL", "OPENAI_API_KEY")
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    """The tests' own inferencekit cache (hashes, dequantised GGUF copies): never the user's."""
+    return tmp_path_factory.mktemp("inferencekit-cache")
+
+
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, _session_cache: Path) -> None:
     """Every test starts from the same environment, whatever the shell that runs pytest holds."""
     for name in _USER_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("INFERENCEKIT_CACHE_DIR", str(_session_cache))
 
 
 @pytest.fixture(scope="session")

@@ -163,6 +163,33 @@ def test_samples_share_their_prompt_computation(tiny_llama_dir):
     assert shared.usage.prompt_tokens == plain.usage.prompt_tokens
 
 
+def test_a_common_prefix_is_computed_once_and_kept_between_batches(tiny_llama_dir):
+    shared, plain = make_generator(tiny_llama_dir), make_generator(tiny_llama_dir)
+    plain._share_prompts = False
+    shots = "Worked example: two plus two is four, so the answer is four. " * 3
+    questions = ["What is one plus one?", "Name a colour of the sky on a clear day, please.", "Why?"]
+    params = [SamplingParams(max_new_tokens=6, logprobs=True), SamplingParams(n=2, temperature=1.0, seed=3,
+              max_new_tokens=5), SamplingParams(max_new_tokens=4)]
+    prompts = [shots + q for q in questions]
+    got, want = shared.generate(prompts, params), plain.generate(prompts, params)
+    assert texts(got) == texts(want)
+    assert got[0][0].logprobs == pytest.approx(want[0][0].logprobs, abs=1e-4)
+    encoded = [shared.encode(p) for p in prompts]
+    common = next(k for k in range(len(encoded[2])) if len({tuple(e[:k + 1]) for e in encoded}) > 1)
+    assert common >= 16
+    rows = [1, 2, 1]
+    assert plain.usage.computed_prompt_tokens == sum(len(e) * r for e, r in zip(encoded, rows, strict=True))
+    assert shared.usage.computed_prompt_tokens == common + sum(len(e) - common - 1 + r
+                                                               for e, r in zip(encoded, rows, strict=True))
+    # the next batch with the same few-shot block computes only what follows it
+    before = shared.usage.computed_prompt_tokens
+    later = [shots + "What is two plus three?", shots + "And four plus four?"]
+    again = shared.generate(later, SamplingParams(max_new_tokens=5))
+    assert texts(again) == texts(plain.generate(later, SamplingParams(max_new_tokens=5)))
+    later_ids = [shared.encode(p) for p in later]
+    assert shared.usage.computed_prompt_tokens - before == sum(len(e) - common for e in later_ids)
+
+
 def test_logprobs_are_raw_model_logprobs(gen):
     completion = gen.generate(PROMPTS[2:], SamplingParams(max_new_tokens=6, logprobs=True))[0][0]
     ids, expected = manual_greedy(gen, PROMPTS[2], 6)
@@ -237,8 +264,29 @@ def test_missing_paths_give_one_line_errors(tmp_path, tiny_llama_dir):
         make_generator(tiny_llama_dir, dtype="float64")
 
 
-def test_embedded_gguf_through_transformers(embedded_gguf):
+def test_embedded_gguf_through_transformers_is_dequantised_once(embedded_gguf, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from inferencekit.models.dequantised import checkpoint_folder
+
+    monkeypatch.setenv("INFERENCEKIT_CACHE_DIR", str(tmp_path))
+    copy = checkpoint_folder(embedded_gguf, "auto")
     smol = make_generator(embedded_gguf.parent, gguf_file=embedded_gguf.name)
+    assert (copy / "config.json").is_file()  # the first load saved its dequantised copy
     prompt = smol.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
-    completion = smol.generate([prompt], SamplingParams(max_new_tokens=8))[0][0]
+    params = SamplingParams(max_new_tokens=8, logprobs=True)
+    completion = smol.generate([prompt], params)[0][0]
     assert completion.text.strip() and completion.tokens <= 8
+    # the same tokens and log-probabilities as transformers' own GGUF load
+    tokenizer = AutoTokenizer.from_pretrained(embedded_gguf.parent, gguf_file=embedded_gguf.name)
+    direct = AutoModelForCausalLM.from_pretrained(embedded_gguf.parent, gguf_file=embedded_gguf.name)
+    ids = smol.encode(prompt)
+    assert ids == tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        out = direct.generate(torch.tensor([ids]), max_new_tokens=completion.tokens, do_sample=False,
+                              output_scores=True, return_dict_in_generate=True)
+    assert tokenizer.decode(out.sequences[0, len(ids):]).replace("<|im_end|>", "") == completion.text
+    # a second load reads the copy (a changed GGUF would get a new one: the key holds size and mtime)
+    (copy / "model.safetensors").rename(copy / "moved.safetensors")
+    with pytest.raises(OSError, match=copy.name):
+        make_generator(str(embedded_gguf))

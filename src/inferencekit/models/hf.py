@@ -10,6 +10,7 @@ seed and its index, never on the batch it sits in.
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import logging
@@ -25,6 +26,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -46,6 +48,7 @@ from .base import (
     per_prompt_params,
     truncate_at_stop,
 )
+from .dequantised import dequantised_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ except ImportError:
     _CACHE_KWARG = "past_key_values"
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth its own forward pass
 _HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*(/[\w.-]+)?$")
 
 
@@ -93,6 +97,17 @@ def _dtype_kwarg(dtype: str) -> dict:
     # transformers renamed torch_dtype= to dtype= in 4.56
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     return {key: DTYPES[dtype]}
+
+
+def _plain_checkpoint(gguf: Path, spec: GeneratorSpec) -> tuple[str, str | None]:
+    """(folder, None) of the dequantised copy of local file `gguf`, or (its folder, its name) to load it
+    directly when no copy can be made (noted once)."""
+    options = dict(_dtype_kwarg(spec.dtype), trust_remote_code=spec.trust_remote_code)
+    try:
+        return str(dequantised_checkpoint(gguf, spec.dtype, options)), None
+    except (OSError, ValueError, RuntimeError) as e:
+        logger.warning("loading %s without a saved dequantised copy (%s)", gguf.name, _one_line(e))
+        return str(gguf.parent), gguf.name
 
 
 def row_seed(seed: int, prompt: str, sample: int) -> int:
@@ -211,8 +226,11 @@ class HFGenerator(Generator):
         self.spec = spec
         self.name = spec.name
         self.max_batch_sequences = max(1, int(spec.max_batch_sequences))
-        self._share_prompts = True  # compute a prompt once for all its samples (see _shared_prompt_cache)
+        self._share_prompts = True  # compute what rows share once (see _prefill)
+        self._prefix: tuple[list[int], DynamicCache] | None = None
         source, gguf_file, is_local = resolve_source(spec.path, spec.gguf_file)
+        if gguf_file is not None and is_local:
+            source, gguf_file = _plain_checkpoint(Path(source) / gguf_file, spec)
         common: dict = {"trust_remote_code": spec.trust_remote_code}
         if gguf_file is not None:
             common["gguf_file"] = gguf_file
@@ -403,13 +421,8 @@ class HFGenerator(Generator):
         stop: tuple[str, ...],
     ) -> tuple[list[Completion], dict[int, int]]:
         """Decode `rows` as one batch; return their completions and the prompt tokens computed per prompt."""
-        width = max(len(encoded[r.prompt]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            ids = encoded[row.prompt]
-            input_ids[b, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[b, width - len(ids) :] = 1
+        input_ids, attention_mask, shared, computed = self._prefill(rows, encoded)
+        width = input_ids.shape[1]
         row_params = [plist[r.prompt] for r in rows]
         seeds = [
             None if p.greedy else row_seed(p.seed, prompts[r.prompt], r.sample)
@@ -425,12 +438,6 @@ class HFGenerator(Generator):
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RowCaps(caps, width)])
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        shared = self._shared_prompt_cache(rows, input_ids, attention_mask)
-        computed: dict[int, int] = {}
-        for r in rows:  # shared: a prompt but its last token once, that token per row; else all per row
-            whole = len(encoded[r.prompt])
-            computed[r.prompt] = computed.get(r.prompt, whole - 1 if shared is not None else 0) + (
-                1 if shared is not None else whole)
         if shared is not None:
             kwargs[_CACHE_KWARG] = shared
         device = self.input_device
@@ -458,37 +465,81 @@ class HFGenerator(Generator):
                                       for i, v in zip(ids[b][: c.tokens], values[b][: c.tokens], strict=True)]
         return completions, computed
 
-    def _shared_prompt_cache(self, rows: list[_Row], input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """The KV cache of the batch's prompts but their last position, computed once per distinct prompt and
-        copied to its rows (`past_key_values` for generate); None when no prompt has several rows.
+    def _prefill(
+        self, rows: list[_Row], encoded: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None, dict[int, int]]:
+        """The batch's input ids, attention mask, KV cache of all but their last position, and prompt tokens
+        computed per prompt.
 
-        A model whose cache cannot be built and copied this way is noted and then runs without.
+        What the rows share is computed once: the prompts' common prefix (a few-shot block, a tree's path;
+        kept between batches in `_prefix`), then each distinct prompt's remainder, copied to its samples.
+        Each row is laid out as [common prefix][padding][remainder], so positions stay contiguous. Without
+        a shared part (or for a model whose cache cannot be built this way) rows are left-padded and
+        `generate` computes everything (cache None).
         """
-        if not self._share_prompts or input_ids.shape[1] < 2:
-            return None
-        first: dict[int, int] = {}  # prompt -> its first row
-        for b, row in enumerate(rows):
-            first.setdefault(row.prompt, b)
-        if len(first) == len(rows):
-            return None
-        slot = {prompt: i for i, prompt in enumerate(first)}  # prompt -> its row in the prompts-only batch
-        heads = list(first.values())
+        distinct = list(dict.fromkeys(r.prompt for r in rows))
+        seqs = [encoded[p] for p in distinct]
+        common = min(_common_prefix(seqs), min(len(s) for s in seqs) - 1)
+        if common < MIN_SHARED_PREFIX:
+            common = 0
+        if not self._share_prompts or max(map(len, seqs)) < 2 or (common == 0 and len(distinct) == len(rows)):
+            return (*_layout([encoded[r.prompt] for r in rows], 0, self.pad_token_id), None,
+                    {p: len(encoded[p]) * sum(r.prompt == p for r in rows) for p in distinct})
+        ids, mask = _layout(seqs, common, self.pad_token_id)
+        width = ids.shape[1]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers the rows
         device = self.input_device
-        mask = attention_mask[heads, :-1]
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers left-padded rows
         try:
             with torch.inference_mode(), self._attention_backends():
-                out = self.model(
-                    input_ids=input_ids[heads, :-1].to(device), attention_mask=mask.to(device),
-                    position_ids=positions.to(device), use_cache=True,
-                )
-                cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
-                cache.batch_select_indices(torch.tensor([slot[r.prompt] for r in rows]))  # CPU: any device
+                cache, prefix_work = self._prefix_cache(seqs[0][:common])
+                cache.batch_repeat_interleave(len(distinct))
+                if width - 1 > common:
+                    self.model(
+                        input_ids=ids[:, common:-1].to(device), attention_mask=mask[:, :-1].to(device),
+                        position_ids=positions[:, common:-1].to(device), use_cache=True, **{_CACHE_KWARG: cache},
+                    )
+                slot = {p: i for i, p in enumerate(distinct)}
+                select = torch.tensor([slot[r.prompt] for r in rows])
+                cache.batch_select_indices(select)  # CPU indices: any device
         except Exception as e:  # noqa: BLE001 - any architecture-specific failure: fall back for good
-            logger.warning("prompts are not shared between samples with this model (%s)", _one_line(e))
+            logger.warning("prompts are not shared between sequences with this model (%s)", _one_line(e))
             self._share_prompts = False
-            return None
-        return cache
+            self._prefix = None
+            return self._prefill(rows, encoded)
+        computed = {p: len(encoded[p]) - common - 1 + sum(r.prompt == p for r in rows) for p in distinct}
+        computed[distinct[0]] += prefix_work
+        return ids[select], mask[select], cache, computed
+
+    def _prefix_cache(self, prefix: list[int]) -> tuple[DynamicCache, int]:
+        """A batch-of-one KV cache of `prefix` and the tokens computed to make it.
+
+        The last prefix's cache is kept and reused as far as it matches (the few-shot block every problem
+        starts with); only the rest is computed. Call under inference mode.
+        """
+        if not prefix:
+            return DynamicCache(), 0
+        kept, cache = (0, None)
+        if self._prefix is not None:
+            stored, stored_cache = self._prefix
+            kept = _common_prefix([stored, prefix])
+            if kept >= MIN_SHARED_PREFIX:
+                cache = copy.deepcopy(stored_cache)
+                if kept < len(stored):
+                    cache.crop(kept)
+            else:
+                kept = 0
+        if cache is None:
+            cache = DynamicCache()
+        if kept < len(prefix):
+            device = self.input_device
+            self.model(
+                input_ids=torch.tensor([prefix[kept:]], device=device),
+                attention_mask=torch.ones((1, len(prefix)), dtype=torch.long, device=device),
+                position_ids=torch.arange(kept, len(prefix), device=device)[None],
+                use_cache=True, **{_CACHE_KWARG: cache},
+            )
+        self._prefix = (list(prefix), copy.deepcopy(cache))
+        return cache, len(prefix) - kept
 
     def _top_pairs(self, ids: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
         eos = set(self.eos_token_ids)
@@ -550,6 +601,28 @@ class HFGenerator(Generator):
 
 
 _Request = tuple[list[str], list[SamplingParams], UsageAccount | None, float]  # prompts, params, account, start
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix all `seqs` share."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs[1:]):
+            return k
+    return n
+
+
+def _layout(seqs: Sequence[Sequence[int]], common: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask of `seqs` as [shared first `common` tokens][padding][the rest]."""
+    width = common + max(len(s) - common for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, :common], mask[b, :common] = torch.tensor(s[:common], dtype=torch.long), 1
+        rest = len(s) - common
+        if rest:
+            ids[b, width - rest :], mask[b, width - rest :] = torch.tensor(s[common:], dtype=torch.long), 1
+    return ids, mask
 
 
 def _counted(completions: list[Completion], params: SamplingParams) -> list[Completion]:
