@@ -597,3 +597,40 @@ def test_coalescer_runs_whatever_is_pending_together():
         with pytest.raises(ValueError, match="unlucky"):  # the error reaches every caller of that batch
             rest[0].result()
     assert calls == [[1], [2, 3, 13]]
+
+
+def test_coalescer_bounds_batches_by_weight_and_lingers_for_arrivals():
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def run(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            release.wait(timeout=60)
+        return items
+
+    # weights: an item weighs its value; a batch holds at most 4, an item heavier than that goes alone
+    gather = Coalescer(run, 4, weight=lambda i: i)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(gather, 1)
+        while not calls:
+            threading.Event().wait(0.01)
+        rest = [pool.submit(gather, i) for i in (2, 1, 3, 9)]
+        while len(gather._queue) < 4:
+            threading.Event().wait(0.01)
+        release.set()
+        assert [f.result() for f in [first, *rest]] == [1, 2, 1, 3, 9]
+    assert calls == [[1], [2, 1], [3], [9]]
+
+    # lingering: requests arriving one after another join the first caller's batch
+    calls.clear()
+    release.set()
+    lingering = Coalescer(run, 3, linger=30.0)  # returns at once when full, so the long linger costs nothing
+    with ThreadPoolExecutor(3) as pool:
+        futures = []
+        for i in (1, 2, 3):
+            futures.append(pool.submit(lingering, i))
+            while len(lingering._queue) < i:
+                threading.Event().wait(0.01)
+        assert [f.result(timeout=60) for f in futures] == [1, 2, 3]
+    assert calls == [[1, 2, 3]]

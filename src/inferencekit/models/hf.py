@@ -60,6 +60,7 @@ except ImportError:
     _CACHE_KWARG = "past_key_values"
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GATHER_LINGER_S = 0.05  # how long a gathered batch waits for a next arrival (see inferencekit.coalesce)
 MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth its own forward pass
 _HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*(/[\w.-]+)?$")
 
@@ -256,7 +257,8 @@ class HFGenerator(Generator):
         self._setup_tokenizer()
         self._setup_generation_config()
         self._generate_lock = threading.Lock()
-        self._gather: Coalescer[_Request, list[list[Completion]]] = Coalescer(self._generate_many)
+        self._gather: Coalescer[_Request, list[list[Completion]]] = Coalescer(
+            self._generate_many, self.max_batch_sequences, weight=_rows, linger=GATHER_LINGER_S)
         self._warned_no_template = False
 
     # ----------------------------------------------------------------- setup
@@ -601,6 +603,11 @@ class HFGenerator(Generator):
 
 
 _Request = tuple[list[str], list[SamplingParams], UsageAccount | None, float]  # prompts, params, account, start
+
+
+def _rows(request: _Request) -> int:
+    """Sequences a request decodes: a greedy prompt's copies are decoded once."""
+    return sum(1 if p.greedy else p.n for p in request[1])
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
