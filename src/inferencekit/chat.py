@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
+from inferencekit.files import write_atomic
 from inferencekit.models.base import Generator, Message, SamplingParams, stream
-from inferencekit.results.store import write_atomic
 
 HELP = ("commands: /bon N (answer the last message again by best-of-N), /system TEXT, /reset, /save FILE, "
         "/load FILE, /help, /exit")
@@ -277,7 +277,7 @@ def run_chat(session: ChatSession, stdin: TextIO | None = None, interactive: boo
         except UserError as exc:
             session.say(f"error: {exc}")
         except ValueError as exc:  # e.g. a prompt longer than the model's context
-            session.say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            session.say(f"error: {first_line(exc)}")
         except KeyboardInterrupt:
             session.say("\n(interrupted)")
     return 0

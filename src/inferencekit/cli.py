@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
 
 EXIT_USAGE = 2
 
@@ -279,7 +279,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from inferencekit.search import get_method, method_names
 
         for name in method_names():
-            doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
+            doc = first_line(get_method(name).__doc__ or "")
             print(f"{name:16} {doc}")
     elif args.what == "votes":
         from inferencekit.voting import needs_scores, vote_names

@@ -13,7 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from inferencekit.errors import UserError
+from inferencekit import errors
+from inferencekit.errors import UserError, first_line
 
 # Keys that change neither generation nor grading: a resumed run may differ in these.
 RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "grading_workers", "votes",
@@ -183,23 +184,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"config file {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of keys to values")
     return data
 
 
 def validation_message(exc: ValidationError, source: str = "config") -> str:
-    """One line naming each bad key and what is accepted."""
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "value"
-        if err["type"] == "extra_forbidden":
-            accepted = ", ".join(RunConfig.model_fields)
-            parts.append(f"unknown key {key!r} (accepted: {accepted})")
-        else:
-            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-    return f"invalid {source}: " + "; ".join(parts)
+    """One line naming each bad key of a run config and what is accepted."""
+    return errors.validation_message(exc, source, RunConfig.model_fields)
 
 
 def resolve_config(

@@ -17,14 +17,14 @@ from typing import Any
 
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, one_line
 from inferencekit.grading import Grader
 from inferencekit.models import Generator, executor_args, load_generator, resolve_model
 from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_account
 from inferencekit.prompts import build_messages
 from inferencekit.results.accounting import attach_costs, parameter_counts
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
-from inferencekit.results.health import failed_record, is_failed, one_line
+from inferencekit.results.health import failed_record, is_failed
 from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for

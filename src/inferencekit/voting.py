@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from inferencekit.errors import unknown
 from inferencekit.grading import canonical_form
+from inferencekit.registry import Registry
 
 AGGREGATIONS = ("min", "last", "prod", "mean", "model")
 
@@ -36,7 +37,7 @@ def aggregate(step_scores: Sequence[float] | None, how: str) -> float:
 
 
 VoteFn = Callable[[Sequence[str | None], Sequence[Sequence[float] | None], str], str | None]
-_VOTES: dict[str, VoteFn] = {}
+VOTES: Registry[VoteFn] = Registry("vote")
 _NEEDS_SCORES: set[str] = set()
 
 
@@ -44,7 +45,7 @@ def register_vote(name: str, needs_scores: bool = False) -> Callable[[VoteFn], V
     """Register `fn(answers, step_scores, aggregation) -> answer` as a vote named `name`."""
 
     def wrap(fn: VoteFn) -> VoteFn:
-        _VOTES[name] = fn
+        VOTES.add(name, fn)
         if needs_scores:
             _NEEDS_SCORES.add(name)
         return fn
@@ -53,7 +54,7 @@ def register_vote(name: str, needs_scores: bool = False) -> Callable[[VoteFn], V
 
 
 def vote_names() -> list[str]:
-    return sorted(_VOTES)
+    return VOTES.names()
 
 
 def needs_scores(name: str) -> bool:
@@ -67,10 +68,9 @@ def vote(
     aggregation: str = "last",
 ) -> str | None:
     """The answer that vote `name` picks; None when no candidate has an answer."""
-    if name not in _VOTES:
-        raise unknown("vote", name, _VOTES)
+    fn = VOTES.get(name)
     scores = step_scores if step_scores is not None else [None] * len(answers)
-    return _VOTES[name](answers, scores, aggregation)
+    return fn(answers, scores, aggregation)
 
 
 def _weighted_groups(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
 
 _SHIPPED = Path(__file__).parent
 
@@ -43,7 +43,7 @@ def _read(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"preset {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"preset {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"preset {path} must hold a mapping")
     return data

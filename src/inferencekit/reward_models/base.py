@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
 from inferencekit.models.base import Generator, Usage
 
 
@@ -77,7 +77,7 @@ class RewardModel(ABC):
     @classmethod
     def description(cls) -> str:
         """First line of the class docstring."""
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        return first_line(cls.__doc__ or "")
 
     def load(self) -> None:  # noqa: B027 - optional hook
         """Load weights (called before `configure`)."""

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inferencekit.errors import unknown
 from inferencekit.models.base import Generator, SamplingParams
+from inferencekit.registry import Registry
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -86,23 +86,22 @@ class SearchMethod(ABC):
         return (await asyncio.to_thread(self.search, [problem]))[0]
 
 
-_METHODS: dict[str, type[SearchMethod]] = {}
+METHODS: Registry[type[SearchMethod]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[SearchMethod]], type[SearchMethod]]:
+    """Class decorator: make a `SearchMethod` subclass runnable as `--method name`."""
+
     def wrap(cls: type[SearchMethod]) -> type[SearchMethod]:
         cls.name = name
-        _METHODS[name] = cls
-        return cls
+        return METHODS.add(name, cls)
 
     return wrap
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[SearchMethod]:
-    if name not in _METHODS:
-        raise unknown("method", name, _METHODS)
-    return _METHODS[name]
+    return METHODS.get(name)
