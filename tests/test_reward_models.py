@@ -333,11 +333,14 @@ def test_self_certainty_chunked_logits_and_generator_model(load, causal_dir, mon
     )
 
     class HFLike(FakeGenerator):  # an hf-backend generator: its loaded model is reused, no score_text
-        score_text = None
+        can_score_text = False
 
         def __init__(self, model, tokenizer):
             super().__init__()
             self.model, self.tokenizer = model, tokenizer
+
+        def torch_model(self):
+            return self.model, self.tokenizer
 
         def chat_prompt(self, messages, add_generation_prompt=True):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -351,6 +354,7 @@ class FakeGenerator(Generator):
     """Answers from a script; offers score_text like a backend that can score given text."""
 
     name = "fake"
+    can_score_text = True
 
     def __init__(self, answers: list[tuple[str, float]] | None = None) -> None:
         super().__init__()
@@ -374,8 +378,10 @@ class FakeGenerator(Generator):
     def count_tokens(self, text):
         return len(text.split())
 
-    def score_text(self, prompts, continuations):
+    def score_text(self, prompts, continuations, usage=None):
         self.scored += list(zip(prompts, continuations, strict=True))
+        work = Usage(calls=1, prompt_tokens=len(prompts))
+        usage.add(work) if usage is not None else self._record(work)
         return [[[-0.5, -1.5] for _ in pieces] for pieces in continuations]
 
 
@@ -390,6 +396,11 @@ def test_llm_judge_reads_p_yes_from_first_token():
     assert gen.usage.calls == 0 and gen.usage.prompt_tokens == 0  # judged work is not generation
     with pytest.raises(UserError, match="needs a generator"):
         load_reward_model("llm_judge")
+    # llm_judge declares that it ignores the policy's prompts: same prompts to the judge, same scores
+    assert not rm.uses_prompts and FORMATS["self_certainty"].uses_prompts
+    seen = list(gen.prompts)
+    assert approx(rm.score([Q], [[SOLUTION]], prompts=["<policy prompt>"])[0][0], scores)
+    assert gen.prompts[len(seen):] == seen
 
 
 def test_self_certainty_uses_generator_score_text():
@@ -405,6 +416,24 @@ def test_self_certainty_uses_generator_score_text():
     assert gen.scored[-1][0] == "<policy prompt>" and rm.score([Q], [[SOLUTION]]) and gen.scored[-1][0] == prompt
     with pytest.raises(UserError, match="self_certainty needs a causal LM"):
         load_reward_model("self_certainty")
+
+
+def test_scoring_text_is_a_declared_capability():
+    class CannotScore(FakeGenerator):  # like the openai backend: neither score_text nor an in-process model
+        can_score_text = False
+        score_text = Generator.score_text  # the base class's refusal
+
+    gen = CannotScore()
+    with pytest.raises(UserError, match=r"^backend 'fake' cannot score text; backends that can: llamacpp$"):
+        gen.score_text(["p"], [["x"]])
+    with pytest.raises(UserError, match="self_certainty needs a causal LM.*got backend 'fake'"):
+        load_reward_model("self_certainty", generator=gen)
+    assert gen.scored == []  # declared unable: never called
+    # an able backend's work is the reward model's, not the generator's (the contract's usage=)
+    able = FakeGenerator()
+    rm = load_reward_model("self_certainty", generator=able)
+    rm.score([Q, Q], [[SOLUTION], [SOLUTION]])
+    assert rm.usage.calls == 1 and rm.usage.prompt_tokens == 2 and able.usage.calls == 0
 
 
 # ---- engineering: batching, truncation, usage ----

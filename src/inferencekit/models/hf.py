@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -47,7 +48,7 @@ from .base import (
     per_prompt_params,
     truncate_at_stop,
 )
-from .torch_options import attention_without_cudnn, torch_dtype
+from .torch_options import attention_without_cudnn, model_context_length, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +300,13 @@ class HFGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` alone (no BOS added)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_length(self) -> int:
+        return model_context_length(self.model, self.tokenizer)
+
+    def torch_model(self) -> tuple[torch.nn.Module, Any]:
+        return self.model, self.tokenizer
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a prompt, with the tokenizer's BOS unless the text already starts with it."""

@@ -4,6 +4,7 @@ the dtype names users may give, and the attention kernels to use on GPU."""
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
@@ -35,3 +36,13 @@ def attention_without_cudnn(device: torch.device) -> contextlib.AbstractContextM
     except ImportError:  # torch < 2.3
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def model_context_length(model: Any, tokenizer: Any) -> int:
+    """The longest input the model takes: config.max_position_embeddings, else the tokenizer's limit."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    length = getattr(config, "max_position_embeddings", None)
+    if not length:
+        limit = getattr(tokenizer, "model_max_length", None)
+        length = limit if limit and limit < 10**8 else 4096
+    return int(length)

@@ -45,6 +45,9 @@ class RewardModel(ABC):
 
     format_name: ClassVar[str] = ""
     needs_weights: ClassVar[bool] = True  # False: works from a generator alone (name = format name)
+    # True: `score(..., prompts=)` reads each step after the policy's own prompt; False: `prompts` is ignored
+    # (the format scores the question in its own layout: a PRM's template, a judge's instruction)
+    uses_prompts: ClassVar[bool] = False
 
     def __init__(self, settings: RewardModelSettings, **options: Any) -> None:
         self.settings = settings
@@ -92,8 +95,9 @@ class RewardModel(ABC):
 
         A solution's steps are its pieces between `step_separator` (whitespace-only pieces dropped);
         a step that got no score (cut off by truncation) is NaN. `prompts`, where the caller knows them,
-        are the policy's prompts per question: formats that read the policy's own context use them
-        (self_certainty), the others score the question.
+        are the policy's prompts per question: formats with `uses_prompts` (self_certainty) read the steps
+        after them; every other format ignores them and scores the question in its own layout, since a
+        PRM or a judge was trained on (or instructed with) that layout, not the policy's.
         """
         if isinstance(questions, str) or len(questions) != len(solutions):
             raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")

@@ -18,6 +18,7 @@ import torch
 from inferencekit.errors import UserError, first_line
 from inferencekit.models.base import Timer, Usage
 from inferencekit.models.torch_options import attention_without_cudnn, torch_dtype
+from inferencekit.models.torch_options import model_context_length as context_length
 from inferencekit.reward_models.base import RewardModel
 from inferencekit.reward_models.batching import pack_batches, pad_batch, round_up
 from inferencekit.reward_models.encoding import Encoded
@@ -55,16 +56,6 @@ def load_transformers(
     if device != "auto":
         model.to(device)
     return tokenizer, model.eval()
-
-
-def context_length(model: Any, tokenizer: Any) -> int:
-    """The longest input the model takes: config.max_position_embeddings, else the tokenizer's limit."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    length = getattr(config, "max_position_embeddings", None)
-    if not length:
-        limit = getattr(tokenizer, "model_max_length", None)
-        length = limit if limit and limit < 10**8 else 4096
-    return int(length)
 
 
 class TransformersRewardModel(RewardModel):
