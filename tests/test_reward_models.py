@@ -26,6 +26,7 @@ from inferencekit.models.base import Completion, Generator, SamplingParams, Usag
 from inferencekit.presets import load_preset, preset_names
 from inferencekit.reward_models import (
     FORMATS,
+    RewardModelSettings,
     infer_format,
     list_reward_models,
     load_reward_model,
@@ -626,3 +627,28 @@ def test_coalescer_runs_whatever_is_pending_together():
         with pytest.raises(ValueError, match="unlucky"):  # the error reaches every caller of that batch
             rest[0].result()
     assert calls == [[1], [2, 3, 13]]
+
+
+def test_reward_model_arguments_are_declared_and_validated():
+    import inspect
+
+    from inferencekit.config import RunConfig
+    from inferencekit.runner import _check_reward_model
+
+    # the settings a user may give are the loader's keyword settings, minus those the run supplies
+    loader = set(inspect.signature(load_reward_model).parameters) - {"name_or_path", "kwargs", "format"}
+    assert set(RewardModelSettings.USER_KEYS) == loader - {"step_separator", "generator"}
+    judge = FORMATS["llm_judge"]
+    settings, options = judge.split_arguments({"max_tokens_per_batch": 64, "system_prompt": "be strict"})
+    assert settings == {"max_tokens_per_batch": 64} and options == {"system_prompt": "be strict"}
+    config = RunConfig(reward_model="llm_judge", reward_model_args={"colour": "blue"})
+    with pytest.raises(UserError, match=r"unknown option\(s\) colour .*accepted: template, system_prompt "
+                                         r"\(format options\), format, trust_remote_code, .*max_length \(settings\)"):
+        _check_reward_model(config)
+    config.reward_model_args = {"max_tokens_per_batch": 0}
+    with pytest.raises(UserError, match=r"^invalid reward model argument: max_tokens_per_batch: .*(got 0)"):
+        _check_reward_model(config)
+    config.reward_model_args = {"max_tokens_per_batch": 64, "system_prompt": "be strict"}
+    assert _check_reward_model(config) == "llm_judge"
+    rm = load_reward_model("llm_judge", generator=FakeGenerator([("Yes", 0.0)]), **config.reward_model_args)
+    assert rm.settings.max_tokens_per_batch == 64 and rm.system_prompt == "be strict"

@@ -110,7 +110,7 @@ def load_reward_model(
     """
     spec = resolve_reward_model(name_or_path, format)
     cls = format_class(spec.format)
-    settings = RewardModelSettings(
+    settings = RewardModelSettings.validate(
         name=spec.name,
         path=spec.path,
         step_separator=step_separator,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,27 @@ class SearchMethod(ABC):
         self.config = config
         self.generator = generator
         self.reward_model = reward_model
+        self._local = threading.local()
+
+    @property
+    def generated(self) -> list[int]:
+        """Tokens generated per problem by the last `search` in this thread, where the candidates do not show them.
+
+        A method whose work is not all in its candidates' `tokens` (pruned branches, rollouts, discarded
+        traces, critique rounds) sets it to one count per problem; empty (the default) means the
+        candidates' tokens are the whole count. It is kept per thread, so concurrent searches (the
+        runner's problems in flight) count apart. The runner records it as the problem's completion tokens.
+        """
+        return getattr(self._local, "generated", [])
+
+    @generated.setter
+    def generated(self, value: list[int]) -> None:
+        self._local.generated = value
+
+    def generated_tokens(self, index: int, candidates: list[Candidate]) -> int:
+        """Tokens generated for problem `index` of the last search in this thread (see `generated`)."""
+        counts = self.generated
+        return counts[index] if counts else sum(c.tokens for c in candidates)
 
     def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
         c = self.config
