@@ -22,6 +22,9 @@ RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "g
 # Model arguments that say where or how fast a model runs, not what it computes.
 RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map",
                       "api_key_file", "max_retries", "retry_delay", "request_timeout")
+# Which layer a run setting given as its own flag belongs to (the rest are runtime arguments):
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")  # command-line generation arguments
+MODEL_ARG_KEYS = ("dtype", "device_map", "attn_implementation", "trust_remote_code")  # shortcuts of --model-arg
 
 
 class RunConfig(BaseModel):
@@ -222,6 +225,22 @@ def resolve_config(
     _merge(merged, generation)
     _merge(merged, runtime)
     return config_from_dict(merged)
+
+
+def resolve_flags(
+    flags: dict[str, Any], *, config_file: str | Path | None = None, preset_defaults: Any = None
+) -> RunConfig:
+    """`resolve_config` for settings given as command-line flags (None: not given).
+
+    Each flag goes to its layer here: `GENERATION_KEYS` are generation arguments, `MODEL_ARG_KEYS` model
+    arguments (below the explicit `model_args`, which win), everything else a runtime argument.
+    """
+    flags = {k: v for k, v in flags.items() if v is not None}
+    generation = {k: flags.pop(k) for k in GENERATION_KEYS if k in flags}
+    model_args = {k: flags.pop(k) for k in MODEL_ARG_KEYS if k in flags}
+    model_args.update(flags.pop("model_args", None) or {})
+    return resolve_config(runtime=flags, generation=generation, model_args=model_args, config_file=config_file,
+                          preset_defaults=preset_defaults)
 
 
 def _merge(into: dict[str, Any], layer: dict[str, Any]) -> None:
