@@ -300,6 +300,15 @@ def test_min_and_last_votes_use_their_aggregation():
     assert vote("min_vote", answers, scores) == "b" and vote("last_vote", answers, scores) == "a"
 
 
+def test_best_index_and_same_answer_shared_by_votes_and_chat():
+    from inferencekit.voting import best_index, same_answer
+
+    assert best_index([math.nan, 0.5, 0.9, 0.9]) == 2  # highest, the earliest on ties, NaN skipped
+    assert best_index([0.9, 0.5], eligible=[False, True]) == 1 and best_index([math.nan]) is None
+    assert same_answer(["\\frac12", "2", None, "\\frac{1}{2}"], "\\frac{1}{2}") == [True, False, False, True]
+    assert same_answer(["1"], None) == [False]
+
+
 def test_unknown_vote():
     with pytest.raises(UserError, match="unknown vote 'mode'; accepted: .*majority"):
         vote("mode", ["1"])

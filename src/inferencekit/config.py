@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inferencekit import errors
 from inferencekit.errors import UserError, first_line
+from inferencekit.models.base import SamplingParams
 
 # Keys that change neither generation nor grading: a resumed run may differ in these.
 RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "grading_workers", "votes",
@@ -156,6 +157,12 @@ class RunConfig(BaseModel):
     @classmethod
     def _stop_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
+        """This run's generation settings for one request (`n` samples) with `seed`; `changes` override."""
+        base = SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens, stop=tuple(self.stop), seed=seed)
+        return base.replace(**changes) if changes else base
 
     def to_yaml(self) -> str:
         """The config as YAML, with any API key left out."""

@@ -98,15 +98,23 @@ def weighted(answers, step_scores, aggregation):
     return _weighted_groups(answers, [aggregate(s, aggregation) for s in step_scores])
 
 
+def best_index(scores: Sequence[float], eligible: Sequence[bool] | None = None) -> int | None:
+    """Index of the highest score, the earliest on ties; NaN scores and ineligible ones skipped (None: none left)."""
+    ranked = [(s, -i) for i, s in enumerate(scores) if not math.isnan(s) and (eligible is None or eligible[i])]
+    return -max(ranked)[1] if ranked else None
+
+
+def same_answer(answers: Sequence[str | None], answer: str | None) -> list[bool]:
+    """Which of `answers` are equivalent to `answer` (the grouping every vote uses); all False for None."""
+    key = None if answer is None else canonical_form(answer)
+    return [a is not None and key is not None and canonical_form(a) == key for a in answers]
+
+
 @register_vote("best", needs_scores=True)
 def best(answers, step_scores, aggregation):
-    scored = [
-        (aggregate(s, aggregation), -i)
-        for i, (a, s) in enumerate(zip(answers, step_scores, strict=True))
-        if a is not None
-    ]
-    scored = [x for x in scored if not math.isnan(x[0])]
-    return answers[-max(scored)[1]] if scored else None  # highest score; the earliest on ties
+    scores = [aggregate(s, aggregation) for s in step_scores]
+    i = best_index(scores, [a is not None for a in answers])
+    return None if i is None else answers[i]
 
 
 @register_vote("min_vote", needs_scores=True)

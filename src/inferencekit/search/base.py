@@ -77,17 +77,7 @@ class SearchMethod(ABC):
         return counts[index] if counts else sum(c.tokens for c in candidates)
 
     def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
-        c = self.config
-        base = SamplingParams(
-            n=c.n,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            top_k=c.top_k,
-            max_new_tokens=c.max_new_tokens,
-            stop=tuple(c.stop),
-            seed=seed,
-        )
-        return base.replace(**changes) if changes else base
+        return self.config.sampling_params(seed, **changes)
 
     @abstractmethod
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
