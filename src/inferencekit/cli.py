@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = run.add_argument_group("search")
     g.add_argument("--method", help="cot | best_of_n | ... (see `inferencekit list methods`)")
     g.add_argument("--n", type=int, help="samples (or search width) per problem")
-    g.add_argument("--beam-width", type=int)
+    g.add_argument("--beam-width", type=int, metavar="M",
+                   help="tree search branching factor M (default 4): children of each expanded node. beam_search: "
+                   "each of the N/M kept beams grows M next steps; dvts: each of N/M subtrees grows its best node M "
+                   "ways; mcts: a selected leaf grows M next steps; token_beam: each of the N/M beams tries its M "
+                   "likeliest next tokens. Other methods ignore it")
     g.add_argument("--reward-model", help="reward model preset, path or format")
     g.add_argument("--reward-model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="reward model setting, e.g. format=token_classification or max_tokens_per_batch=4096")

@@ -50,7 +50,7 @@ class RunConfig(BaseModel):
 
     method: str = "cot"
     n: int = Field(1, ge=1)
-    beam_width: int = Field(4, ge=1)
+    beam_width: int = Field(4, ge=1)  # tree search branching factor: children per expanded node (cli --help)
     reward_model: str | None = None
     reward_model_args: dict[str, Any] = Field(default_factory=dict)
     aggregation: Literal["min", "last", "prod", "mean", "model"] = "last"

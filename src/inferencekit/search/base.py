@@ -27,12 +27,14 @@ class Problem:
 
 @dataclass
 class Candidate:
-    """One finished solution: its text, per-step reward scores (empty without a reward model), tokens."""
+    """One finished solution: its text, per-step reward scores (empty without a reward model), tokens.
+
+    Its `answer` is not the search's business: grading extracts it into the stored record.
+    """
 
     text: str
     tokens: int
     step_scores: list[float] = field(default_factory=list)
-    answer: str | None = None
     finish_reason: str = "stop"
     meta: dict[str, Any] = field(default_factory=dict)
 
