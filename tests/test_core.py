@@ -103,6 +103,24 @@ def test_every_registry_refuses_unknown_names_in_one_line():
             assert str(info.value).startswith(f"unknown {kind} 'nope'; accepted: ")
 
 
+def test_yaml_files_that_are_not_mappings_are_one_line_errors(tmp_path):
+    from inferencekit.config import load_config_file
+    from inferencekit.presets import load_preset
+
+    (tmp_path / "bad.yaml").write_text("a: [1,\n b")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match=r"^config file .*bad.yaml is not valid YAML: [^\n]+$"):
+        load_config_file(tmp_path / "bad.yaml")
+    with pytest.raises(UserError, match=r"^config file .*list.yaml must hold a mapping"):
+        load_config_file(tmp_path / "list.yaml")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "odd.yaml").write_text("- 1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFERENCEKIT_PRESETS", str(tmp_path))
+        with pytest.raises(UserError, match=r"^preset .*odd.yaml must hold a mapping"):
+            load_preset("models", "odd")
+
+
 def test_error_lines_and_hub_ids():
     from inferencekit.errors import first_line, one_line
     from inferencekit.hub import is_hub_id

@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inferencekit import errors
-from inferencekit.errors import UserError, first_line
+from inferencekit.errors import UserError
+from inferencekit.files import read_yaml_mapping
 from inferencekit.models.base import SamplingParams
 
 # Keys that change neither generation nor grading: a resumed run may differ in these.
@@ -191,13 +192,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys to values")
-    return data
+    return read_yaml_mapping(path, "config file")
 
 
 def validation_message(exc: ValidationError, source: str = "config") -> str:
