@@ -86,3 +86,31 @@ def test_openai_parameter_count_only_when_given():
                                                                   "n_params": 7_000_000_000})
     assert generator_parameters(spec) == 7_000_000_000
 
+
+
+def test_runner_records_declared_search_work_and_reward_usage():
+    """A problem's usage: the method's declared `generated` count (pruned work), and reward_* keys only
+    when there is a reward model, filled from the problem's own usage account."""
+    from inferencekit.config import RunConfig
+    from inferencekit.models.base import USAGE_ACCOUNT, Usage
+    from inferencekit.runner import _SharedClock, _solve
+    from inferencekit.search import Candidate, Problem, SearchMethod
+
+    class Pruning(SearchMethod):
+        def search(self, problems):
+            self.generated = [99]  # 99 tokens generated, most of them in pruned branches
+            if self.reward_model is not None:
+                USAGE_ACCOUNT.get().reward_model.add(Usage(calls=2, prompt_tokens=30))
+            return [[Candidate("a", tokens=5), Candidate("b", tokens=7)]]
+
+    class Plain(Pruning):
+        def search(self, problems):
+            return [[Candidate("a", tokens=5), Candidate("b", tokens=7)]]
+
+    problem = Problem(0, "q", "p", 0)
+    config = RunConfig()
+    usage = _solve(Pruning(config, None, None), problem, _SharedClock()).usage
+    assert usage["completion_tokens"] == 99 and not any(k.startswith("reward_") for k in usage)
+    assert _solve(Plain(config, None, None), problem, _SharedClock()).usage["completion_tokens"] == 12
+    usage = _solve(Pruning(config, None, object()), problem, _SharedClock()).usage
+    assert usage["reward_calls"] == 2 and usage["reward_prompt_tokens"] == 30

@@ -119,14 +119,41 @@ def test_commands_save_load_and_errors(tmp_path):
     assert chat.messages == saved["messages"] and not list(tmp_path.glob(".*tmp"))
 
 
+class ShortContext(FakeGenerator):
+    context_length = 19  # declared (Generator.context_length): 8 new tokens + a prompt of at most 11 "tokens"
+
+
 def test_context_full_drops_oldest_turns():
-    gen = FakeGenerator(["a b c d e f g h", "ok"])
-    gen.n_ctx = 19  # 8 new tokens + a prompt of at most 11 "tokens" (words)
+    gen = ShortContext(["a b c d e f g h", "ok"])
     chat, out = session(gen)
     chat.reply("one two three four five")
     chat.reply("six")
     assert "dropped the oldest turn" in out.getvalue()
     assert gen.prompts[-1] == "<user>six<assistant>"
+    # a backend that cannot tell its context (context_length None) is sent every turn
+    gen = FakeGenerator(["a b c d e f g h", "ok"])
+    chat, out = session(gen)
+    chat.reply("one two three four five")
+    chat.reply("six")
+    assert "dropped" not in out.getvalue() and gen.prompts[-1].startswith("<user>one two")
+
+
+def test_context_trimming_on_the_hf_backend(tiny_llama_dir):
+    from inferencekit.models import load_generator, resolve_model
+
+    gen = load_generator(resolve_model(str(tiny_llama_dir), "hf"))
+    try:
+        limit = gen.model.config.max_position_embeddings
+        assert gen.context_length == limit
+        chat, out = session(gen)
+        chat.params = chat.params.replace(max_new_tokens=limit - 40)  # room for a prompt of 40 tokens
+        chat.messages = [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "ok"},
+                         {"role": "user", "content": "hi"}]
+        prompt = chat._prompt()
+        assert "dropped the oldest turn" in out.getvalue() and chat.messages == [{"role": "user", "content": "hi"}]
+        assert gen.count_tokens(prompt) <= 40 and "word" not in prompt
+    finally:
+        gen.close()
 
 
 # ---------------------------------------------------------------- the embedded model

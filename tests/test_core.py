@@ -45,6 +45,93 @@ def test_precedence_runtime_over_generation_over_model_args_over_file_over_prese
     assert config.limit is None and config.seed == 0  # built-in defaults
 
 
+def test_command_line_flags_go_to_the_layers_config_assigns(tmp_path):
+    from inferencekit.cli import build_parser
+    from inferencekit.config import GENERATION_KEYS, MODEL_ARG_KEYS, resolve_flags
+    from inferencekit.models import GeneratorSpec
+
+    assert set(GENERATION_KEYS) <= set(RunConfig.model_fields)
+    assert set(MODEL_ARG_KEYS) <= set(GeneratorSpec.__dataclass_fields__)
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"temperature": 0.3, "exp_name": "file", "model_args": {"dtype": "float16"}}))
+    preset = {"temperature": 0.1, "model_args": {"n_ctx": 1024}}
+    # a generation flag beats the file; --dtype is a model argument (beats the file's), below --model-arg
+    config = resolve_flags({"temperature": 0.7, "dtype": "bfloat16", "exp_name": None, "n": 2,
+                            "model_args": {"attn_implementation": "sdpa"}}, config_file=cfg_file,
+                           preset_defaults=lambda name: preset)
+    assert config.temperature == 0.7 and config.exp_name == "file" and config.n == 2
+    assert config.model_args == {"n_ctx": 1024, "dtype": "bfloat16", "attn_implementation": "sdpa"}
+    assert resolve_flags({"dtype": "float32", "model_args": {"dtype": "float16"}}).model_args == {"dtype": "float16"}
+    # the CLI's own flags: every one it hands over is a RunConfig key or a model argument
+    args = vars(build_parser().parse_args(["run"]))
+    handed = set(args) - {"command", "config", "no_resume", "no_progress", "model_arg", "reward_model_arg", "vote"}
+    assert handed <= set(RunConfig.model_fields) | set(MODEL_ARG_KEYS)
+
+
+def test_registry_checks_collisions_and_names_accepted_entries():
+    from inferencekit.registry import Registry
+
+    shapes: Registry[int] = Registry("shape")
+
+    @shapes.register("circle", "round")
+    def circle() -> int:
+        return 1
+
+    assert shapes.get("round") is circle and shapes.names() == ["circle", "round"] and "circle" in shapes
+    shapes.add("circle", circle)  # the same entry again: fine
+    with pytest.raises(ValueError, match="shape 'circle' is already registered by .*circle"):
+        shapes.add("circle", len)
+    with pytest.raises(UserError, match=r"^unknown shape 'square'; accepted: circle, round$"):
+        shapes.get("square")
+    shapes.unregister("round")
+    assert shapes.names() == ["circle"]
+
+
+def test_every_registry_refuses_unknown_names_in_one_line():
+    from inferencekit.models import BACKENDS
+    from inferencekit.reward_models.registry import format_class
+    from inferencekit.search import get_method
+
+    assert BACKENDS == ("hf", "llamacpp", "openai")
+    for lookup, kind in [(get_method, "method"), (format_class, "reward model format"),
+                         (lambda name: resolve_model("smollm2-135m", name), "backend"),
+                         (lambda name: load_dataset(name), "dataset")]:
+        with pytest.raises(UserError) as info:
+            lookup("nope.yaml" if kind == "dataset" else "nope")
+        assert "\n" not in str(info.value)
+        if kind != "dataset":  # a dataset name may also be a file: it says the file is missing
+            assert str(info.value).startswith(f"unknown {kind} 'nope'; accepted: ")
+
+
+def test_yaml_files_that_are_not_mappings_are_one_line_errors(tmp_path):
+    from inferencekit.config import load_config_file
+    from inferencekit.presets import load_preset
+
+    (tmp_path / "bad.yaml").write_text("a: [1,\n b")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match=r"^config file .*bad.yaml is not valid YAML: [^\n]+$"):
+        load_config_file(tmp_path / "bad.yaml")
+    with pytest.raises(UserError, match=r"^config file .*list.yaml must hold a mapping"):
+        load_config_file(tmp_path / "list.yaml")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "odd.yaml").write_text("- 1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFERENCEKIT_PRESETS", str(tmp_path))
+        with pytest.raises(UserError, match=r"^preset .*odd.yaml must hold a mapping"):
+            load_preset("models", "odd")
+
+
+def test_error_lines_and_hub_ids():
+    from inferencekit.errors import first_line, one_line
+    from inferencekit.hub import is_hub_id
+
+    assert first_line(OSError("  cannot open x\n  traceback detail")) == "cannot open x"
+    assert first_line(KeyError()) == "KeyError" and first_line("") == ""
+    assert one_line(ValueError("a\n  b")) == "a b" and len(one_line(ValueError("x" * 900))) == 500
+    assert is_hub_id("Qwen/Qwen2.5-Math-7B") and not is_hub_id("gpt2") and is_hub_id("gpt2", allow_bare=True)
+    assert not any(is_hub_id(p, allow_bare=True) for p in ("./a/b", "/abs/path", "~/x/y", "org/model.gguf"))
+
+
 def test_preset_is_chosen_by_the_model_named_in_the_config_file(tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("model: qwen2.5-math-1.5b-instruct\n")
@@ -229,6 +316,15 @@ def test_min_and_last_votes_use_their_aggregation():
     answers = ["a", "b"]
     scores = [[0.1, 0.9], [0.5, 0.6]]
     assert vote("min_vote", answers, scores) == "b" and vote("last_vote", answers, scores) == "a"
+
+
+def test_best_index_and_same_answer_shared_by_votes_and_chat():
+    from inferencekit.voting import best_index, same_answer
+
+    assert best_index([math.nan, 0.5, 0.9, 0.9]) == 2  # highest, the earliest on ties, NaN skipped
+    assert best_index([0.9, 0.5], eligible=[False, True]) == 1 and best_index([math.nan]) is None
+    assert same_answer(["\\frac12", "2", None, "\\frac{1}{2}"], "\\frac{1}{2}") == [True, False, False, True]
+    assert same_answer(["1"], None) == [False]
 
 
 def test_unknown_vote():

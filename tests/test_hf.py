@@ -260,7 +260,10 @@ def test_missing_paths_give_one_line_errors(tmp_path, tiny_llama_dir):
     assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="missing.gguf"):
         make_generator(tiny_llama_dir, gguf_file="missing.gguf")
-    with pytest.raises(ValueError, match="float64"):
+    # one dtype table for the hf backend and reward models, one error: the name and the accepted ones
+    from inferencekit.errors import UserError
+
+    with pytest.raises(UserError, match=r"^unknown dtype 'float64'; accepted: auto, bfloat16, float16, float32$"):
         make_generator(tiny_llama_dir, dtype="float64")
 
 

@@ -26,6 +26,7 @@ from inferencekit.models.base import Completion, Generator, SamplingParams, Usag
 from inferencekit.presets import load_preset, preset_names
 from inferencekit.reward_models import (
     FORMATS,
+    RewardModelSettings,
     infer_format,
     list_reward_models,
     load_reward_model,
@@ -333,11 +334,14 @@ def test_self_certainty_chunked_logits_and_generator_model(load, causal_dir, mon
     )
 
     class HFLike(FakeGenerator):  # an hf-backend generator: its loaded model is reused, no score_text
-        score_text = None
+        can_score_text = False
 
         def __init__(self, model, tokenizer):
             super().__init__()
             self.model, self.tokenizer = model, tokenizer
+
+        def torch_model(self):
+            return self.model, self.tokenizer
 
         def chat_prompt(self, messages, add_generation_prompt=True):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -351,6 +355,7 @@ class FakeGenerator(Generator):
     """Answers from a script; offers score_text like a backend that can score given text."""
 
     name = "fake"
+    can_score_text = True
 
     def __init__(self, answers: list[tuple[str, float]] | None = None) -> None:
         super().__init__()
@@ -374,8 +379,10 @@ class FakeGenerator(Generator):
     def count_tokens(self, text):
         return len(text.split())
 
-    def score_text(self, prompts, continuations):
+    def score_text(self, prompts, continuations, usage=None):
         self.scored += list(zip(prompts, continuations, strict=True))
+        work = Usage(calls=1, prompt_tokens=len(prompts))
+        usage.add(work) if usage is not None else self._record(work)
         return [[[-0.5, -1.5] for _ in pieces] for pieces in continuations]
 
 
@@ -390,6 +397,11 @@ def test_llm_judge_reads_p_yes_from_first_token():
     assert gen.usage.calls == 0 and gen.usage.prompt_tokens == 0  # judged work is not generation
     with pytest.raises(UserError, match="needs a generator"):
         load_reward_model("llm_judge")
+    # llm_judge declares that it ignores the policy's prompts: same prompts to the judge, same scores
+    assert not rm.uses_prompts and FORMATS["self_certainty"].uses_prompts
+    seen = list(gen.prompts)
+    assert approx(rm.score([Q], [[SOLUTION]], prompts=["<policy prompt>"])[0][0], scores)
+    assert gen.prompts[len(seen):] == seen
 
 
 def test_self_certainty_uses_generator_score_text():
@@ -405,6 +417,24 @@ def test_self_certainty_uses_generator_score_text():
     assert gen.scored[-1][0] == "<policy prompt>" and rm.score([Q], [[SOLUTION]]) and gen.scored[-1][0] == prompt
     with pytest.raises(UserError, match="self_certainty needs a causal LM"):
         load_reward_model("self_certainty")
+
+
+def test_scoring_text_is_a_declared_capability():
+    class CannotScore(FakeGenerator):  # like the openai backend: neither score_text nor an in-process model
+        can_score_text = False
+        score_text = Generator.score_text  # the base class's refusal
+
+    gen = CannotScore()
+    with pytest.raises(UserError, match=r"^backend 'fake' cannot score text; backends that can: llamacpp$"):
+        gen.score_text(["p"], [["x"]])
+    with pytest.raises(UserError, match="self_certainty needs a causal LM.*got backend 'fake'"):
+        load_reward_model("self_certainty", generator=gen)
+    assert gen.scored == []  # declared unable: never called
+    # an able backend's work is the reward model's, not the generator's (the contract's usage=)
+    able = FakeGenerator()
+    rm = load_reward_model("self_certainty", generator=able)
+    rm.score([Q, Q], [[SOLUTION], [SOLUTION]])
+    assert rm.usage.calls == 1 and rm.usage.prompt_tokens == 2 and able.usage.calls == 0
 
 
 # ---- engineering: batching, truncation, usage ----
@@ -634,3 +664,28 @@ def test_coalescer_bounds_batches_by_weight_and_lingers_for_arrivals():
                 threading.Event().wait(0.01)
         assert [f.result(timeout=60) for f in futures] == [1, 2, 3]
     assert calls == [[1, 2, 3]]
+
+
+def test_reward_model_arguments_are_declared_and_validated():
+    import inspect
+
+    from inferencekit.config import RunConfig
+    from inferencekit.runner import _check_reward_model
+
+    # the settings a user may give are the loader's keyword settings, minus those the run supplies
+    loader = set(inspect.signature(load_reward_model).parameters) - {"name_or_path", "kwargs", "format"}
+    assert set(RewardModelSettings.USER_KEYS) == loader - {"step_separator", "generator"}
+    judge = FORMATS["llm_judge"]
+    settings, options = judge.split_arguments({"max_tokens_per_batch": 64, "system_prompt": "be strict"})
+    assert settings == {"max_tokens_per_batch": 64} and options == {"system_prompt": "be strict"}
+    config = RunConfig(reward_model="llm_judge", reward_model_args={"colour": "blue"})
+    with pytest.raises(UserError, match=r"unknown option\(s\) colour .*accepted: template, system_prompt "
+                                         r"\(format options\), format, trust_remote_code, .*max_length \(settings\)"):
+        _check_reward_model(config)
+    config.reward_model_args = {"max_tokens_per_batch": 0}
+    with pytest.raises(UserError, match=r"^invalid reward model argument: max_tokens_per_batch: .*(got 0)"):
+        _check_reward_model(config)
+    config.reward_model_args = {"max_tokens_per_batch": 64, "system_prompt": "be strict"}
+    assert _check_reward_model(config) == "llm_judge"
+    rm = load_reward_model("llm_judge", generator=FakeGenerator([("Yes", 0.0)]), **config.reward_model_args)
+    assert rm.settings.max_tokens_per_batch == 64 and rm.system_prompt == "be strict"

@@ -331,7 +331,7 @@ def test_a_failed_problem_is_recorded_and_redone_without_stopping_the_others(tmp
     from inferencekit.config import RunConfig
     from inferencekit.models.base import GenerationError
     from inferencekit.runner import run
-    from inferencekit.search.base import _METHODS, register_method
+    from inferencekit.search.base import METHODS, register_method
     from inferencekit.search.sampling import BestOfN
 
     @register_method("fails_once_for_test")
@@ -347,7 +347,7 @@ def test_a_failed_problem_is_recorded_and_redone_without_stopping_the_others(tmp
         first = run(config, show_progress=False)
         again = run(config, show_progress=False)  # resuming redoes only the failed problem, appended
     finally:
-        _METHODS.pop("fails_once_for_test")
+        METHODS.unregister("fails_once_for_test")
     lines = [json.loads(line) for line in (first.run_dir / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in lines) == [0, 1, 1, 2]  # the redo is appended, nothing rewritten
     (failed,) = [r for r in lines if r.get("failed")]

@@ -433,7 +433,7 @@ def test_tiny_hf_model_with_tiny_prm(method_name, tiny_llama_dir, tiny_prm_dir, 
 def embedded_reward_model() -> str:
     from inferencekit.models.llamacpp import LlamaCppGenerator
 
-    return "self_certainty" if callable(getattr(LlamaCppGenerator, "score_text", None)) else "llm_judge"
+    return "self_certainty" if LlamaCppGenerator.can_score_text else "llm_judge"
 
 
 @pytest.mark.parametrize("method_name", ["beam_search", "dvts", "mcts", "token_beam"])
@@ -482,3 +482,20 @@ def test_token_beam_without_a_reward_model_on_the_embedded_model(tmp_path):
     per_token = [c["meta"]["logprob"] / c["tokens"] for c in cands]
     assert per_token == sorted(per_token, reverse=True)
     assert "reward_calls" not in record["usage"]
+
+
+@pytest.mark.parametrize("name", ["beam_search", "dvts", "mcts", "token_beam"])
+def test_beam_width_is_the_children_of_each_expanded_node(name):
+    """--beam-width M means one thing for every tree method: each expanded node gets M children."""
+    p = problem()
+    tokens = {p.prompt: [("a", -0.1), ("b", -0.2), ("c", -0.3), ("d", -0.4)]}
+    config = RunConfig(method=name, n=6, beam_width=3, max_new_tokens=1000, temperature=1.0)
+    gen = ScriptedGenerator({p.prompt: ["step\n\n"]}, tokens=tokens)
+    get_method(name)(config, gen, TableRewardModel({})).search([p])
+    sent = [params for call in gen.calls for _, params in call]
+    if name == "token_beam":
+        assert sent and all(s.top_logprobs == 3 for s in sent)
+        return
+    first_round = 0 if name == "mcts" else 1  # beam_search and dvts sample N first steps, then grow M ways
+    assert sent[first_round:] and all(s.n == 3 for s in sent[first_round:])
+    assert name == "mcts" or sent[0].n == 6

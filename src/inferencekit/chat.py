@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
+from inferencekit.files import write_atomic
 from inferencekit.models.base import Generator, Message, SamplingParams, stream
-from inferencekit.results.store import write_atomic
 
 HELP = ("commands: /bon N (answer the last message again by best-of-N), /system TEXT, /reset, /save FILE, "
         "/load FILE, /help, /exit")
@@ -48,10 +48,12 @@ class ChatSession:
         return system + self.messages
 
     def _prompt(self) -> str:
-        """The chat prompt, dropping the oldest turns when it would not leave room for a reply."""
-        n_ctx = getattr(self.generator, "n_ctx", None)
-        messages = self.conversation()
-        prompt = self.generator.chat_prompt(messages)
+        """The chat prompt, dropping the oldest turns when it would not leave room for a reply.
+
+        Any backend that declares its `context_length` is trimmed; one that cannot tell is sent all turns.
+        """
+        n_ctx = self.generator.context_length
+        prompt = self.generator.chat_prompt(self.conversation())
         budget = n_ctx - self.params.max_new_tokens if n_ctx else None
         while budget is not None and len(self.messages) > 1 and self.generator.count_tokens(prompt) > budget:
             self.messages = self.messages[2:] if self.messages[0]["role"] == "user" else self.messages[1:]
@@ -108,8 +110,8 @@ class ChatSession:
 
     def best_of_n(self, n: int) -> str:
         """Answer the last user message again with N samples; keep the best (reward model, else majority)."""
-        from inferencekit.grading import canonical_form, extract_answer
-        from inferencekit.voting import aggregate, vote
+        from inferencekit.grading import extract_answer
+        from inferencekit.voting import aggregate, best_index, same_answer, vote
 
         question = self._last_user()
         if question is None:
@@ -123,13 +125,13 @@ class ChatSession:
         if self.reward_model is not None:
             steps = self.reward_model.score([question], [texts])[0]
             scores = [aggregate(s, self.aggregation) for s in steps]
-            best = max(range(n), key=lambda i: (scores[i] == scores[i], scores[i], -i))  # NaN ranks last
+            best = best_index(scores)
+            best = 0 if best is None else best  # no sample got a score: keep the first
             for i, text in enumerate(texts):
                 self.say(f"sample {i + 1}: {self._reward_text(steps[i])}, answer {answers[i]}: {_short(text)}")
         else:
             winner = vote("majority", answers)
-            key = canonical_form(winner) if winner is not None else None
-            same = [a is not None and canonical_form(a) == key for a in answers]
+            same = same_answer(answers, winner)
             best = same.index(True) if any(same) else 0
             for i, text in enumerate(texts):
                 self.say(f"sample {i + 1}: answer {answers[i]}: {_short(text)}")
@@ -209,30 +211,25 @@ def open_session(
     system: str | None = None,
     aggregation: str = "last",
 ) -> ChatSession:
-    """Load the model (default: the embedded one) and the reward model; settings default to the model preset's."""
+    """Load the model (default: the embedded one) and the reward model; settings resolve as a run's do
+    (flags over the model preset's defaults over built-in ones, `config.resolve_flags`)."""
+    from inferencekit.config import resolve_flags
     from inferencekit.models import load_generator, model_defaults, resolve_model
-    from inferencekit.models.embedded import EMBEDDED_MODEL_NAME
 
-    name = model or EMBEDDED_MODEL_NAME
-    defaults = model_defaults(name)
-    spec = resolve_model(name, backend, {**defaults.get("model_args", {}), **(model_args or {})})
-    try:
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens or defaults.get("max_new_tokens", 512),
-            temperature=defaults.get("temperature", 0.0) if temperature is None else temperature,
-            top_p=defaults.get("top_p", 1.0) if top_p is None else top_p,
-            seed=seed,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    config = resolve_flags(
+        {"model": model, "backend": backend, "model_args": model_args, "max_new_tokens": max_new_tokens,
+         "temperature": temperature, "top_p": top_p, "seed": seed},
+        preset_defaults=model_defaults,
+    )
+    spec = resolve_model(config.model, config.backend, config.model_args)
+    params = config.sampling_params(seed=seed)
     generator = load_generator(spec)
     rm = None
     if reward_model:
         from inferencekit.reward_models import load_reward_model
 
         try:
-            rm = load_reward_model(reward_model, step_separator=defaults.get("step_separator", "\n\n"),
-                                   generator=generator)
+            rm = load_reward_model(reward_model, step_separator=config.step_separator, generator=generator)
         except BaseException:
             generator.close()
             raise
@@ -277,7 +274,7 @@ def run_chat(session: ChatSession, stdin: TextIO | None = None, interactive: boo
         except UserError as exc:
             session.say(f"error: {exc}")
         except ValueError as exc:  # e.g. a prompt longer than the model's context
-            session.say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            session.say(f"error: {first_line(exc)}")
         except KeyboardInterrupt:
             session.say("\n(interrupted)")
     return 0

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
 
 EXIT_USAGE = 2
 
@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = run.add_argument_group("search")
     g.add_argument("--method", help="cot | best_of_n | ... (see `inferencekit list methods`)")
     g.add_argument("--n", type=int, help="samples (or search width) per problem")
-    g.add_argument("--beam-width", type=int)
+    g.add_argument("--beam-width", type=int, metavar="M",
+                   help="tree search branching factor M (default 4): children of each expanded node. beam_search: "
+                   "each of the N/M kept beams grows M next steps; dvts: each of N/M subtrees grows its best node M "
+                   "ways; mcts: a selected leaf grows M next steps; token_beam: each of the N/M beams tries its M "
+                   "likeliest next tokens. Other methods ignore it")
     g.add_argument("--reward-model", help="reward model preset, path or format")
     g.add_argument("--reward-model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="reward model setting, e.g. format=token_classification or max_tokens_per_batch=4096")
@@ -173,29 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_GENERATION = {"temperature", "top_p", "top_k", "max_new_tokens", "seed"}
-_MODEL_ARG_FLAGS = {"dtype", "device_map", "attn_implementation", "trust_remote_code"}
-_NOT_CONFIG = {"command", "config", "no_resume", "no_progress", "model_arg", "reward_model_arg", "vote"}
+_NOT_SETTINGS = {"command", "config", "no_resume", "no_progress"}  # how to run, not what
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inferencekit.config import resolve_config
+    from inferencekit.config import resolve_flags
     from inferencekit.models import model_defaults
     from inferencekit.results.summary import print_summary
     from inferencekit.runner import run
 
-    flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
-    generation = {k: flags.pop(k) for k in list(flags) if k in _GENERATION}
-    model_args = {k: flags.pop(k) for k in list(flags) if k in _MODEL_ARG_FLAGS}
-    model_args.update(dict(args.model_arg))
-    if args.vote is not None:
-        flags["votes"] = args.vote
-    if args.reward_model_arg:
-        flags["reward_model_args"] = dict(args.reward_model_arg)
-    config = resolve_config(
-        runtime=flags, generation=generation, model_args=model_args,
-        config_file=args.config, preset_defaults=model_defaults,
-    )
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    # repeated KEY=VALUE flags and --vote carry RunConfig keys under other names
+    flags["model_args"] = dict(flags.pop("model_arg"))
+    flags["reward_model_args"] = dict(flags.pop("reward_model_arg")) or None
+    flags["votes"] = flags.pop("vote")
+    config = resolve_flags(flags, config_file=args.config, preset_defaults=model_defaults)
     result = run(config, resume=not args.no_resume, show_progress=not args.no_progress)
     print_summary(result.metrics, result.run_dir)
     if result.metrics.get("failed"):
@@ -279,7 +275,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from inferencekit.search import get_method, method_names
 
         for name in method_names():
-            doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
+            doc = first_line(get_method(name).__doc__ or "")
             print(f"{name:16} {doc}")
     elif args.what == "votes":
         from inferencekit.voting import needs_scores, vote_names

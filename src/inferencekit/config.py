@@ -13,7 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from inferencekit import errors
 from inferencekit.errors import UserError
+from inferencekit.files import read_yaml_mapping
+from inferencekit.models.base import SamplingParams
 
 # Keys that change neither generation nor grading: a resumed run may differ in these.
 RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "grading_workers", "votes",
@@ -21,6 +24,9 @@ RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "g
 # Model arguments that say where or how fast a model runs, not what it computes.
 RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map",
                       "api_key_file", "max_retries", "retry_delay", "request_timeout")
+# Which layer a run setting given as its own flag belongs to (the rest are runtime arguments):
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")  # command-line generation arguments
+MODEL_ARG_KEYS = ("dtype", "device_map", "attn_implementation", "trust_remote_code")  # shortcuts of --model-arg
 
 
 class RunConfig(BaseModel):
@@ -45,7 +51,7 @@ class RunConfig(BaseModel):
 
     method: str = "cot"
     n: int = Field(1, ge=1)
-    beam_width: int = Field(4, ge=1)
+    beam_width: int = Field(4, ge=1)  # tree search branching factor: children per expanded node (cli --help)
     reward_model: str | None = None
     reward_model_args: dict[str, Any] = Field(default_factory=dict)
     aggregation: Literal["min", "last", "prod", "mean", "model"] = "last"
@@ -153,6 +159,12 @@ class RunConfig(BaseModel):
     def _stop_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
+        """This run's generation settings for one request (`n` samples) with `seed`; `changes` override."""
+        base = SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens, stop=tuple(self.stop), seed=seed)
+        return base.replace(**changes) if changes else base
+
     def to_yaml(self) -> str:
         """The config as YAML, with any API key left out."""
         data = self.model_dump()
@@ -180,26 +192,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys to values")
-    return data
+    return read_yaml_mapping(path, "config file")
 
 
 def validation_message(exc: ValidationError, source: str = "config") -> str:
-    """One line naming each bad key and what is accepted."""
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "value"
-        if err["type"] == "extra_forbidden":
-            accepted = ", ".join(RunConfig.model_fields)
-            parts.append(f"unknown key {key!r} (accepted: {accepted})")
-        else:
-            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-    return f"invalid {source}: " + "; ".join(parts)
+    """One line naming each bad key of a run config and what is accepted."""
+    return errors.validation_message(exc, source, RunConfig.model_fields)
 
 
 def resolve_config(
@@ -229,6 +227,22 @@ def resolve_config(
     _merge(merged, generation)
     _merge(merged, runtime)
     return config_from_dict(merged)
+
+
+def resolve_flags(
+    flags: dict[str, Any], *, config_file: str | Path | None = None, preset_defaults: Any = None
+) -> RunConfig:
+    """`resolve_config` for settings given as command-line flags (None: not given).
+
+    Each flag goes to its layer here: `GENERATION_KEYS` are generation arguments, `MODEL_ARG_KEYS` model
+    arguments (below the explicit `model_args`, which win), everything else a runtime argument.
+    """
+    flags = {k: v for k, v in flags.items() if v is not None}
+    generation = {k: flags.pop(k) for k in GENERATION_KEYS if k in flags}
+    model_args = {k: flags.pop(k) for k in MODEL_ARG_KEYS if k in flags}
+    model_args.update(flags.pop("model_args", None) or {})
+    return resolve_config(runtime=flags, generation=generation, model_args=model_args, config_file=config_file,
+                          preset_defaults=preset_defaults)
 
 
 def _merge(into: dict[str, Any], layer: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import inspect
 import itertools
 import logging
 import threading
@@ -17,14 +16,14 @@ from typing import Any
 
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, one_line
 from inferencekit.grading import Grader
 from inferencekit.models import Generator, executor_args, load_generator, resolve_model
 from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_account
 from inferencekit.prompts import build_messages
 from inferencekit.results.accounting import attach_costs, parameter_counts
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
-from inferencekit.results.health import failed_record, is_failed, one_line
+from inferencekit.results.health import failed_record, is_failed
 from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for
@@ -104,12 +103,10 @@ def _check_reward_model(config: RunConfig) -> str | None:
     if config.reward_model is None:
         return None
     from inferencekit.reward_models import resolve_reward_model
-    from inferencekit.reward_models.loading import load_reward_model
     from inferencekit.reward_models.registry import format_class
 
     spec = resolve_reward_model(config.reward_model, config.reward_model_args.get("format"))
-    settings = set(inspect.signature(load_reward_model).parameters) - {"name_or_path", "kwargs"}
-    format_class(spec.format).check_options({k: v for k, v in config.reward_model_args.items() if k not in settings})
+    format_class(spec.format).split_arguments(config.reward_model_args)  # UserError naming the accepted keys
     return spec.name
 
 
@@ -227,10 +224,10 @@ def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
         except GenerationError as exc:
             candidates, error = [], one_line(exc)
     # Tree searches count every generated token, pruned branches included; else the candidates' own.
-    generated = (getattr(method, "generated", None) or [sum(c.tokens for c in candidates)])[0]
+    generated = method.generated_tokens(0, candidates)
     usage: dict[str, Any] = {"seconds": round(seconds.value, 4), "completion_tokens": generated}
     accounts = [("", account.generator)]
-    if getattr(method.reward_model, "usage", None) is not None:
+    if method.reward_model is not None:  # every reward model keeps a `usage` (RewardModel's contract)
         accounts.append(("reward_", account.reward_model))
     for prefix, work in accounts:
         usage[f"{prefix}calls"] = round(work.calls, 4)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from inferencekit.errors import unknown
 from inferencekit.grading import canonical_form
+from inferencekit.registry import Registry
 
 AGGREGATIONS = ("min", "last", "prod", "mean", "model")
 
@@ -36,7 +37,7 @@ def aggregate(step_scores: Sequence[float] | None, how: str) -> float:
 
 
 VoteFn = Callable[[Sequence[str | None], Sequence[Sequence[float] | None], str], str | None]
-_VOTES: dict[str, VoteFn] = {}
+VOTES: Registry[VoteFn] = Registry("vote")
 _NEEDS_SCORES: set[str] = set()
 
 
@@ -44,7 +45,7 @@ def register_vote(name: str, needs_scores: bool = False) -> Callable[[VoteFn], V
     """Register `fn(answers, step_scores, aggregation) -> answer` as a vote named `name`."""
 
     def wrap(fn: VoteFn) -> VoteFn:
-        _VOTES[name] = fn
+        VOTES.add(name, fn)
         if needs_scores:
             _NEEDS_SCORES.add(name)
         return fn
@@ -53,7 +54,7 @@ def register_vote(name: str, needs_scores: bool = False) -> Callable[[VoteFn], V
 
 
 def vote_names() -> list[str]:
-    return sorted(_VOTES)
+    return VOTES.names()
 
 
 def needs_scores(name: str) -> bool:
@@ -67,10 +68,9 @@ def vote(
     aggregation: str = "last",
 ) -> str | None:
     """The answer that vote `name` picks; None when no candidate has an answer."""
-    if name not in _VOTES:
-        raise unknown("vote", name, _VOTES)
+    fn = VOTES.get(name)
     scores = step_scores if step_scores is not None else [None] * len(answers)
-    return _VOTES[name](answers, scores, aggregation)
+    return fn(answers, scores, aggregation)
 
 
 def _weighted_groups(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:
@@ -98,15 +98,23 @@ def weighted(answers, step_scores, aggregation):
     return _weighted_groups(answers, [aggregate(s, aggregation) for s in step_scores])
 
 
+def best_index(scores: Sequence[float], eligible: Sequence[bool] | None = None) -> int | None:
+    """Index of the highest score, the earliest on ties; NaN scores and ineligible ones skipped (None: none left)."""
+    ranked = [(s, -i) for i, s in enumerate(scores) if not math.isnan(s) and (eligible is None or eligible[i])]
+    return -max(ranked)[1] if ranked else None
+
+
+def same_answer(answers: Sequence[str | None], answer: str | None) -> list[bool]:
+    """Which of `answers` are equivalent to `answer` (the grouping every vote uses); all False for None."""
+    key = None if answer is None else canonical_form(answer)
+    return [a is not None and key is not None and canonical_form(a) == key for a in answers]
+
+
 @register_vote("best", needs_scores=True)
 def best(answers, step_scores, aggregation):
-    scored = [
-        (aggregate(s, aggregation), -i)
-        for i, (a, s) in enumerate(zip(answers, step_scores, strict=True))
-        if a is not None
-    ]
-    scored = [x for x in scored if not math.isnan(x[0])]
-    return answers[-max(scored)[1]] if scored else None  # highest score; the earliest on ties
+    scores = [aggregate(s, aggregation) for s in step_scores]
+    i = best_index(scores, [a is not None for a in answers])
+    return None if i is None else answers[i]
 
 
 @register_vote("min_vote", needs_scores=True)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
 from inferencekit.presets import load_preset, preset_names
+from inferencekit.registry import Registry
 
 DATA_DIR_ENV = "INFERENCEKIT_DATA_DIR"
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -46,21 +47,16 @@ class Dataset:
 
 
 DatasetLoader = Callable[..., Dataset]
-_LOADERS: dict[str, DatasetLoader] = {}
+LOADERS: Registry[DatasetLoader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
     """Register a loader `fn(data_dir, split, num_shots) -> Dataset` under `name`."""
-
-    def wrap(fn: DatasetLoader) -> DatasetLoader:
-        _LOADERS[name] = fn
-        return fn
-
-    return wrap
+    return LOADERS.register(name)
 
 
 def dataset_names() -> list[str]:
-    return sorted(set(_LOADERS) | set(preset_names("datasets")))
+    return sorted(set(LOADERS) | set(preset_names("datasets")))
 
 
 def dataset_label(name_or_path: str) -> str:
@@ -89,8 +85,8 @@ def load_dataset(
     limit: int | None = None,
 ) -> Dataset:
     """Load a named dataset or a local file; the first `limit` samples when given."""
-    if name_or_path in _LOADERS:
-        dataset = _LOADERS[name_or_path](data_dir=data_dir, split=split, num_shots=num_shots)
+    if name_or_path in LOADERS:
+        dataset = LOADERS[name_or_path](data_dir=data_dir, split=split, num_shots=num_shots)
     elif (preset := load_preset("datasets", name_or_path)) is not None:
         dataset = _from_preset(name_or_path, preset, data_dir, split, input_field, reference_field, num_shots)
     elif Path(name_or_path).suffix in TABLE_SUFFIXES or Path(name_or_path).exists():
@@ -155,9 +151,8 @@ def _hub_rows(name: str, hub: dict, split: str) -> tuple[list[dict], dict]:
     try:
         table = hf_datasets.load_dataset(hub["path"], hub.get("name"), split=hub_split)
     except Exception as exc:  # the hub raises many types; the user needs one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"dataset {name}: could not load {hub['path']} from the hub ({first}); "
+            f"dataset {name}: could not load {hub['path']} from the hub ({first_line(exc)}); "
             f"offline, give --data-dir DIR or set {DATA_DIR_ENV}"
         ) from None
     source = {"path": hub["path"], "name": hub.get("name"), "split": hub_split,

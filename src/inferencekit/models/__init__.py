@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from inferencekit.config import validation_message
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line, validation_message
+from inferencekit.hub import is_hub_id
 from inferencekit.models.base import Completion, Generator, GeneratorSpec, SamplingParams, Usage
 from inferencekit.models.embedded import embedded_gguf_path
 from inferencekit.presets import load_preset, preset_names
+from inferencekit.registry import Registry
 
 __all__ = [
     "BACKENDS",
@@ -28,8 +30,33 @@ __all__ = [
     "resolve_model",
 ]
 
-BACKENDS = ("hf", "llamacpp", "openai")
 _SPEC_FIELDS = set(GeneratorSpec.__dataclass_fields__) - {"name", "path", "backend", "extra"}
+# backend name -> the generator class, imported only when that backend is used (each needs its own packages)
+BACKEND_CLASSES: Registry[Callable[[], type[Generator]]] = Registry("backend")
+
+
+@BACKEND_CLASSES.register("hf")
+def _hf() -> type[Generator]:
+    from inferencekit.models.hf import HFGenerator
+
+    return HFGenerator
+
+
+@BACKEND_CLASSES.register("llamacpp")
+def _llamacpp() -> type[Generator]:
+    from inferencekit.models.llamacpp import LlamaCppGenerator
+
+    return LlamaCppGenerator
+
+
+@BACKEND_CLASSES.register("openai")
+def _openai() -> type[Generator]:
+    from inferencekit.models.openai import OpenAIGenerator
+
+    return OpenAIGenerator
+
+
+BACKENDS = tuple(BACKEND_CLASSES)
 
 
 def model_defaults(name: str) -> dict[str, Any]:
@@ -58,8 +85,7 @@ def resolve_model(name_or_path: str, backend: str | None = None, model_args: dic
         path = str(embedded_gguf_path())
     # A served model's name means nothing locally: an explicit openai backend skips the path checks.
     backend = backend or (preset or {}).get("backend") or _infer_backend(path)
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    BACKEND_CLASSES.get(backend)  # UserError naming the accepted backends
     unknown = set(model_args) - _SPEC_FIELDS
     if unknown:
         raise UserError(
@@ -70,7 +96,7 @@ def resolve_model(name_or_path: str, backend: str | None = None, model_args: dic
             {"name": model_label(name_or_path), "path": path, "backend": backend, **model_args}
         )
     except ValidationError as exc:
-        raise UserError(validation_message(exc, "model argument")) from None
+        raise UserError(validation_message(exc, "model argument", sorted(_SPEC_FIELDS))) from None
 
 
 def _infer_backend(path: str) -> str:
@@ -85,7 +111,7 @@ def _infer_backend(path: str) -> str:
         if list(p.glob("*.gguf")):
             return "llamacpp"
         raise UserError(f"model folder {p} holds neither config.json (transformers) nor a .gguf file")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not path.startswith((".", "/", "~")):
+    if is_hub_id(path):
         return "hf"  # a hub id: loaded from the hub (or its local cache) by transformers
     raise UserError(
         f"unknown model {path!r}: not a preset ({', '.join(preset_names('models'))}), "
@@ -118,18 +144,8 @@ def load_generator(
         from inferencekit.models.ray_executor import RayPool
 
         return RayPool(spec, replicas=replicas, address=ray_address, num_gpus=ray_num_gpus)
+    generator_class = BACKEND_CLASSES.get(spec.backend)()
     try:
-        if spec.backend == "llamacpp":
-            from inferencekit.models.llamacpp import LlamaCppGenerator
-
-            return LlamaCppGenerator(spec)
-        if spec.backend == "hf":
-            from inferencekit.models.hf import HFGenerator
-
-            return HFGenerator(spec)
-        from inferencekit.models.openai import OpenAIGenerator
-
-        return OpenAIGenerator(spec)
+        return generator_class(spec)
     except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load model {spec.path!r} ({spec.backend}): {first}") from None
+        raise UserError(f"could not load model {spec.path!r} ({spec.backend}): {first_line(exc)}") from None

@@ -1,7 +1,9 @@
 """The generator interface every backend implements, and the objects it exchanges.
 
 A backend implements three methods: `generate` (N completions for each of a batch of prompts),
-`chat_prompt` (render messages with the model's chat template) and `count_tokens`.
+`chat_prompt` (render messages with the model's chat template) and `count_tokens`. It declares what
+more it offers: `context_length` (prompt plus completion tokens it takes, None when unknown) and
+`can_score_text` with `score_text` (the log-probabilities of given text, lm-eval's `loglikelihood`).
 Everything a generation needs travels in one `SamplingParams`, as in vLLM.
 """
 
@@ -15,6 +17,9 @@ from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar
+
+from inferencekit.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -110,10 +115,6 @@ class Usage:
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Usage:
-        return cls(**{k: data.get(k, 0) for k in cls.__dataclass_fields__})
-
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
@@ -158,10 +159,13 @@ class Generator(ABC):
     """A language model that continues prompts.
 
     Subclasses set `name` and implement the three abstract methods. `usage` accumulates over the
-    generator's life; `track()` measures one block of calls.
+    generator's life; `usage_account()` measures one block of calls. A backend that can score given
+    text sets `can_score_text = True` and implements `score_text`; one that knows its context window
+    overrides `context_length`.
     """
 
     name: str = "generator"
+    can_score_text: ClassVar[bool] = False  # True: `score_text` is implemented (ask this, never probe)
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -184,6 +188,37 @@ class Generator(ABC):
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Number of tokens the model's tokenizer makes of `text`."""
+
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens of prompt plus completion the model takes at once; None when the backend cannot tell."""
+        return None
+
+    def torch_model(self) -> tuple[Any, Any] | None:
+        """(transformers model, tokenizer) when this backend runs one in this process, for reward models
+        that read its logits directly (self_certainty on the hf backend); None otherwise."""
+        return None
+
+    def score_text(
+        self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], usage: Usage | None = None
+    ) -> list[list[list[float]]]:
+        """Log-probability of every token of each continuation given its prompt, per piece.
+
+        Contract (backends with `can_score_text`): a continuation is a list of pieces (a solution's steps
+        and separators); each piece is tokenised on its own (no BOS) and appended to the prompt's tokens
+        (the prompt tokenised as `generate` does, BOS included where the model adds one). The result has
+        one list per prompt, one list per piece, one float per token of that piece (`[]` for a piece of no
+        tokens): the model's log-probability of the token given everything before it. Greedy-equivalent:
+        no sampling, so equal inputs give equal numbers. Token accounting: one `Usage` per call, with
+        `calls=1`, `prompt_tokens` = all tokens read (prompt and continuation), `computed_prompt_tokens` =
+        those actually run (fewer where a cached prefix is reused), `completion_tokens=0` and the seconds;
+        added to `usage` when given (a reward model's own account, so the work is not counted as
+        generation), else to this generator's total and the caller's usage account like `generate`.
+        A prompt plus continuation longer than `context_length` raises `ValueError`.
+
+        This default refuses: `UserError` naming the backends that can.
+        """
+        raise UserError(f"backend {self.name!r} cannot score text; backends that can: {', '.join(_text_scorers())}")
 
     async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
         """`params.n` completions of one prompt, awaited.
@@ -209,6 +244,20 @@ class Generator(ABC):
         """Take work off the total (work done for someone else, e.g. a reward model using this generator)."""
         with self._lock:
             self.usage.add(Usage(**{k: -v for k, v in asdict(usage).items()}))
+
+
+def _text_scorers() -> list[str]:
+    """Names of the registered backends whose generator can score text (each imported to ask it)."""
+    from inferencekit.models import BACKEND_CLASSES
+
+    able = []
+    for name in BACKEND_CLASSES.names():
+        try:
+            if BACKEND_CLASSES.get(name)().can_score_text:
+                able.append(name)
+        except ImportError:  # its packages are not installed here: it cannot score here either
+            continue
+    return able
 
 
 def per_prompt_params(

@@ -14,13 +14,13 @@ import copy
 import gc
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -35,6 +35,8 @@ from transformers import (
 )
 
 from inferencekit.coalesce import Coalescer
+from inferencekit.errors import first_line as _one_line
+from inferencekit.hub import is_hub_id
 
 from .base import (
     USAGE_ACCOUNT,
@@ -49,6 +51,7 @@ from .base import (
     truncate_at_stop,
 )
 from .dequantised import dequantised_checkpoint
+from .torch_options import attention_without_cudnn, model_context_length, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +62,8 @@ try:  # transformers renamed generate's `past_key_values` to `cache`
 except ImportError:
     _CACHE_KWARG = "past_key_values"
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GATHER_LINGER_S = 0.05  # how long a gathered batch waits for a next arrival (see inferencekit.coalesce)
 MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth its own forward pass
-_HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*(/[\w.-]+)?$")
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def resolve_source(path: str, gguf_file: str | None) -> tuple[str, str | None, bool]:
@@ -84,20 +80,19 @@ def resolve_source(path: str, gguf_file: str | None) -> tuple[str, str | None, b
         if gguf_file is not None and not (local / gguf_file).is_file():
             raise FileNotFoundError(f"GGUF file {gguf_file} not found in model folder {path}")
         return str(local), gguf_file, True
-    if not _HUB_ID.match(path) or path.endswith(".gguf"):
+    if not is_hub_id(path, allow_bare=True):
         raise FileNotFoundError(f"model path not found: {path}")
     return path, gguf_file, False
 
 
 def _dtype_kwarg(dtype: str) -> dict:
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
+    value = torch_dtype(dtype)
     import transformers
     from packaging.version import Version
 
     # transformers renamed torch_dtype= to dtype= in 4.56
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    return {key: DTYPES[dtype]}
+    return {key: value}
 
 
 def _plain_checkpoint(gguf: Path, spec: GeneratorSpec) -> tuple[str, str | None]:
@@ -297,7 +292,6 @@ class HFGenerator(Generator):
             eos_ids.append(self.tokenizer.eos_token_id)
         self.eos_token_ids = eos_ids
         self.pad_token_id = self.tokenizer.pad_token_id
-        self.model_generation_config = original
         self.model.generation_config = GenerationConfig(
             eos_token_id=eos_ids or None,
             pad_token_id=self.pad_token_id,
@@ -327,6 +321,13 @@ class HFGenerator(Generator):
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` alone (no BOS added)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_length(self) -> int:
+        return model_context_length(self.model, self.tokenizer)
+
+    def torch_model(self) -> tuple[torch.nn.Module, Any]:
+        return self.model, self.tokenizer
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a prompt, with the tokenizer's BOS unless the text already starts with it."""
@@ -554,13 +555,7 @@ class HFGenerator(Generator):
         length at every step: measured on an H200 (torch 2.11), 20 vs 110-130 tokens/s at batch 1 and
         500 vs 3000-4700 at batch 32 on a fresh model. Flash / memory-efficient kernels have no such cost.
         """
-        if self.input_device.type != "cuda":
-            return nullcontext()
-        try:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-        except ImportError:  # torch < 2.3
-            return nullcontext()
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        return attention_without_cudnn(self.input_device)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

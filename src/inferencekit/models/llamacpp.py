@@ -149,6 +149,11 @@ class LlamaCppGenerator(Generator):
     """
 
     name = "llamacpp"
+    can_score_text = True  # score_text below
+
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
 
     def __init__(self, spec: GeneratorSpec) -> None:
         super().__init__()

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inferencekit.errors import UserError
+from inferencekit.errors import first_line as _first_line
 from inferencekit.models.base import (
     Completion,
     GeneratorSpec,
@@ -186,10 +187,6 @@ def _same_model(wanted: str, served: str) -> bool:
     """A served id names the model when equal, or when one is a file path whose name or stem is the other."""
     names = {served, Path(served).name, Path(served).stem}
     return wanted in names or Path(wanted).name in names
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 class OpenAIGenerator(ReplicaPool):

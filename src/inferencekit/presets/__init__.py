@@ -11,9 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from inferencekit.errors import UserError
+from inferencekit.files import read_yaml_mapping
 
 _SHIPPED = Path(__file__).parent
 
@@ -40,10 +38,4 @@ def load_preset(kind: str, name: str) -> dict[str, Any] | None:
 
 @cache
 def _read(path: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"preset {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"preset {path} must hold a mapping")
-    return data
+    return read_yaml_mapping(Path(path), "preset")

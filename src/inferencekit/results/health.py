@@ -11,16 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from inferencekit.errors import one_line
+
 
 def unclosed_think(text: str) -> bool:
     """True when a `<think>` block is left open: the last `<think>` comes after the last `</think>`."""
     opened = text.rfind("<think>")
     return opened != -1 and opened > text.rfind("</think>")
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500]
 
 
 def failed_record(base: dict[str, Any], error: BaseException | str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
 from inferencekit.results.store import PROVENANCE, write_atomic
 
 CACHE_ENV = "INFERENCEKIT_CACHE_DIR"
@@ -144,7 +144,7 @@ def _served_by(base: str, key: str | None) -> list[dict[str, Any]] | str:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - the user's own server
             data = json.loads(response.read())
     except (OSError, ValueError) as exc:
-        return f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        return f"unavailable: {type(exc).__name__}: {first_line(str(exc))}"[:200]
     items = data.get("data", []) if isinstance(data, dict) else []
     keep = ("id", "object", "owned_by", "created", "root", "parent", "max_model_len", "meta")
     return [{k: v for k, v in item.items() if k in keep} for item in items if isinstance(item, dict)]

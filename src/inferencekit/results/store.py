@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from inferencekit.errors import UserError
+from inferencekit.files import write_atomic
 
 CONFIG = "config.yaml"
 PREDICTIONS = "predictions.jsonl"
@@ -34,16 +35,6 @@ def run_dir_for(work_dir: str | Path, dataset: str, model: str, reward_model: st
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "x"
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write-then-rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_together(folder: Path, files: dict[str, str]) -> None:

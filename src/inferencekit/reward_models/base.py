@@ -12,13 +12,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from inferencekit.errors import UserError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+from inferencekit.errors import UserError, first_line, validation_message
 from inferencekit.models.base import Generator, Usage
 
 
 @dataclass
 class RewardModelSettings:
-    """Format-independent settings of a loaded reward model (see `load_reward_model`)."""
+    """Format-independent settings of a loaded reward model (see `load_reward_model`).
+
+    `name`, `path`, `step_separator` and `generator` come from the run (the resolved name, the model's
+    step separator, its generator); the others (`USER_KEYS`) are the user's, e.g. `--reward-model-arg
+    max_tokens_per_batch=4096`, and are validated by `validate`.
+    """
+
+    __pydantic_config__ = ConfigDict(arbitrary_types_allowed=True)
 
     name: str
     path: str | None = None
@@ -27,8 +36,19 @@ class RewardModelSettings:
     trust_remote_code: bool = False
     device: str | None = None
     dtype: str = "auto"
-    max_tokens_per_batch: int = 8192
-    max_length: int | None = None
+    max_tokens_per_batch: int = Field(8192, ge=1)
+    max_length: int | None = Field(None, ge=1)
+
+    USER_KEYS: ClassVar[tuple[str, ...]] = ("trust_remote_code", "device", "dtype", "max_tokens_per_batch",
+                                            "max_length")
+
+    @classmethod
+    def validate(cls, **values: Any) -> RewardModelSettings:
+        """Settings from keyword values, each checked against its type and range; `UserError` in one line."""
+        try:
+            return TypeAdapter(cls).validate_python(values)
+        except ValidationError as exc:
+            raise UserError(validation_message(exc, "reward model argument", cls.USER_KEYS)) from None
 
 
 def split_steps(solution: str, separator: str) -> list[str]:
@@ -40,11 +60,18 @@ class RewardModel(ABC):
     """A reward model scoring each step of each solution.
 
     Subclasses are registered with `@register_format(name)`, take their format options as keyword
-    parameters (with defaults) of `configure`, and implement `score_items`.
+    parameters (with defaults) of `configure`, and implement `score_items`. `usage` accumulates the
+    work of every `score` call (a format scoring through a generator counts that work here, not as
+    generation); the runner reads each problem's share of it.
     """
+
+    usage: Usage
 
     format_name: ClassVar[str] = ""
     needs_weights: ClassVar[bool] = True  # False: works from a generator alone (name = format name)
+    # True: `score(..., prompts=)` reads each step after the policy's own prompt; False: `prompts` is ignored
+    # (the format scores the question in its own layout: a PRM's template, a judge's instruction)
+    uses_prompts: ClassVar[bool] = False
 
     def __init__(self, settings: RewardModelSettings, **options: Any) -> None:
         self.settings = settings
@@ -64,20 +91,35 @@ class RewardModel(ABC):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """`options` unchanged, or `UserError` naming the accepted ones."""
+        """`options` unchanged, or `UserError` naming the accepted ones (the settings' keys beside them)."""
         accepted = cls.option_names()
         bad = sorted(set(options) - set(accepted))
         if bad:
             raise UserError(
                 f"unknown option(s) {', '.join(bad)} for reward model format {cls.format_name!r}; "
-                f"accepted: {', '.join(accepted) or 'none'}"
+                f"accepted: {', '.join(accepted) or 'none'} (format options), "
+                f"{', '.join(('format', *RewardModelSettings.USER_KEYS))} (settings)"
             )
         return options
 
     @classmethod
+    def split_arguments(cls, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A user's reward model arguments split into (settings, format options), the settings validated.
+
+        `format` and `RewardModelSettings.USER_KEYS` are settings; the rest must be options of this
+        format (keyword parameters of its `configure`). An unknown key is a `UserError` naming all
+        accepted ones.
+        """
+        settings_keys = ("format", *RewardModelSettings.USER_KEYS)
+        settings = {k: v for k, v in arguments.items() if k in settings_keys}
+        options = cls.check_options({k: v for k, v in arguments.items() if k not in settings_keys})
+        RewardModelSettings.validate(name="check", **{k: v for k, v in settings.items() if k != "format"})
+        return settings, options
+
+    @classmethod
     def description(cls) -> str:
         """First line of the class docstring."""
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        return first_line(cls.__doc__ or "")
 
     def load(self) -> None:  # noqa: B027 - optional hook
         """Load weights (called before `configure`)."""
@@ -92,8 +134,9 @@ class RewardModel(ABC):
 
         A solution's steps are its pieces between `step_separator` (whitespace-only pieces dropped);
         a step that got no score (cut off by truncation) is NaN. `prompts`, where the caller knows them,
-        are the policy's prompts per question: formats that read the policy's own context use them
-        (self_certainty), the others score the question.
+        are the policy's prompts per question: formats with `uses_prompts` (self_certainty) read the steps
+        after them; every other format ignores them and scores the question in its own layout, since a
+        PRM or a judge was trained on (or instructed with) that layout, not the policy's.
         """
         if isinstance(questions, str) or len(questions) != len(solutions):
             raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")

@@ -56,7 +56,7 @@ class SharedRewardModel:
             questions = [q for i in part for q in requests[i][0]]
             solutions = [s for i in part for s in requests[i][1]]
             prompts = [p for i in part for p in requests[i][2]] if with_prompts else None
-            before = self.inner.usage.copy() if hasattr(self.inner, "usage") else None
+            before = self.inner.usage.copy()  # every reward model keeps its `usage` (RewardModel)
             with usage_account(), Timer() as timer:  # keep the calling problem's account out of it
                 scores = self.inner.score(questions, solutions, prompts=prompts)
             at = 0
@@ -64,10 +64,9 @@ class SharedRewardModel:
                 k = len(requests[i][0])
                 results[i] = scores[at : at + k]
                 at += k
-            if before is not None:
-                work = self.inner.usage.since(before)
-                work.seconds = timer.seconds
-                _share(work, [(requests[i][3], sum(len(s) for s in requests[i][1])) for i in part])
+            work = self.inner.usage.since(before)
+            work.seconds = timer.seconds
+            _share(work, [(requests[i][3], sum(len(s) for s in requests[i][1])) for i in part])
         return results  # type: ignore[return-value]
 
 

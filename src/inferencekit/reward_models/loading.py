@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inferencekit.errors import UserError
+from inferencekit.hub import is_hub_id
 from inferencekit.models.base import Generator
 from inferencekit.presets import load_preset, preset_names
 from inferencekit.reward_models.base import RewardModel, RewardModelSettings
 from inferencekit.reward_models.registry import FORMATS, format_class, format_names
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -51,7 +49,7 @@ def infer_format(path: str) -> str:
     local = Path(path).expanduser()
     if local.is_dir():
         config_file: str | None = str(local / "config.json") if (local / "config.json").is_file() else None
-    elif _HUB_ID.match(path):
+    elif is_hub_id(path):
         from transformers.utils import cached_file
 
         try:
@@ -112,7 +110,7 @@ def load_reward_model(
     """
     spec = resolve_reward_model(name_or_path, format)
     cls = format_class(spec.format)
-    settings = RewardModelSettings(
+    settings = RewardModelSettings.validate(
         name=spec.name,
         path=spec.path,
         step_separator=step_separator,

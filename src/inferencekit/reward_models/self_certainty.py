@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from inferencekit.errors import UserError
-from inferencekit.models.base import Timer, Usage
 from inferencekit.reward_models.encoding import Encoded
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
 
-# token log-probs of each continuation (a list of pieces) given its prompt, per piece; a backend offering this
-# as `score_text` is used as is (with `usage=`, where it accepts it, so its work counts as the reward model's)
-TextScorer = Callable[[list[str], list[list[str]]], list[list[list[float]]]]
+# `Generator.score_text`: token log-probs of each continuation (a list of pieces) given its prompt, per piece
+TextScorer = Callable[..., list[list[list[float]]]]
 LOGITS_CHUNK = 1024  # positions (over the batch) whose full-vocabulary logits exist at once
 
 
@@ -29,14 +26,15 @@ def mean_prob(logprobs: list[float]) -> float:
 class SelfCertainty(TransformersRewardModel):
     """exp(mean log-prob) of each step's tokens given the question and the steps before it.
 
-    The model: a transformers causal LM at `path`; else the generator's own `score_text(prompts,
-    continuations)` when it has one; else the generator's loaded transformers model (hf backend).
+    The model: a transformers causal LM at `path`; else the generator's own `score_text` when it
+    declares `can_score_text`; else the generator's in-process transformers model (`torch_model()`, hf).
     Scoring with the policy, the context is the policy's own prompt when the caller gives it (the
     search methods do); otherwise, and with a model at `path`, the question rendered as a user turn
     with the chat template (the generator's, else the tokenizer's, else raw text and the separator).
     """
 
     needs_weights = False
+    uses_prompts = True  # with the policy itself (no `path`): steps are read after the policy's prompt
     policy_prompts: dict[str, str] = {}  # question -> the policy's prompt during one score() call (replaced)
 
     def load(self) -> None:
@@ -44,15 +42,16 @@ class SelfCertainty(TransformersRewardModel):
         self.text_scorer: TextScorer | None = None
         if self.settings.path:
             super().load()
-        elif callable(getattr(gen, "score_text", None)):
+        elif gen is not None and gen.can_score_text:
             self.text_scorer = gen.score_text
-        elif isinstance(getattr(gen, "model", None), torch.nn.Module) and getattr(gen, "tokenizer", None):
-            self.model, self.tokenizer = gen.model, gen.tokenizer
+        elif gen is not None and (own := gen.torch_model()) is not None:
+            self.model, self.tokenizer = own
             self.setup_model()
         else:
+            backend = "no generator" if gen is None else f"backend {gen.name!r}"
             raise UserError(
-                "self_certainty needs a causal LM: a path to one, or a generator with score_text() "
-                "or a transformers model (hf backend)"
+                f"self_certainty needs a causal LM: a path to one, or a generator that can score text or runs "
+                f"a transformers model (llamacpp, hf); got {backend}"
             )
 
     def configure(self, system_prompt: str | None = None, chat_template: bool = True) -> None:
@@ -131,12 +130,7 @@ class SelfCertainty(TransformersRewardModel):
             [piece for i, step in enumerate(steps) for piece in ([self.step_separator] if i else []) + [step]]
             for _, steps in items
         ]
-        if "usage" in inspect.signature(self.text_scorer).parameters:  # the backend accounts the work here
-            logprobs = self.text_scorer(prompts, continuations, usage=self.usage)
-        else:
-            with Timer() as timer:
-                logprobs = self.text_scorer(prompts, continuations)
-            self.usage.add(Usage(calls=1, seconds=timer.seconds))
+        logprobs = self.text_scorer(prompts, continuations, usage=self.usage)  # the work counts as ours
         return [[mean_prob(list(per_piece[2 * i])) for i in range(len(steps))]
                 for (_, steps), per_piece in zip(items, logprobs, strict=True)]
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from inferencekit.errors import unknown
 from inferencekit.models.base import Generator, SamplingParams
+from inferencekit.registry import Registry
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -26,12 +27,14 @@ class Problem:
 
 @dataclass
 class Candidate:
-    """One finished solution: its text, per-step reward scores (empty without a reward model), tokens."""
+    """One finished solution: its text, per-step reward scores (empty without a reward model), tokens.
+
+    Its `answer` is not the search's business: grading extracts it into the stored record.
+    """
 
     text: str
     tokens: int
     step_scores: list[float] = field(default_factory=list)
-    answer: str | None = None
     finish_reason: str = "stop"
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -53,19 +56,30 @@ class SearchMethod(ABC):
         self.config = config
         self.generator = generator
         self.reward_model = reward_model
+        self._local = threading.local()
+
+    @property
+    def generated(self) -> list[int]:
+        """Tokens generated per problem by the last `search` in this thread, where the candidates do not show them.
+
+        A method whose work is not all in its candidates' `tokens` (pruned branches, rollouts, discarded
+        traces, critique rounds) sets it to one count per problem; empty (the default) means the
+        candidates' tokens are the whole count. It is kept per thread, so concurrent searches (the
+        runner's problems in flight) count apart. The runner records it as the problem's completion tokens.
+        """
+        return getattr(self._local, "generated", [])
+
+    @generated.setter
+    def generated(self, value: list[int]) -> None:
+        self._local.generated = value
+
+    def generated_tokens(self, index: int, candidates: list[Candidate]) -> int:
+        """Tokens generated for problem `index` of the last search in this thread (see `generated`)."""
+        counts = self.generated
+        return counts[index] if counts else sum(c.tokens for c in candidates)
 
     def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
-        c = self.config
-        base = SamplingParams(
-            n=c.n,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            top_k=c.top_k,
-            max_new_tokens=c.max_new_tokens,
-            stop=tuple(c.stop),
-            seed=seed,
-        )
-        return base.replace(**changes) if changes else base
+        return self.config.sampling_params(seed, **changes)
 
     @abstractmethod
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
@@ -86,23 +100,22 @@ class SearchMethod(ABC):
         return (await asyncio.to_thread(self.search, [problem]))[0]
 
 
-_METHODS: dict[str, type[SearchMethod]] = {}
+METHODS: Registry[type[SearchMethod]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[SearchMethod]], type[SearchMethod]]:
+    """Class decorator: make a `SearchMethod` subclass runnable as `--method name`."""
+
     def wrap(cls: type[SearchMethod]) -> type[SearchMethod]:
         cls.name = name
-        _METHODS[name] = cls
-        return cls
+        return METHODS.add(name, cls)
 
     return wrap
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[SearchMethod]:
-    if name not in _METHODS:
-        raise unknown("method", name, _METHODS)
-    return _METHODS[name]
+    return METHODS.get(name)

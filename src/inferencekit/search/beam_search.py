@@ -18,8 +18,6 @@ from inferencekit.search.tree import Node, TreeSearch, next_beams, rank, top, un
 class BeamSearch(TreeSearch):
     """Step-level beam search: keep the best N/M partial solutions by reward, expand each M ways."""
 
-    rank_aggregation: str | None = None  # None: the run's aggregation
-
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         n = self.config.n
         m = min(self.config.beam_width, n)
@@ -27,7 +25,7 @@ class BeamSearch(TreeSearch):
         pools: list[list[Node]] = [[] for _ in problems]
         frontier = [kid for kids in self.expand(problems, roots, n) for kid in kids]
         while frontier:
-            self.score(problems, frontier, self.rank_aggregation)
+            self.score(problems, frontier)
             self.lookahead(problems, frontier)
             beams = next_beams(pools, frontier, n, m, self.config.filter_duplicates)
             frontier = [kid for kids in self.expand(problems, beams, m) for kid in kids]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -296,9 +295,8 @@ def group(nodes: Iterable[Node], n_problems: int) -> list[list[Node]]:
 class TreeSearch(SearchMethod):
     """Base of the tree methods: the shared operations bound to this run's generator, reward model and settings.
 
-    `generated[i]` counts the tokens generated for problem i of the last `search` in this thread (pruned
-    branches and rollouts included, shared prefixes once), which the candidates' path tokens do not show.
-    It is kept per thread, so concurrent searches (the runner's problems in flight) count apart.
+    `generated` (see `SearchMethod`) counts pruned branches and rollouts too, shared prefixes once, which
+    the candidates' path tokens do not show.
     """
 
     needs_reward_model = True
@@ -306,18 +304,8 @@ class TreeSearch(SearchMethod):
 
     def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
         super().__init__(config, generator, reward_model)
-        self._local = threading.local()
-        self.generated = []
         if config.temperature == 0 and self.samples:
             log.warning("%s samples several continuations per node: at temperature 0 they are all equal", self.name)
-
-    @property
-    def generated(self) -> list[int]:
-        return getattr(self._local, "generated", [])
-
-    @generated.setter
-    def generated(self, value: list[int]) -> None:
-        self._local.generated = value
 
     def roots(self, problems: Sequence[Problem]) -> list[Node]:
         """A fresh root per problem; resets `generated`."""
