@@ -472,11 +472,11 @@ def test_grader_many_with_the_math_verify_engine(grader: Grader) -> None:
 
 def test_grader_disagreements_lists_index_answers_and_gold(grader: Grader) -> None:
     from inferencekit.grading.disagreements import format_disagreements, grader_disagreements
+    from inferencekit.results.records import CandidateRecord, Record
 
-    records = [
-        {"index": i, "reference": gold, "candidates": [{"text": text}]} for i, (text, gold) in enumerate(_RUN_OUTPUTS)
-    ]
-    records.append({"index": 9, "reference": "1", "failed": True, "error": "timeout", "candidates": []})
+    records = [Record(i, reference=gold, candidates=[CandidateRecord(text)])
+               for i, (text, gold) in enumerate(_RUN_OUTPUTS)]
+    records.append(Record(9, reference="1", failed=True, error="timeout"))
     found = grader_disagreements(records, "math", grader=grader)
     assert [(d.index, d.ours_correct, d.plain_correct) for d in found] == [(2, True, False), (3, True, False)]
     assert found[1].ours == "\\textbf{(C) }7" and found[1].gold == "(C)"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.records import Record
 from inferencekit.results.report import build_report
 from inferencekit.results.store import RunStore
 
@@ -42,7 +43,7 @@ def write_run(path: Path, n: int, problems: int = 6, reward: bool = False) -> Pa
             for j in range(n)
         ]
         ok = i % 2 == 0
-        record = {
+        record = Record.from_dict({
             "index": i,
             "input": f"What is {i}? <img src=x onerror=alert(2)>" if i == 1 else f"What is {i}?",
             "reference": str(i),
@@ -51,7 +52,7 @@ def write_run(path: Path, n: int, problems: int = 6, reward: bool = False) -> Pa
             "correct": {v: ok for v in votes},
             "usage": {"seconds": 0.5, "completion_tokens": sum(c["tokens"] for c in cands),
                       **({"reward_calls": 1} if reward else {})},
-        }
+        })
         store.append(record)
         records.append(record)
     store.write_metrics(compute_metrics(records, votes, "last"))
