@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +15,7 @@ from inferencekit.results.metrics import accuracy, pass_at_k, powers_of_two, sum
 from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.voting import needs_scores, vote, vote_names
 
-CURVE_DRAWS = 256  # random k-subsets per k for maj@k / weighted@k
+CURVE_DRAWS = 256  # k-subsets per k for maj@k / weighted@k: all of them when there are at most this many
 
 
 def grade_records(
@@ -90,7 +92,8 @@ def compute_metrics(
 
 
 def scaling_curves(records: Sequence[Record], n: int, aggregation: str, seed: int = 0) -> dict[str, Any]:
-    """pass@k (exact unbiased estimator), maj@k and weighted@k (mean over random k-subsets) from N samples."""
+    """pass@k (exact unbiased estimator), maj@k and weighted@k (mean over the k-subsets of the N samples:
+    every one when there are at most CURVE_DRAWS, else CURVE_DRAWS random ones)."""
     ks = powers_of_two(n)
     has_scores = all(c.step_scores for r in records for c in r.candidates[:n])
     curves: dict[str, dict[str, float]] = {"pass@k": {}, "maj@k": {}}
@@ -116,8 +119,8 @@ def _subset_vote_accuracy(
     cands: list[CandidateRecord], k: int, how: str, aggregation: str, rng: random.Random
 ) -> float:
     right = {canonical_form(c.answer) for c in cands if c.correct and c.answer is not None}
-    if len(cands) == k:
-        subsets = [list(range(k))]
+    if math.comb(len(cands), k) <= CURVE_DRAWS:
+        subsets = list(itertools.combinations(range(len(cands)), k))  # exact, in candidate order
     else:
         subsets = [rng.sample(range(len(cands)), k) for _ in range(CURVE_DRAWS)]
     hits = 0
