@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import shutil
@@ -128,9 +129,14 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
 
 def test_metrics_recomputed_without_metrics_json(tmp_path):
     run = write_run(tmp_path / "d" / "r", 2)
+    stored = build_report([run], tmp_path / "stored")["metrics.csv"].read_text()
     (run / "metrics.json").unlink()
-    files = build_report([run], tmp_path / "out")
-    assert "majority" in files["metrics.csv"].read_text()
+    recomputed = build_report([run], tmp_path / "out")["metrics.csv"].read_text()
+    assert recomputed == stored  # the same table, from the predictions alone
+    (row,) = csv.DictReader(io.StringIO(recomputed))
+    # majority is right on the even indices of 6; 10 + 11 tokens and 0.5 s per problem
+    assert (row["vote"], float(row["accuracy"]), row["correct"], row["n"]) == ("majority", 0.5, "3", "6")
+    assert float(row["tokens_per_problem"]) == 21 and float(row["seconds"]) == 3.0
 
 
 def test_not_a_run_folder(tmp_path):
