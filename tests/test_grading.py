@@ -496,16 +496,14 @@ _RUN_OUTPUTS = [  # (candidate text, gold): the first two graded alike, the last
 
 def _write_run(path: Path) -> Path:
     from inferencekit.config import RunConfig
+    from inferencekit.results.records import CandidateRecord, Record
     from inferencekit.results.store import RunStore
 
     store = RunStore(path)
     store.write_config(RunConfig(dataset="math500", votes=["majority"]).to_yaml())
     for index, (text, gold) in enumerate(_RUN_OUTPUTS):
-        store.append({
-            "index": index, "input": f"problem {index}", "reference": gold,
-            "candidates": [{"text": text, "answer": None, "step_scores": [], "tokens": 3}],
-            "predictions": {}, "correct": {}, "usage": {"completion_tokens": 3},
-        })
+        store.append(Record(index, input=f"problem {index}", reference=gold,
+                            candidates=[CandidateRecord(text, tokens=3)], usage={"completion_tokens": 3}))
     return path
 
 
