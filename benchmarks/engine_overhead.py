@@ -23,7 +23,6 @@ loading is outside both. The last line is `ratio=<ours tok/s / raw tok/s>`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from inferencekit.config import RunConfig
 from inferencekit.models.embedded import embedded_gguf_path
+from inferencekit.results.store import RunStore
 from inferencekit.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +51,10 @@ def ours(args: argparse.Namespace, work: Path) -> tuple[float, int, list[str]]:
     result = run(config, show_progress=False)
     wall = time.perf_counter() - start
     usage = result.metrics["usage"]
-    records = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
-    records.sort(key=lambda r: r["index"])
+    records = RunStore(result.run_dir).records()  # by index
     print(f"inferencekit: {usage['completion_tokens']} tokens in {usage['seconds']:.1f} s generating "
           f"({wall:.1f} s wall with loading and grading)")
-    return usage["seconds"], usage["completion_tokens"], [r["prompt"] for r in records]
+    return usage["seconds"], usage["completion_tokens"], [r.prompt or "" for r in records]
 
 
 def raw_llamacpp(prompts: list[str], args: argparse.Namespace) -> tuple[float, int]:

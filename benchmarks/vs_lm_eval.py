@@ -32,6 +32,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inferencekit.results.records import Record
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
@@ -112,13 +116,13 @@ def float32_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def run_lm_eval(args: argparse.Namespace, records: list[dict], work: Path) -> tuple[float, dict[int, str], float]:
+def run_lm_eval(args: argparse.Namespace, records: list[Record], work: Path) -> tuple[float, dict[int, str], float]:
     """lm-eval on the same prompts: (wall seconds, generated text per index, its flexible-extract score)."""
     work.mkdir(parents=True, exist_ok=True)
     data = work / "prompts.jsonl"
     with data.open("w") as f:
         for r in records:
-            f.write(json.dumps({"index": r["index"], "prompt": r["prompt"], "reference": str(r["reference"])}) + "\n")
+            f.write(json.dumps({"index": r.index, "prompt": r.prompt, "reference": str(r.reference)}) + "\n")
     tasks = work / "tasks"
     tasks.mkdir()
     (tasks / "inferencekit_gsm8k.yaml").write_text(
@@ -162,19 +166,19 @@ def main() -> None:
 
     from inferencekit.grading import grade
     from inferencekit.grading.extract import extract_answer
+    from inferencekit.results.store import RunStore
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t_ours, run_dir = run_inferencekit(args, work / "ik")
-        records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-        records.sort(key=lambda r: r["index"])
+        records = RunStore(run_dir).records()  # by index
         t_lm, lm_texts, lm_own = run_lm_eval(args, records, work / "lm")
 
     ours_ok = lm_ok = same = 0
     for r in records:
-        ours_text, lm_text = r["candidates"][0]["text"], lm_texts[r["index"]]
-        ours_ok += grade(ours_text, str(r["reference"]), "gsm8k")
-        lm_ok += grade(lm_text, str(r["reference"]), "gsm8k")
+        ours_text, lm_text = r.candidates[0].text, lm_texts[r.index]
+        ours_ok += grade(ours_text, str(r.reference), "gsm8k")
+        lm_ok += grade(lm_text, str(r.reference), "gsm8k")
         same += extract_answer(ours_text, "gsm8k") == extract_answer(lm_text, "gsm8k")
     n = len(records)
     print(f"job: GSM8K first {n} test problems, {args.shots}-shot, greedy, {args.max_new_tokens} new tokens, "

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from inferencekit.results.accounting import attach_costs, flops, gguf_parameters
+from inferencekit.results.records import CandidateRecord, Record
 
 COST_KEYS = {"seconds", "calls", "prompt_tokens", "computed_prompt_tokens", "completion_tokens", "generator_flops",
              "flops"}
@@ -32,14 +33,14 @@ def test_gguf_parameter_count_matches_llama_cpp(embedded_gguf):
 
 
 def test_costs_split_among_candidates_sum_to_the_problem():
-    record = {"candidates": [{"tokens": 10}, {"tokens": 30}],
-              "usage": {"seconds": 2.0, "calls": 1, "prompt_tokens": 100, "computed_prompt_tokens": 50,
-                        "completion_tokens": 60, "reward_calls": 1, "reward_prompt_tokens": 80}}
+    record = Record(0, candidates=[CandidateRecord("a", tokens=10), CandidateRecord("b", tokens=30)],
+                    usage={"seconds": 2.0, "calls": 1, "prompt_tokens": 100, "computed_prompt_tokens": 50,
+                           "completion_tokens": 60, "reward_calls": 1, "reward_prompt_tokens": 80})
     attach_costs(record, generator_params=1000, reward_params=10)
-    usage = record["usage"]
+    usage = record.usage
     assert usage["generator_flops"] == 2 * 1000 * (50 + 60) and usage["reward_flops"] == 2 * 10 * 80
     assert usage["flops"] == usage["generator_flops"] + usage["reward_flops"]
-    a, b = (c["usage"] for c in record["candidates"])
+    a, b = (c.usage for c in record.candidates)
     assert a["completion_tokens"] == 10 + 10 and b["completion_tokens"] == 30 + 10  # 20 pruned tokens shared
     for key in ("seconds", "prompt_tokens", "computed_prompt_tokens", "completion_tokens", "reward_prompt_tokens",
                 "flops", "generator_flops", "reward_flops"):

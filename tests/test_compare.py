@@ -13,6 +13,7 @@ import pytest
 from inferencekit.errors import UserError
 from inferencekit.results.compare import compare_runs, format_markdown, mcnemar_exact
 from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.records import Record
 from inferencekit.results.store import RunStore
 
 
@@ -26,7 +27,7 @@ def write_run(path: Path, outcomes: dict[int, tuple[bool, bool]], answer: str = 
     records = []
     for index, (maj, best) in outcomes.items():
         reference = str(index)
-        record = {
+        record = Record.from_dict({
             "index": index,
             "input": f"problem {index} | with a pipe",
             "reference": reference,
@@ -34,7 +35,7 @@ def write_run(path: Path, outcomes: dict[int, tuple[bool, bool]], answer: str = 
             "predictions": {"majority": reference if maj else f"{answer}{index}", "best": reference},
             "correct": {"majority": maj, "best": best},
             "usage": {"seconds": 0.1, "completion_tokens": 3},
-        }
+        })
         store.append(record)
         records.append(record)
     store.write_metrics(compute_metrics(records, ["majority", "best"], "last"))

@@ -16,6 +16,7 @@ from inferencekit.errors import UserError
 from inferencekit.models import model_defaults, resolve_model
 from inferencekit.prompts import build_messages
 from inferencekit.results.metrics import accuracy, pass_at_k, wilson_interval
+from inferencekit.results.records import Record
 from inferencekit.results.store import RunStore, run_dir_for
 from inferencekit.voting import aggregate, vote
 
@@ -361,14 +362,14 @@ def test_run_dir_layout():
 
 def test_store_ignores_and_repairs_a_torn_last_line(tmp_path):
     store = RunStore(tmp_path)
-    store.append({"index": 0, "x": 1})
-    store.append({"index": 1, "x": 2})
+    store.append(Record(0, extra={"x": 1}))
+    store.append(Record(1, extra={"x": 2}))
     with store.predictions_path.open("a") as f:
         f.write('{"index": 2, "x"')  # a crash mid-write
-    assert [r["index"] for r in store.records()] == [0, 1]
+    assert [r.index for r in store.records()] == [0, 1]
     store.repair()
-    store.append({"index": 2, "x": 3})
-    assert [r["x"] for r in store.records()] == [1, 2, 3]
+    store.append(Record(2, extra={"x": 3}))
+    assert [r.extra["x"] for r in store.records()] == [1, 2, 3]
     assert store.predictions_path.read_text().count("\n") == 3
 
 

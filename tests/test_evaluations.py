@@ -14,6 +14,7 @@ import yaml
 from inferencekit.config import RunConfig
 from inferencekit.errors import UserError
 from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.records import Record
 from inferencekit.results.reevaluate import evaluation_dirs, evaluation_name, reevaluate
 from inferencekit.results.store import RunStore
 
@@ -35,8 +36,8 @@ def write_run(path: Path) -> Path:
              "finish_reason": "stop", "correct": ans == str(i)}
             for ans, s in zip([str(i), "77", "77"], steps, strict=True)
         ]
-        records.append({"index": i, "style": "gsm8k", "input": f"q{i}", "reference": str(i), "candidates": cands,
-                        "predictions": {}, "correct": {}, "usage": {"completion_tokens": 15}})
+        records.append(Record.from_dict({"index": i, "style": "gsm8k", "input": f"q{i}", "reference": str(i),
+                                         "candidates": cands, "usage": {"completion_tokens": 15}}))
     from inferencekit.results.evaluate import apply_votes
 
     apply_votes(records, VOTES, "min")

@@ -20,6 +20,7 @@ import pytest
 
 from inferencekit.results.evaluate import compute_metrics
 from inferencekit.results.health import health, unclosed_think
+from inferencekit.results.records import Record
 from llama_servers import GGUF, Server, free_port
 
 
@@ -153,6 +154,7 @@ def test_truncation_open_think_and_missing_answers_are_counted():
          "predictions": {"majority": "5"}, "correct": {"majority": False}, "usage": {}},
         {"index": 2, "failed": True, "error": "boom", "candidates": [], "predictions": {}, "correct": {}, "usage": {}},
     ]
+    records = [Record.from_dict(r) for r in records]
     h = health(records)
     assert h["candidates"] == 4 and h["truncated"] == 2 and h["truncated_rate"] == 0.5
     assert h["unclosed_think"] == 1 and h["no_answer"] == 1 and h["failed_samples"] == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from inferencekit.grading import (
     grade,
     is_equiv,
 )
-from inferencekit.grading.equivalence import math_verify_equiv
+from inferencekit.grading.equivalence import math_verify_equiv, quick_equiv
+from inferencekit.grading.normalize import is_collection
 
 # the shared benchmark files sit beside the checkout (../shared/data), or beside a worktree's parent
 _ROOT = Path(__file__).resolve().parents[1]
@@ -379,6 +382,40 @@ def test_grader_tiny_timeout_kills_and_recovers() -> None:
         assert grader.is_equiv_many(pairs) == [True, True]
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.timeout(300)  # a hang guard
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads worker CPU time from /proc")
+def test_grader_retries_the_items_of_a_worker_that_was_killed() -> None:
+    # One worker, one chunk: a slow item (sympy grinds on 9^(9^9) until its time limit) then a quick one.
+    # The worker is killed (SIGKILL, as the OOM killer would) once it is busy on the slow item; the
+    # chunk's items are retried in a new pool, so the quick item is still graded right.
+    pairs = [("9^{9^{9}}", "1"), ("2(k+1)", "2k+2")]
+    with Grader(workers=1, timeout=5.0, chunk_size=2) as grader:
+        assert grader.is_equiv_many([("\\frac{1}{\\sqrt3}", "\\frac{\\sqrt{3}}{3}")]) == [True]  # pool up, warm
+        (worker,) = grader._pool._processes.values()
+        idle = _cpu_seconds(worker.pid)
+        killed = threading.Event()
+
+        def kill_when_busy() -> None:
+            while worker.is_alive() and _cpu_seconds(worker.pid) < idle + 0.15:  # computing, not waiting
+                killed.wait(0.02)
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.set()
+
+        killer = threading.Thread(target=kill_when_busy)
+        killer.start()
+        verdicts = grader.is_equiv_many(pairs)
+        killer.join()
+        assert killed.is_set() and not worker.is_alive()
+        assert verdicts == [False, True]  # the slow item ran out of time on its retry; the quick one was redone
+        assert grader.restarts == 1 and worker.pid not in grader._pool._processes
+        assert grader.is_equiv_many([("0.5", "\\frac{1}{2}"), ("x+1", "1+x")]) == [True, True]  # the new pool works
+
+
 @pytest.mark.timeout(300)
 def test_grader_isolates_the_slow_item_of_a_chunk() -> None:
     # parent deadline only: the 4-item chunk overruns, its items are retried one by one,
@@ -411,7 +448,20 @@ def test_math500_gold_answers_grade_against_themselves(grader: Grader) -> None:
     verdicts = grader.grade_many(items)
     failing = [a for a, ok in zip(golds, verdicts, strict=True) if not ok]
     assert sum(verdicts) >= 0.99 * len(golds), failing
-    assert grader.is_equiv_many([(a, a) for a in golds]) == [True] * len(golds)
+
+
+def test_math500_gold_answers_equal_another_form_of_themselves(grader: Grader) -> None:
+    # `{gold}` has another canonical form than `gold`, so no string rule settles the pair: math-verify in the
+    # grader's workers must read both and find them equal (tuples, intervals and words are left out: braces
+    # make those a set). The same pairs against gold + 1 must come out unequal.
+    golds = [a for a in (row["answer"] for row in _math500())
+             if not is_collection(a) and "," not in a and "text" not in a and "mbox" not in a]
+    pairs = [("{" + a + "}", a) for a in golds[::2]]  # every other one: a worker's parse costs ~0.1 s
+    assert len(pairs) > 200 and all(quick_equiv(p, g) is None for p, g in pairs)
+    verdicts = grader.is_equiv_many(pairs)
+    assert [g for (_, g), ok in zip(pairs, verdicts, strict=True) if not ok] == []
+    off_by_one = grader.is_equiv_many([(p, g + "+1") for p, g in pairs[:100]])
+    assert sum(off_by_one) <= 1  # at most an infinity (infinity + 1 is infinity)
 
 
 def test_math500_gold_answers_parse_with_math_verify() -> None:
@@ -446,16 +496,14 @@ _RUN_OUTPUTS = [  # (candidate text, gold): the first two graded alike, the last
 
 def _write_run(path: Path) -> Path:
     from inferencekit.config import RunConfig
+    from inferencekit.results.records import CandidateRecord, Record
     from inferencekit.results.store import RunStore
 
     store = RunStore(path)
     store.write_config(RunConfig(dataset="math500", votes=["majority"]).to_yaml())
     for index, (text, gold) in enumerate(_RUN_OUTPUTS):
-        store.append({
-            "index": index, "input": f"problem {index}", "reference": gold,
-            "candidates": [{"text": text, "answer": None, "step_scores": [], "tokens": 3}],
-            "predictions": {}, "correct": {}, "usage": {"completion_tokens": 3},
-        })
+        store.append(Record(index, input=f"problem {index}", reference=gold,
+                            candidates=[CandidateRecord(text, tokens=3)], usage={"completion_tokens": 3}))
     return path
 
 
@@ -472,11 +520,11 @@ def test_grader_many_with_the_math_verify_engine(grader: Grader) -> None:
 
 def test_grader_disagreements_lists_index_answers_and_gold(grader: Grader) -> None:
     from inferencekit.grading.disagreements import format_disagreements, grader_disagreements
+    from inferencekit.results.records import CandidateRecord, Record
 
-    records = [
-        {"index": i, "reference": gold, "candidates": [{"text": text}]} for i, (text, gold) in enumerate(_RUN_OUTPUTS)
-    ]
-    records.append({"index": 9, "reference": "1", "failed": True, "error": "timeout", "candidates": []})
+    records = [Record(i, reference=gold, candidates=[CandidateRecord(text)])
+               for i, (text, gold) in enumerate(_RUN_OUTPUTS)]
+    records.append(Record(9, reference="1", failed=True, error="timeout"))
     found = grader_disagreements(records, "math", grader=grader)
     assert [(d.index, d.ours_correct, d.plain_correct) for d in found] == [(2, True, False), (3, True, False)]
     assert found[1].ours == "\\textbf{(C) }7" and found[1].gold == "(C)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.records import Record
 from inferencekit.results.report import build_report
 from inferencekit.results.store import RunStore
 
@@ -42,7 +44,7 @@ def write_run(path: Path, n: int, problems: int = 6, reward: bool = False) -> Pa
             for j in range(n)
         ]
         ok = i % 2 == 0
-        record = {
+        record = Record.from_dict({
             "index": i,
             "input": f"What is {i}? <img src=x onerror=alert(2)>" if i == 1 else f"What is {i}?",
             "reference": str(i),
@@ -51,7 +53,7 @@ def write_run(path: Path, n: int, problems: int = 6, reward: bool = False) -> Pa
             "correct": {v: ok for v in votes},
             "usage": {"seconds": 0.5, "completion_tokens": sum(c["tokens"] for c in cands),
                       **({"reward_calls": 1} if reward else {})},
-        }
+        })
         store.append(record)
         records.append(record)
     store.write_metrics(compute_metrics(records, votes, "last"))
@@ -127,9 +129,14 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
 
 def test_metrics_recomputed_without_metrics_json(tmp_path):
     run = write_run(tmp_path / "d" / "r", 2)
+    stored = build_report([run], tmp_path / "stored")["metrics.csv"].read_text()
     (run / "metrics.json").unlink()
-    files = build_report([run], tmp_path / "out")
-    assert "majority" in files["metrics.csv"].read_text()
+    recomputed = build_report([run], tmp_path / "out")["metrics.csv"].read_text()
+    assert recomputed == stored  # the same table, from the predictions alone
+    (row,) = csv.DictReader(io.StringIO(recomputed))
+    # majority is right on the even indices of 6; 10 + 11 tokens and 0.5 s per problem
+    assert (row["vote"], float(row["accuracy"]), row["correct"], row["n"]) == ("majority", 0.5, "3", "6")
+    assert float(row["tokens_per_problem"]) == 21 and float(row["seconds"]) == 3.0
 
 
 def test_not_a_run_folder(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inferencekit.cli import main
+
 FAST = ["--limit", "3", "--max-new-tokens", "40", "--no-progress", "--batch-size", "2"]
 
 
@@ -300,11 +302,29 @@ def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
     assert yaml.safe_load((path / "config.yaml").read_text())["aggregation"] == "min"
 
 
-def test_reward_model_args_reach_the_reward_model(tmp_path):
-    result = cli("run", *FAST, "--limit", "1", "--method", "best_of_n", "--n", "2", "--reward-model", "self_certainty",
-                 "--reward-model-arg", "colour=blue", "--work-dir", str(tmp_path))
-    assert result.returncode == 2 and "unknown option(s) colour" in result.stderr
-    assert result.stderr.count("\n") == 1
+def test_reward_model_args_reach_the_reward_model(tiny_llama_dir, tiny_prm_dir, tmp_path, capsys):
+    # The same seeded candidates scored by the tiny token-classification PRM: a format option (add_bos) and a
+    # loader setting (max_length, inputs cut from the left) each change the step scores the run records.
+    base = ["run", "--model", str(tiny_llama_dir), "--dtype", "float32", "--reward-model", str(tiny_prm_dir),
+            "--method", "best_of_n", "--n", "2", "--temperature", "0.8", "--limit", "1", "--max-new-tokens", "12",
+            "--no-progress", "--vote", "majority,weighted"]
+
+    def scored(*extra: str) -> tuple[list[str], str]:  # in this process: torch is imported once
+        work = tmp_path / str(len(list(tmp_path.iterdir())))
+        assert main([*base, *extra, "--work-dir", str(work)]) == 0
+        (row,) = records(run_dir(work))
+        return [c["text"] for c in row["candidates"]], json.dumps([c["step_scores"] for c in row["candidates"]])
+
+    texts, plain = scored()
+    no_bos_texts, no_bos = scored("--reward-model-arg", "add_bos=false")
+    with pytest.warns(UserWarning, match="longer than 8 tokens and were cut from the left"):
+        cut_texts, cut = scored("--reward-model-arg", "max_length=8")
+    assert no_bos_texts == cut_texts == texts and plain != no_bos and plain != cut
+    capsys.readouterr()
+    assert main(["run", *FAST, "--limit", "1", "--method", "best_of_n", "--n", "2", "--reward-model", "self_certainty",
+                 "--reward-model-arg", "colour=blue", "--work-dir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) colour" in err and err.count("\n") == 1
 
 
 def test_unreadable_run_config_is_one_line(tmp_path):
@@ -317,8 +337,14 @@ def test_unreadable_run_config_is_one_line(tmp_path):
 
 
 def test_where_a_model_runs_may_change_on_resume(greedy_run):
+    before = (greedy_run / "predictions.jsonl").read_bytes()
     result = cli("run", *FAST, "--limit", "4", "--work-dir", str(greedy_run.parents[1]), "--model-arg", "n_threads=1")
     assert result.returncode == 0, result.stderr
+    # accepted as a resume: nothing regenerated, the records untouched, the new setting recorded
+    assert (greedy_run / "predictions.jsonl").read_bytes() == before
+    last = json.loads((greedy_run / "provenance.json").read_text())["invocations"][-1]
+    assert last["generated"] == 0
+    assert yaml.safe_load((greedy_run / "config.yaml").read_text())["model_args"]["n_threads"] == 1
 
 
 class _FailsOnce:

@@ -19,7 +19,6 @@ from inferencekit.config import RunConfig
 from inferencekit.models.base import Completion, Generator, Usage, per_prompt_params, truncate_at_stop
 from inferencekit.reward_models import split_steps
 from inferencekit.search import Problem, get_method
-from inferencekit.search.mcts import MCTS
 from inferencekit.search.tree import Node, expand, node_seed, rank, unique
 
 SEP = "\n\n"
@@ -228,6 +227,17 @@ def test_dvts_subtrees_are_greedy_and_independent():
     assert texts(cands2)[2:] == ["a3\n\nb4 \\boxed{4}", "a3\n\nb3"] and len(gen2.calls) == 2
 
 
+def test_dvts_lookahead_picks_each_subtree_best_by_its_rollout():
+    # a2's greedy next step scores 0.99: with lookahead 1, subtree 0 continues a2 instead of a1 (0.8 > 0.7 by
+    # their own scores); subtree 1 keeps a3, whose rollout b3 (0.9) beats a4's (the default answer, 0.5).
+    script = {**DVTS_SCRIPT, "<P0>a2\n\n": ["great\n\n"]}
+    search, gen, _ = method("dvts", script, {**DVTS_TABLE, "great": 0.99}, lookahead=1)
+    search.search([problem()])
+    assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a2\n\n", "<P0>a3\n\n", "<P0>a4\n\n"]  # one rollout each
+    assert all(p.temperature == 0 and p.n == 1 for _, p in gen.calls[1])
+    assert gen.prompts(2) == ["<P0>a2\n\n", "<P0>a3\n\n"]
+
+
 # ---- MCTS ----
 
 MCTS_SCRIPT = {
@@ -291,6 +301,21 @@ def test_mcts_answer_comes_first_and_every_finished_solution_is_kept(select_by):
     (cands,) = search.search([problem()])
     assert texts(cands) == ["a1\n\nb1 \\boxed{1}", "a2\n\nc1 \\boxed{2}", "a2\n\nc2 \\boxed{3}"]
     assert cands[0].meta == {"chosen": True} and all(not c.meta for c in cands[1:])
+
+
+def test_mcts_prior_by_score_follows_the_reward():
+    # Uniform priors explore a2 at iteration 3 (test above). With priors proportional to the reward
+    # (a1 0.8, a2 0.4: 2/3 and 1/3), PUCT at iteration 3 gives a1 0.7 + sqrt(2) * 2/3 / 2 = 1.17 and
+    # a2 0.4 + sqrt(2) * 1/3 = 0.87, so a1 is followed again (its finished child b1, prior 0.9 / 1.4,
+    # is re-evaluated), and at iteration 4 too (1.19 vs 0.98): a2 is never expanded.
+    search, gen, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE, mcts_iterations=4, mcts_prior="score")
+    (root,), _ = search.grow([problem()])
+    a1, a2 = root.children
+    b1, b2 = a1.children
+    assert (a1.prior, a2.prior) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
+    assert (b1.prior, b2.prior) == (pytest.approx(0.9 / 1.4), pytest.approx(0.5 / 1.4))
+    assert len(gen.calls) == 2 and gen.prompts(1) == ["<P0>a1\n\n"] and not a2.children
+    assert (a1.visits, b1.visits, a2.visits) == (3, 2, 0)
 
 
 def test_mcts_rollout_evaluates_by_the_finished_rollout():
@@ -383,10 +408,14 @@ def test_expand_tokens_ends_paths_and_skips_partial_characters():
     assert [(g.terminal, g.finish_reason, g.tokens) for g in cap] == [(True, "stop", 2)]  # EOS at the cap
 
 
-def test_step_search_methods_need_a_reward_model():
-    for name in ("beam_search", "dvts", "mcts"):
-        assert get_method(name).needs_reward_model
-    assert not get_method("token_beam").needs_reward_model
+@pytest.mark.parametrize("name", ["beam_search", "dvts", "mcts"])
+def test_the_runner_refuses_a_step_search_without_a_reward_model(name, tmp_path, capsys):
+    # refused before any model loads or any folder is written (token_beam runs without one: test below)
+    args = ["run", "--method", name, "--vote", "majority", "--limit", "1", "--max-new-tokens", "4", "--no-progress",
+            "--work-dir", str(tmp_path)]
+    assert main(args) == 2
+    assert f"method {name} needs --reward-model" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 # ---- real models, from the command line ----
@@ -466,9 +495,12 @@ def test_same_seed_same_tree_whatever_the_batch(tiny_prm_dir):
 
 
 def test_mcts_iterations_default_to_n():
-    search, gen, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE)
+    search, gen, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE)  # n = 4
     (root,), _ = search.grow([problem()])
-    assert root.visits == 4 and isinstance(search, MCTS)
+    assert search.config.mcts_iterations is None and root.visits == 4  # one visit per iteration
+    fewer, _, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE, mcts_iterations=2)
+    (root,), _ = fewer.grow([problem()])
+    assert root.visits == 2
 
 
 def test_token_beam_without_a_reward_model_on_the_embedded_model(tmp_path):

@@ -23,8 +23,8 @@ from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_ac
 from inferencekit.prompts import build_messages
 from inferencekit.results.accounting import attach_costs, parameter_counts
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
-from inferencekit.results.health import failed_record, is_failed
 from inferencekit.results.provenance import begin_provenance
+from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
@@ -71,7 +71,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
 
     with _run_log(store.path / LOG):
         log.info("run %s: %d samples, method %s, model %s", store.path, len(dataset.samples), config.method, spec.path)
-        done = {r["index"] for r in store.records() if not is_failed(r)}  # a failed problem is redone
+        done = {r.index for r in store.records() if not r.failed}  # a failed problem is redone
         todo = [s for s in dataset.samples if s.index not in done]
         if done:
             finished = len(dataset.samples) - len(todo)
@@ -192,7 +192,7 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
                     record = _record(sample, problem, outcome.candidates, outcome.usage, dataset.style)
                     attach_costs(record, *costs)  # FLOPs, and each candidate's share of the problem's cost
                     if outcome.error is not None:
-                        record = failed_record(record, outcome.error)
+                        record.mark_failed(outcome.error)
                         log.warning("problem %d failed: %s", sample.index, outcome.error)
                     else:
                         grade_records(
@@ -200,7 +200,7 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
                             aggregation=config.aggregation, box_match=config.box_match, engine=config.grader,
                         )
                     store.append(record)
-                    progress.advance(record["correct"].get(config.votes[0], False))
+                    progress.advance(record.correct.get(config.votes[0], False))
                 fill()
         finally:
             for future in running:  # an error above: the problems not started never will
@@ -275,25 +275,18 @@ class _Seconds:
     value: float = 0.0
 
 
-def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> dict:
-    return {
-        "index": sample.index,
-        "style": style,
-        "input": sample.input,
-        "reference": sample.reference,
-        "prompt": problem.prompt,
-        "candidates": [c.to_dict() for c in cands],
-        "predictions": {},
-        "correct": {},
-        "usage": usage,
-    }
+def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> Record:
+    candidates = [CandidateRecord(text=c.text, tokens=c.tokens, step_scores=list(c.step_scores),
+                                  finish_reason=c.finish_reason, meta=dict(c.meta)) for c in cands]
+    return Record(index=sample.index, style=style, input=sample.input, reference=sample.reference,
+                  prompt=problem.prompt, candidates=candidates, usage=usage)
 
 
-def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> list[dict[str, Any]]:
+def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> list[Record]:
     """The run's records for the current sample set, re-voted where the vote list changed since."""
     wanted = {s.index for s in dataset.samples}
-    records = [r for r in store.records() if r["index"] in wanted]  # failed ones: counted apart by compute_metrics
-    stale = [r for r in records if set(config.votes) - set(r.get("correct", {}))]
+    records = [r for r in store.records() if r.index in wanted]  # failed ones: counted apart by compute_metrics
+    stale = [r for r in records if set(config.votes) - set(r.correct)]
     apply_votes(stale, config.votes, config.aggregation)
     return records
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from inferencekit.errors import UserError, first_line
+from inferencekit.grading.style import answer_style
 from inferencekit.presets import load_preset, preset_names
 from inferencekit.registry import Registry
 
@@ -94,7 +95,7 @@ def load_dataset(
         if not path.is_file():
             raise UserError(f"dataset file not found: {path}")
         rows = read_table(path)
-        style = "gsm8k" if rows and "####" in str(rows[0].get(reference_field or "answer", "")) else "math"
+        style = answer_style(str(path), reference=str(rows[0].get(reference_field or "answer", "")) if rows else "")
         parser = gsm8k_reference if style == "gsm8k" else None
         samples = _to_samples(rows, input_field, reference_field, parser, str(path))
         dataset = Dataset(name=dataset_label(name_or_path), samples=samples, style=style, files=[path])
@@ -124,7 +125,8 @@ def _from_preset(name, preset, data_dir, split, input_field, reference_field, nu
         sources.append(shot_source)
     files = [s for s in sources if isinstance(s, Path)]
     hub = next((s for s in sources if isinstance(s, dict)), None)
-    return Dataset(name=name, samples=samples, style=preset.get("style", "math"), shots=shots, files=files, hub=hub)
+    style = answer_style(name, declared=preset.get("style"))
+    return Dataset(name=name, samples=samples, style=style, shots=shots, files=files, hub=hub)
 
 
 def _preset_rows(name: str, preset: dict, data_dir: str | None, split: str) -> tuple[list[dict], Path | dict]:

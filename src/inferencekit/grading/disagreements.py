@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from inferencekit.grading.pool import Grader
-from inferencekit.grading.style import answer_style
+
+if TYPE_CHECKING:
+    from inferencekit.results.records import Record
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,15 @@ class Disagreement:
 
 
 def grader_disagreements(
-    records: Sequence[dict[str, Any]], style: str, box_match: str = "last", grader: Grader | None = None
+    records: Sequence[Record], style: str, box_match: str = "last", grader: Grader | None = None
 ) -> list[Disagreement]:
     """Every candidate of ``records`` that the two graders judge differently, in run order.
 
     Both gradings go through the same worker pool and time limits (``grader``, or a new default pool).
     Failed samples (no candidates) are skipped.
     """
-    owners = [(r, k) for r in records for k in range(len(r.get("candidates") or []))]
-    items = [(r["candidates"][k]["text"], str(r["reference"]), style) for r, k in owners]
+    owners = [(r, k) for r in records for k in range(len(r.candidates))]
+    items = [(r.candidates[k].text, str(r.reference), style) for r, k in owners]
     pool = grader if grader is not None else Grader()
     try:
         ours = pool.extract_and_grade_many(items, box_match, engine="inferencekit")
@@ -46,7 +48,7 @@ def grader_disagreements(
         if grader is None:
             pool.close()
     return [
-        Disagreement(int(r.get("index", -1)), k, str(r["reference"]), a, ok, b, plain_ok)
+        Disagreement(r.index, k, str(r.reference), a, ok, b, plain_ok)
         for (r, k), (a, ok), (b, plain_ok) in zip(owners, ours, plain, strict=True)
         if ok != plain_ok
     ]
@@ -70,12 +72,13 @@ def format_disagreements(found: Sequence[Disagreement], n_samples: int, show: in
 def report_disagreements(run_dir: str | Path, box_match: str | None = None, show: int = 5) -> str:
     """Read a run folder, grade its candidates both ways, and format where the graders differ."""
     from inferencekit.config import config_from_dict
+    from inferencekit.results.records import graded_style
     from inferencekit.results.store import RunStore
 
     store = RunStore(run_dir)
     config = config_from_dict(store.read_config(), f"{store.path}/config.yaml")
-    records = [r for r in store.records() if not r.get("failed")]
-    style = records[0].get("style") if records and records[0].get("style") else answer_style(config.dataset)
+    records = [r for r in store.records() if not r.failed]
+    style = graded_style(records, config.dataset)
     with Grader(workers=config.grading_workers, timeout=config.grading_timeout) as grader:
         found = grader_disagreements(records, style, box_match or config.box_match, grader)
     return format_disagreements(found, len(records), show)

@@ -5,17 +5,28 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Literal
 
+from inferencekit.errors import UserError
+
 AnswerStyle = Literal["math", "gsm8k"]
 
 STYLES: tuple[AnswerStyle, ...] = ("math", "gsm8k")
 
 
-def answer_style(dataset: str) -> AnswerStyle:
-    """Map a style or dataset name (or a path to a dataset) to an answer style.
+def answer_style(dataset: str, *, declared: str | None = None, reference: str | None = None) -> AnswerStyle:
+    """The answer style that grades ``dataset`` (the one place that decides it), from the strongest evidence given:
 
-    ``"gsm8k"`` and any name, hub id or path component starting with ``gsm8k`` use GSM8K style;
-    everything else (math500, aime24, amc23, unknown names) uses MATH style.
+    1. ``declared``: a style a dataset preset states, or one a run recorded with its samples;
+    2. ``reference``: a gold answer read from a dataset file: GSM8K's ``#### N`` mark means GSM8K style,
+       any other reference MATH style;
+    3. the name: ``"gsm8k"`` and any name, hub id or path component starting with ``gsm8k`` use GSM8K
+       style; everything else (math500, aime24, amc23, unknown names) uses MATH style.
     """
+    if declared is not None:
+        if str(declared).strip().lower() not in STYLES:
+            raise UserError(f"unknown answer style {declared!r}; accepted: {', '.join(STYLES)}")
+        return str(declared).strip().lower()  # type: ignore[return-value]
+    if reference is not None:
+        return "gsm8k" if "####" in str(reference) else "math"
     name = str(dataset).strip().lower()
     if name in STYLES:
         return name  # type: ignore[return-value]

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inferencekit.results.records import Record
 
 # Usage keys split evenly among a problem's candidates (generated tokens are the candidates' own).
 SHARED_KEYS = ("seconds", "calls", "prompt_tokens", "computed_prompt_tokens", "reward_calls", "reward_prompt_tokens",
@@ -92,26 +95,26 @@ def flops(usage: dict[str, Any], generator_params: int | None, reward_params: in
     return out
 
 
-def attach_costs(record: dict[str, Any], generator_params: int | None, reward_params: int | None) -> None:
+def attach_costs(record: Record, generator_params: int | None, reward_params: int | None) -> None:
     """Add FLOPs to a record's usage and give each candidate its share of the record's cost.
 
     A candidate's `usage` holds its own generated tokens plus an even share of the rest (the prompt,
     calls, seconds, reward-model work, and tokens that tree search spent on pruned branches), so the
     candidates' usages sum to the record's.
     """
-    usage = record.setdefault("usage", {})
+    usage = record.usage
     usage.update(flops(usage, generator_params, reward_params))
-    cands = record.get("candidates") or []
+    cands = record.candidates
     if not cands:
         return
     k = len(cands)
-    own = sum(int(c.get("tokens", 0)) for c in cands)
+    own = sum(c.tokens for c in cands)
     spare = (usage.get("completion_tokens", own) - own) / k
     for cand in cands:
         share = {key: round(usage[key] / k, 4) for key in SHARED_KEYS if key in usage}
-        share["completion_tokens"] = round(int(cand.get("tokens", 0)) + spare, 4)
+        share["completion_tokens"] = round(cand.tokens + spare, 4)
         share.update(flops(share, generator_params, reward_params))
-        cand["usage"] = share
+        cand.usage = share
 
 
 def compute_summary(usage: dict[str, Any], ran: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inferencekit.errors import UserError
+from inferencekit.results.records import Record
 from inferencekit.results.store import PREDICTIONS, RunStore
 
 CELLS = ("both_right", "a_only", "b_only", "both_wrong")
@@ -26,21 +27,21 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def load_records(run_dir: str | Path) -> dict[int, dict[str, Any]]:
+def load_records(run_dir: str | Path) -> dict[int, Record]:
     """A run folder's finished samples by index; `UserError` when it is not a run folder or holds none."""
     store = RunStore(run_dir)
     if not store.path.is_dir() or not (store.exists() or store.predictions_path.is_file()):
         raise UserError(f"{run_dir} is not a run folder (no config.yaml or {PREDICTIONS})")
-    records = {int(r["index"]): r for r in store.records()}
+    records = {r.index: r for r in store.records()}
     if not records:
         raise UserError(f"{run_dir} holds no finished samples ({PREDICTIONS} is empty or missing)")
     return records
 
 
-def _votes(records: list[dict[str, Any]]) -> list[str]:
+def _votes(records: list[Record]) -> list[str]:
     """Votes graded in every one of `records`, in the order the first record lists them."""
-    common = set.intersection(*(set(r.get("correct") or {}) for r in records))
-    return [v for v in records[0].get("correct") or {} if v in common]
+    common = set.intersection(*(set(r.correct) for r in records))
+    return [v for v in records[0].correct if v in common]
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, vote: str | None = None, show: int = 5) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, vote: str | None = None, 
 
     cells: dict[str, list[int]] = {c: [] for c in CELLS}
     for i in shared:
-        ok_a, ok_b = bool(recs_a[i]["correct"][vote]), bool(recs_b[i]["correct"][vote])
+        ok_a, ok_b = bool(recs_a[i].correct[vote]), bool(recs_b[i].correct[vote])
         cell = "both_right" if ok_a and ok_b else "a_only" if ok_a else "b_only" if ok_b else "both_wrong"
         cells[cell].append(i)
     n = len(shared)
@@ -85,13 +86,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path, vote: str | None = None, 
     }
 
 
-def _sample(a: dict[str, Any], b: dict[str, Any], vote: str) -> dict[str, Any]:
+def _sample(a: Record, b: Record, vote: str) -> dict[str, Any]:
     return {
-        "index": a["index"],
-        "reference": a.get("reference"),
-        "answer_a": (a.get("predictions") or {}).get(vote),
-        "answer_b": (b.get("predictions") or {}).get(vote),
-        "input": a.get("input"),
+        "index": a.index,
+        "reference": a.reference,
+        "answer_a": a.predictions.get(vote),
+        "answer_b": b.predictions.get(vote),
+        "input": a.input,
     }
 
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
 
 from inferencekit.grading import Grader, canonical_form
 from inferencekit.results.accounting import compute_summary
-from inferencekit.results.health import health, is_failed, unclosed_think
+from inferencekit.results.health import health, unclosed_think
 from inferencekit.results.metrics import accuracy, pass_at_k, powers_of_two, sum_usage
+from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.voting import needs_scores, vote, vote_names
 
-CURVE_DRAWS = 256  # random k-subsets per k for maj@k / weighted@k
+CURVE_DRAWS = 256  # k-subsets per k for maj@k / weighted@k: all of them when there are at most this many
 
 
 def grade_records(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Record],
     grader: Grader,
     *,
     style: str,
@@ -31,35 +34,35 @@ def grade_records(
 
 
 def grade_candidates(
-    records: Sequence[dict[str, Any]], grader: Grader, *, style: str, box_match: str = "last",
+    records: Sequence[Record], grader: Grader, *, style: str, box_match: str = "last",
     engine: str = "inferencekit",
 ) -> None:
     """Fill each candidate's extracted `answer`, `unclosed_think` and `correct`, all from the grader's workers.
 
     `engine`: "inferencekit" (default) or "math-verify" (plain math-verify, the `grader` setting).
     """
-    items = [(cand["text"], record["reference"], style) for record in records for cand in record["candidates"]]
+    items = [(cand.text, record.reference, style) for record in records for cand in record.candidates]
     outcomes = iter(grader.extract_and_grade_many(items, box_match=box_match, engine=engine))
     for record in records:
-        for cand in record["candidates"]:
-            cand["answer"], cand["correct"] = next(outcomes)
-            cand["unclosed_think"] = unclosed_think(cand["text"])
+        for cand in record.candidates:
+            cand.answer, cand.correct = next(outcomes)
+            cand.unclosed_think = unclosed_think(cand.text)
 
 
-def apply_votes(records: Sequence[dict[str, Any]], votes: Sequence[str], aggregation: str) -> None:
+def apply_votes(records: Sequence[Record], votes: Sequence[str], aggregation: str) -> None:
     """Fill each record's `predictions` and `correct` per vote from its graded candidates (failed ones: none)."""
     for record in records:
-        if is_failed(record):
+        if record.failed:
             continue
-        cands = record["candidates"]
-        answers = [c["answer"] for c in cands]
-        scores = [c.get("step_scores") for c in cands]
-        record["predictions"] = {v: vote(v, answers, scores, aggregation) for v in votes}
+        cands = record.candidates
+        answers = [c.answer for c in cands]
+        scores = [c.step_scores for c in cands]
+        record.predictions = {v: vote(v, answers, scores, aggregation) for v in votes}
         # A vote returns one candidate's answer; its group's graded candidates say whether it is right
         # (under --box-match any, a candidate can be right through an earlier box).
-        record["correct"] = {
-            name: any(c["correct"] for c in cands if _same(c["answer"], prediction))
-            for name, prediction in record["predictions"].items()
+        record.correct = {
+            name: any(c.correct for c in cands if _same(c.answer, prediction))
+            for name, prediction in record.predictions.items()
         }
 
 
@@ -68,16 +71,16 @@ def _same(a: str | None, b: str | None) -> bool:
 
 
 def compute_metrics(
-    records: Sequence[dict[str, Any]], votes: Sequence[str], aggregation: str, seed: int = 0
+    records: Sequence[Record], votes: Sequence[str], aggregation: str, seed: int = 0
 ) -> dict[str, Any]:
     """Per-vote accuracy with 95% interval over the problems that ran (failed ones counted beside it),
     scaling curves for k = 1, 2, 4, ... <= N, truncation and failure counts, usage and compute totals."""
-    ran = [r for r in records if not is_failed(r)]
+    ran = [r for r in records if not r.failed]
     failed = len(records) - len(ran)
     metrics: dict[str, Any] = {"n_samples": len(ran), "failed": failed, "aggregation": aggregation, "votes": {}}
     for name in votes:
-        metrics["votes"][name] = {**accuracy([bool(r["correct"].get(name)) for r in ran]), "failed": failed}
-    n_min = min((len(r["candidates"]) for r in ran), default=0)
+        metrics["votes"][name] = {**accuracy([bool(r.correct.get(name)) for r in ran]), "failed": failed}
+    n_min = min((len(r.candidates) for r in ran), default=0)
     if n_min > 1:
         metrics["curves"] = scaling_curves(ran, n_min, aggregation, seed)
     metrics["health"] = health(records)
@@ -88,10 +91,11 @@ def compute_metrics(
     return metrics
 
 
-def scaling_curves(records: Sequence[dict[str, Any]], n: int, aggregation: str, seed: int = 0) -> dict[str, Any]:
-    """pass@k (exact unbiased estimator), maj@k and weighted@k (mean over random k-subsets) from N samples."""
+def scaling_curves(records: Sequence[Record], n: int, aggregation: str, seed: int = 0) -> dict[str, Any]:
+    """pass@k (exact unbiased estimator), maj@k and weighted@k (mean over the k-subsets of the N samples:
+    every one when there are at most CURVE_DRAWS, else CURVE_DRAWS random ones)."""
     ks = powers_of_two(n)
-    has_scores = all(c.get("step_scores") for r in records for c in r["candidates"][:n])
+    has_scores = all(c.step_scores for r in records for c in r.candidates[:n])
     curves: dict[str, dict[str, float]] = {"pass@k": {}, "maj@k": {}}
     if has_scores:
         curves["weighted@k"] = {}
@@ -99,8 +103,8 @@ def scaling_curves(records: Sequence[dict[str, Any]], n: int, aggregation: str, 
     for k in ks:
         pass_k, maj_k, weighted_k = [], [], []
         for record in records:
-            cands = record["candidates"][:n]
-            pass_k.append(pass_at_k(n, sum(bool(c["correct"]) for c in cands), k))
+            cands = record.candidates[:n]
+            pass_k.append(pass_at_k(n, sum(bool(c.correct) for c in cands), k))
             maj_k.append(_subset_vote_accuracy(cands, k, "majority", aggregation, rng))
             if has_scores:
                 weighted_k.append(_subset_vote_accuracy(cands, k, "weighted", aggregation, rng))
@@ -111,16 +115,18 @@ def scaling_curves(records: Sequence[dict[str, Any]], n: int, aggregation: str, 
     return curves
 
 
-def _subset_vote_accuracy(cands: list[dict], k: int, how: str, aggregation: str, rng: random.Random) -> float:
-    right = {canonical_form(c["answer"]) for c in cands if c["correct"] and c["answer"] is not None}
-    if len(cands) == k:
-        subsets = [list(range(k))]
+def _subset_vote_accuracy(
+    cands: list[CandidateRecord], k: int, how: str, aggregation: str, rng: random.Random
+) -> float:
+    right = {canonical_form(c.answer) for c in cands if c.correct and c.answer is not None}
+    if math.comb(len(cands), k) <= CURVE_DRAWS:
+        subsets = list(itertools.combinations(range(len(cands)), k))  # exact, in candidate order
     else:
         subsets = [rng.sample(range(len(cands)), k) for _ in range(CURVE_DRAWS)]
     hits = 0
     for subset in subsets:
         picked = [cands[i] for i in subset]
-        answer = vote(how, [c["answer"] for c in picked], [c.get("step_scores") for c in picked], aggregation)
+        answer = vote(how, [c.answer for c in picked], [c.step_scores for c in picked], aggregation)
         hits += answer is not None and canonical_form(answer) in right
     return hits / len(subsets)
 

@@ -9,9 +9,11 @@ is reported beside the accuracy so a too small `--max-new-tokens` shows at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inferencekit.errors import one_line
+if TYPE_CHECKING:
+    from inferencekit.results.records import Record
+
 
 
 def unclosed_think(text: str) -> bool:
@@ -20,26 +22,17 @@ def unclosed_think(text: str) -> bool:
     return opened != -1 and opened > text.rfind("</think>")
 
 
-def failed_record(base: dict[str, Any], error: BaseException | str) -> dict[str, Any]:
-    """A problem's record marked failed: no candidates, no votes, the error in one line."""
-    message = error if isinstance(error, str) else one_line(error)
-    return {**base, "candidates": [], "predictions": {}, "correct": {}, "failed": True, "error": message}
-
-
-def is_failed(record: dict[str, Any]) -> bool:
-    return bool(record.get("failed"))
-
-
-def health(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def health(records: Sequence[Record]) -> dict[str, Any]:
     """Counts and rates over the candidates of the problems that ran, and the failed problems."""
-    ran = [r for r in records if not is_failed(r)]
-    cands = [c for r in ran for c in r.get("candidates") or []]
+    ran = [r for r in records if not r.failed]
+    cands = [c for r in ran for c in r.candidates]
     total = len(cands)
     counts = {
-        "truncated": sum(c.get("finish_reason") == "length" for c in cands),
-        "unclosed_think": sum(bool(c.get("unclosed_think", unclosed_think(c.get("text", "")))) for c in cands),
-        "no_answer": sum(c.get("answer") is None for c in cands),
-        "errored": sum(c.get("finish_reason") == "error" for c in cands),
+        "truncated": sum(c.finish_reason == "length" for c in cands),
+        "unclosed_think": sum(bool(unclosed_think(c.text) if c.unclosed_think is None else c.unclosed_think)
+                              for c in cands),
+        "no_answer": sum(c.answer is None for c in cands),
+        "errored": sum(c.finish_reason == "error" for c in cands),
     }
     out: dict[str, Any] = {"candidates": total, **counts}
     for key, value in counts.items():

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inferencekit.results.records import Record
 
 Z95 = 1.959963984540054
 
@@ -42,10 +45,10 @@ def powers_of_two(n: int) -> list[int]:
     return ks
 
 
-def sum_usage(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def sum_usage(records: Sequence[Record]) -> dict[str, Any]:
     totals: dict[str, Any] = {}
     for record in records:
-        for key, value in (record.get("usage") or {}).items():
+        for key, value in record.usage.items():
             if isinstance(value, (int, float)):
                 totals[key] = totals.get(key, 0) + value
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in totals.items()}

@@ -21,6 +21,7 @@ from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.errors import UserError
 from inferencekit.grading import Grader
 from inferencekit.results.evaluate import check_votes, compute_metrics, grade_records
+from inferencekit.results.records import graded_style, lines
 from inferencekit.results.store import (
     CONFIG,
     EVALUATIONS,
@@ -93,24 +94,23 @@ def reevaluate(
     records = store.records()
     if not records:
         raise UserError(f"{store.path} has no finished samples to evaluate")
-    check_votes(config.votes, has_scores=all(c.get("step_scores") for r in records for c in r["candidates"]))
-    style = next((r["style"] for r in records if r.get("style")), None) or (
-        "gsm8k" if "gsm8k" in config.dataset else "math")
+    check_votes(config.votes, has_scores=all(r.has_scores for r in records))
+    style = graded_style(records, config.dataset)
     with make_grader(config) as grader:
         grade_records(records, grader, style=style, votes=config.votes, aggregation=config.aggregation,
                       box_match=config.box_match, engine=config.grader)
     metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)
     metrics["box_match"] = config.box_match
     metrics["grader"] = config.grader
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = lines(records)
     if in_place:
-        write_atomic(store.predictions_path, lines)
+        write_atomic(store.predictions_path, text)
         write_together(store.path, {CONFIG: config.to_yaml(), METRICS: json.dumps(metrics, indent=2) + "\n"})
         return Evaluation(store.path, None, changes, metrics)
     name = name or evaluation_name(changes)
     out = RunStore(store.path / EVALUATIONS / name)
     out.path.mkdir(parents=True, exist_ok=True)
-    write_atomic(out.path / PREDICTIONS, lines)
+    write_atomic(out.path / PREDICTIONS, text)
     about = {"name": name, "of": "../..", "changes": changes,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_atomic(out.path / EVALUATION, json.dumps(about, indent=2) + "\n")

@@ -19,6 +19,7 @@ from typing import Any
 
 from inferencekit.errors import UserError
 from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.records import Record
 from inferencekit.results.store import RunStore, write_atomic
 
 COLUMNS = ("run", "vote", "accuracy", "ci95_low", "ci95_high", "correct", "n", "failed", "samples_per_problem",
@@ -34,11 +35,11 @@ class Run:
     path: Path
     config: dict[str, Any]
     metrics: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[Record]
 
     @property
     def n(self) -> int:
-        return int(self.config.get("n") or max((len(r["candidates"]) for r in self.records), default=1))
+        return int(self.config.get("n") or max((len(r.candidates) for r in self.records), default=1))
 
     @property
     def tokens_per_problem(self) -> float:
@@ -49,7 +50,7 @@ class Run:
     @property
     def flops_per_problem(self) -> float:
         """Estimated FLOPs per problem that ran; 0 when the parameter count was unknown."""
-        ran = self.metrics.get("n_samples") or len([r for r in self.records if not r.get("failed")])
+        ran = self.metrics.get("n_samples") or len([r for r in self.records if not r.failed])
         return float(self.metrics.get("usage", {}).get("flops", 0.0)) / max(1, ran)
 
     def x_scale(self, axis: str) -> float:
@@ -68,7 +69,7 @@ def load_run(path: str | Path, label: str) -> Run:
     records = store.records()
     metrics = store.read_metrics()
     if not metrics:
-        votes = list((records[0].get("correct") or {}) if records else config.get("votes", []))
+        votes = list(records[0].correct if records else config.get("votes", []))
         metrics = compute_metrics(records, votes, config.get("aggregation", "last"))
     return Run(label, store.path, config, metrics, records)
 
@@ -201,30 +202,30 @@ def _scores(scores: Any) -> str:
     return " ".join("nan" if s is None or (isinstance(s, float) and math.isnan(s)) else f"{s:.3f}" for s in scores)
 
 
-def _sample_html(run: Run, record: dict[str, Any], open_: bool = False) -> str:
-    correct = record.get("correct") or {}
+def _sample_html(run: Run, record: Record, open_: bool = False) -> str:
+    correct = record.correct
     first_ok = next(iter(correct.values()), False)
-    if record.get("failed"):
-        return (f'<details class="s" data-ok="0"><summary>{E(run.label)} #{record["index"]} '
-                f'<span class="no">failed</span> <span class="muted">{E(str(record.get("error", "")))}</span>'
-                f"</summary><pre>{E(str(record.get('input', '')))}</pre></details>")
-    predictions = (record.get("predictions") or {}).items()
+    if record.failed:
+        return (f'<details class="s" data-ok="0"><summary>{E(run.label)} #{record.index} '
+                f'<span class="no">failed</span> <span class="muted">{E(str(record.error or ""))}</span>'
+                f"</summary><pre>{E(str(record.input))}</pre></details>")
+    predictions = record.predictions.items()
     votes = " ".join(f"{E(v)}: {E(str(a))} {_mark(correct.get(v))}" for v, a in predictions)
     parts = [
         f'<details class="s" data-ok="{int(bool(first_ok))}"{" open" * open_}>'
-        f'<summary>{E(run.label)} #{record["index"]} '
-        f'{_mark(first_ok)} <span class="muted">{E(" ".join(str(record.get("input", "")).split())[:110])}</span>'
+        f'<summary>{E(run.label)} #{record.index} '
+        f'{_mark(first_ok)} <span class="muted">{E(" ".join(str(record.input).split())[:110])}</span>'
         "</summary>",
-        f"<p><b>input</b></p><pre>{E(str(record.get('input', '')))}</pre>",
-        f"<p><b>reference</b> {E(str(record.get('reference')))} &nbsp; <b>votes</b> {votes}</p>",
+        f"<p><b>input</b></p><pre>{E(str(record.input))}</pre>",
+        f"<p><b>reference</b> {E(str(record.reference))} &nbsp; <b>votes</b> {votes}</p>",
     ]
-    for j, cand in enumerate(record.get("candidates", [])):
+    for j, cand in enumerate(record.candidates):
         parts.append(
-            f'<div class="cand"><b>candidate {j + 1}</b> answer {E(str(cand.get("answer")))} '
-            f"{_mark(cand.get('correct'))} · {cand.get('tokens', '?')} tokens · ended by "
-            f"{E(str(cand.get('finish_reason', '?')))}{' · &lt;think&gt; left open' * bool(cand.get('unclosed_think'))}"
+            f'<div class="cand"><b>candidate {j + 1}</b> answer {E(str(cand.answer))} '
+            f"{_mark(cand.correct)} · {cand.tokens} tokens · ended by "
+            f"{E(str(cand.finish_reason or '?'))}{' · &lt;think&gt; left open' * bool(cand.unclosed_think)}"
             f" · step scores "
-            f"{E(_scores(cand.get('step_scores')))}<pre>{E(str(cand.get('text', '')))}</pre></div>"
+            f"{E(_scores(cand.step_scores))}<pre>{E(cand.text)}</pre></div>"
         )
     parts.append("</details>")
     return "\n".join(parts)
@@ -255,7 +256,7 @@ def render_html(runs: list[Run], rows: list[dict[str, Any]], plots: dict[str, by
                        f"{E(str(run.config.get('model')))}, {E(str(run.config.get('method')))}, "
                        f"reward model {E(str(run.config.get('reward_model') or 'none'))})</span></h3>")
         # the first run's first wrong sample starts open: what went wrong is what one looks for
-        wrong = next((r for r in shown if not next(iter((r.get("correct") or {}).values()), False)), None)
+        wrong = next((r for r in shown if not next(iter(r.correct.values()), False)), None)
         samples += [_sample_html(run, r, open_=run is runs[0] and r is wrong) for r in shown]
     digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'"

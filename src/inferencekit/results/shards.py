@@ -18,6 +18,7 @@ from typing import Any
 
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.errors import UserError
+from inferencekit.results.records import Record, lines
 from inferencekit.results.store import CONFIG, PREDICTIONS, RunStore, write_atomic
 
 MERGED = "merged.json"  # written by merge: which shards the run folder's files came from
@@ -67,22 +68,22 @@ def merge(run_dir: str | Path) -> dict[str, Any]:
         reference_field=first.reference_field, num_shots=first.num_shots, limit=first.limit,
     )
     k = len(shards)
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     for i, store in shards.items():
         wanted = {s.index for s in select_shard(dataset, f"{i}/{k}").samples}
-        finished = [r for r in store.records() if r["index"] in wanted and not r.get("failed")]
+        finished = [r for r in store.records() if r.index in wanted and not r.failed]
         if len(finished) < len(wanted):
             raise UserError(
                 f"shard {i}/{k} is unfinished ({len(finished)} of {len(wanted)} problems); "
                 "rerun its command to resume it, then merge again"
             )
         records.extend(finished)
-    records.sort(key=lambda r: r["index"])
+    records.sort(key=lambda r: r.index)
 
     whole = first.model_copy(update={"shard": None})
-    apply_votes([r for r in records if set(whole.votes) - set(r.get("correct", {}))], whole.votes, whole.aggregation)
+    apply_votes([r for r in records if set(whole.votes) - set(r.correct)], whole.votes, whole.aggregation)
     write_atomic(run_dir / CONFIG, whole.to_yaml())
-    write_atomic(run_dir / PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomic(run_dir / PREDICTIONS, lines(records))
     metrics = compute_metrics(records, whole.votes, whole.aggregation, seed=whole.seed)
     RunStore(run_dir).write_metrics(metrics)
     write_atomic(run_dir / MERGED, json.dumps({"shards": k, "problems": len(records)}) + "\n")

@@ -18,6 +18,7 @@ import yaml
 
 from inferencekit.errors import UserError
 from inferencekit.files import write_atomic
+from inferencekit.results.records import Record
 
 CONFIG = "config.yaml"
 PREDICTIONS = "predictions.jsonl"
@@ -80,14 +81,14 @@ class RunStore:
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path / CONFIG, text)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[Record]:
         """Finished samples, one per index (the last record wins); a torn last line is skipped."""
-        by_index: dict[int, dict[str, Any]] = {}
+        by_index: dict[int, Record] = {}
         for record in self._read_lines():
-            by_index[int(record["index"])] = record
+            by_index[record.index] = record
         return [by_index[i] for i in sorted(by_index)]
 
-    def _read_lines(self) -> Iterator[dict[str, Any]]:
+    def _read_lines(self) -> Iterator[Record]:
         if not self.predictions_path.is_file():
             return
         with self.predictions_path.open("rb") as f:
@@ -95,9 +96,11 @@ class RunStore:
                 if not raw.endswith(b"\n"):
                     break  # torn by a crash mid-write: that sample is redone
                 try:
-                    yield json.loads(raw)
-                except json.JSONDecodeError:
+                    record = Record.from_line(raw)
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     logging.getLogger("inferencekit").warning("skipping a corrupt line in %s", self.predictions_path)
+                    continue
+                yield record
 
     def repair(self) -> None:
         """Cut a torn last line off the predictions file so appends start on a fresh line."""
@@ -110,9 +113,9 @@ class RunStore:
                 return
             f.truncate(data.rfind(b"\n") + 1)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: Record) -> None:
         """Append one finished sample and make it durable before returning."""
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = record.to_line()
         with self.predictions_path.open("a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
