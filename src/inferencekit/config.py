@@ -19,7 +19,7 @@ from inferencekit.errors import UserError
 RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "grading_workers", "votes",
                 "shard", "executor", "replicas", "ray_address", "ray_num_gpus")
 # Model arguments that say where or how fast a model runs, not what it computes.
-RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map",
+RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map", "kv_cache_mib",
                       "api_key_file", "max_retries", "retry_delay", "request_timeout")
 
 
