@@ -41,6 +41,7 @@ class Call:
     computed: int = 0
     error: BaseException | None = None
     start: float = field(default_factory=time.perf_counter)
+    on_piece: Callable[[bytes], None] | None = None  # streaming: called with each generated token's bytes
 
 
 @dataclass
@@ -407,6 +408,8 @@ class DecodeLoop:
             return
         piece = self.model.piece(tok)
         s.data += piece
+        if s.job.call.on_piece is not None:
+            s.job.call.on_piece(piece)
         if p.stop:  # only the tail can hold a stop string completed by this token
             tail = bytes(s.data[-(len(piece) + 4 * max(map(len, p.stop))) :]).decode("utf-8", "ignore")
             if any(stop and stop in tail for stop in p.stop):

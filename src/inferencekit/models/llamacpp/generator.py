@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import os
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from inferencekit.errors import UserError
 from inferencekit.models.base import (
@@ -18,6 +20,7 @@ from inferencekit.models.base import (
     SamplingParams,
     Usage,
     per_prompt_params,
+    truncate_at_stop,
 )
 from inferencekit.models.llamacpp.decode_loop import Call, DecodeLoop
 from inferencekit.models.llamacpp.gguf import GGUFModel, resolve_gguf
@@ -104,6 +107,30 @@ class LlamaCppGenerator(Generator):
         await future
         return self._finish(call)[0]
 
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Yield the text of one completion (of `params` with `n=1`) as the decode loop produces it.
+
+        A character split across tokens is held back until its last byte arrives, and text that may be
+        the start of a stop string until it is known not to be, so the pieces join to exactly the text
+        `generate` returns.
+        """
+        params = params.replace(n=1)
+        pieces: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        call = Call(self._prompt_tokens([prompt]), [params], USAGE_ACCOUNT.get(), lambda: pieces.put(None),
+                    on_piece=pieces.put)
+        self._loop.submit(call)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        sent = pending = ""
+        while (data := pieces.get()) is not None:
+            pending += decoder.decode(data)
+            ready = _safe_prefix(pending, params.stop)
+            if ready:
+                yield pending[:ready]
+                sent, pending = sent + pending[:ready], pending[ready:]
+        text = self._finish(call)[0][0].text
+        if len(text) > len(sent):
+            yield text[len(sent) :]
+
     def _finish(self, call: Call) -> list[list[Completion]]:
         """The completions of a finished request, its work recorded to its caller's account."""
         if call.error is not None:
@@ -174,6 +201,15 @@ class LlamaCppGenerator(Generator):
             self.close()
         except Exception:
             pass
+
+
+def _safe_prefix(text: str, stop: Sequence[str]) -> int:
+    """How much of `text` a stream can show: up to a stop string in it, or all but a tail that may begin one."""
+    cut, found = truncate_at_stop(text, stop)
+    if found is not None:
+        return len(cut)
+    held = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return len(text) - held
 
 
 def _resolve(future: asyncio.Future) -> None:
