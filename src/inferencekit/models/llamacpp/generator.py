@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+import llama_cpp as lc
+
 from inferencekit.errors import UserError
 from inferencekit.models.base import (
     USAGE_ACCOUNT,
@@ -42,10 +44,16 @@ class LlamaCppGenerator(Generator):
         path = resolve_gguf(spec)
         self.spec = spec
         self.n_ctx = spec.n_ctx
-        threads = spec.n_threads or os.cpu_count() or 1
-        self.gguf = GGUFModel(path, threads, spec.chat_template, label=spec.path)
-        self._loop = DecodeLoop(self.gguf, spec.n_ctx, spec.max_batch_sequences, threads,
+        self.threads = spec.n_threads or os.cpu_count() or 1
+        self.gguf = GGUFModel(path, self.threads, spec.chat_template, label=spec.path)
+        self._loop = DecodeLoop(self.gguf, spec.n_ctx, spec.max_batch_sequences, self.threads,
                                 spec.kv_cache_mib, spec.reuse_generated_kv)
+
+    def engine_settings(self) -> dict:
+        """The settings that can change the bits this engine computes, for the run's provenance record."""
+        return {"kv_unified": False, "flash_attn": False, "threads": self.threads,  # see the package docstring
+                "kv_cache_mib": self.spec.kv_cache_mib, "reuse_generated_kv": self.spec.reuse_generated_kv,
+                "system_info": lc.llama_print_system_info().decode(errors="replace").strip()}
 
     @property
     def max_live(self) -> int:
