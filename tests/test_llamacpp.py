@@ -1,4 +1,4 @@
-"""The llama.cpp backend on the embedded SmolLM2-135M GGUF: batching, sampling, stops, usage, errors."""
+"""The llama.cpp backend on the embedded SmolLM2-135M GGUF: batching, sampling, stops, streaming, settings, errors."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ import asyncio
 import contextvars
 import math
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
-from inferencekit.models.base import GeneratorSpec, SamplingParams, usage_account
+from inferencekit.models import load_generator, resolve_model
+from inferencekit.models.base import GeneratorSpec, SamplingParams, stream, usage_account
 from inferencekit.models.llamacpp import LlamaCppGenerator
+from inferencekit.models.llamacpp.sampler import next_token, sample
 
 QUESTIONS = ["What is 2+3?", "Name a color.", "Write a haiku about the sea in winter, please."]
 GREEDY = SamplingParams(max_new_tokens=32)
@@ -241,12 +246,159 @@ def test_score_text_reuses_scored_prefixes_to_the_bit(gen, prompts, embedded_ggu
         fresh.close()
 
 
-def test_stream_yields_pieces_that_continue_the_text(gen):
-    from inferencekit.models.base import stream
+def streamed(gen, prompt: str, params: SamplingParams) -> list[str]:
+    """`stream`'s pieces, checked to join to `generate`'s text and never to show a possible stop string's start."""
+    pieces = list(stream(gen, prompt, params))
+    assert "".join(pieces) == gen.generate([prompt], params)[0][0].text
+    shown = ""
+    for piece in pieces[:-1]:
+        shown += piece
+        assert not any(shown.endswith(s[:k]) for s in params.stop for k in range(1, len(s))), (shown, params.stop)
+    return pieces
 
+
+def test_stream_holds_back_a_character_split_across_tokens(gen):
+    prompt = gen.chat_prompt([{"role": "user", "content": "Write 日本語 and 🙂 again."}])
+    with usage_account() as account:
+        pieces = streamed(gen, prompt, SamplingParams(max_new_tokens=31))
+    text = "".join(pieces).rstrip("\ufffd")  # 31 tokens may end inside a character: generate's text shows that too
+    tokens = gen._tokenize(text, add_bos=False)
+    assert len(pieces) > 3 and any(len(ch.encode()) > 1 for ch in text)
+    assert any(len(gen._piece(t).decode("utf-8", "ignore")) < len(gen._piece(t)) for t in tokens), "no split character"
+    assert not any("\ufffd" in piece for piece in pieces[:-1])  # each character shown once it is whole
+    assert account.generator.calls == 2 and account.generator.completion_tokens == 2 * 31  # the stream and generate
+
+
+def test_stream_holds_back_a_possible_stop_string(gen):
     prompt = gen.chat_prompt([{"role": "user", "content": "Write a short story about a cat."}])
-    pieces = list(stream(gen, prompt, SamplingParams(max_new_tokens=24), chunk_tokens=8))
-    full = gen.generate([prompt], SamplingParams(max_new_tokens=24))[0][0].text
-    assert len(pieces) >= 2 and all(pieces)
-    assert full.startswith(pieces[0])  # the first chunk is the first 8 greedy tokens
-    assert gen.count_tokens("".join(pieces)) <= 24 + 2
+    words = gen.generate([prompt], SamplingParams(max_new_tokens=24))[0][0].text.split()
+    assert len(words) > 6
+    # a stop string that starts like a word of the text but goes on otherwise: held while it may come, then shown
+    never = words[3] + "#"
+    pieces = streamed(gen, prompt, SamplingParams(max_new_tokens=24, stop=(never,)))
+    assert words[3] in "".join(pieces) and not any(p.endswith(words[3]) for p in pieces[:-1])
+    # a stop string split across tokens ends the stream where generate ends, its start never shown
+    both = f"{words[4]} {words[5]}"
+    pieces = streamed(gen, prompt, SamplingParams(max_new_tokens=24, stop=("no such stop", both)))
+    assert words[4] not in "".join(pieces).split()[-1:]
+
+
+def test_kv_cache_mib_from_the_command_line_bounds_the_cached_prompts(prompts):
+    from inferencekit.cli import build_parser
+
+    def computed_again(model_args: list[str]) -> int:
+        """Prompt tokens computed for prompts[0] after three prompts ran (it ran first)."""
+        flags = [x for arg in ["n_ctx=1024", "n_threads=1", *model_args] for x in ("--model-arg", arg)]
+        args = build_parser().parse_args(["run", *flags])
+        g = load_generator(resolve_model("smollm2-135m", model_args=dict(args.model_arg)))
+        try:
+            g.generate(prompts, GREEDY.replace(max_new_tokens=2))
+            before = g.usage.computed_prompt_tokens
+            g.generate(prompts[:1], GREEDY.replace(max_new_tokens=2))
+            return g.usage.computed_prompt_tokens - before
+        finally:
+            g.close()
+
+    assert computed_again([]) == 2  # the default 2 GiB keeps all three prompts
+    assert computed_again(["kv_cache_mib=1"]) > 2  # room for one stream: the later prompts took it
+
+
+def test_reuse_generated_kv_from_a_config_file(tmp_path, prompts):
+    from inferencekit.config import resolve_config
+    from inferencekit.models import model_defaults
+
+    computed = {}
+    for value in ("true", "false"):
+        path = tmp_path / f"{value}.yaml"
+        path.write_text(f"model_args:\n  reuse_generated_kv: {value}\n  n_ctx: 1024\n  n_threads: 1\n")
+        config = resolve_config(config_file=path, preset_defaults=model_defaults)
+        g = load_generator(resolve_model(config.model, config.backend, config.model_args))
+        try:
+            first = g.generate(prompts[2:], GREEDY)[0][0]
+            before = g.usage.computed_prompt_tokens
+            g.generate([prompts[2] + first.text], GREEDY.replace(max_new_tokens=2))
+            computed[value] = g.usage.computed_prompt_tokens - before
+        finally:
+            g.close()
+    assert computed["true"] <= 4 < first.tokens <= computed["false"]
+
+
+@pytest.mark.parametrize(("where", "value", "expected"), [
+    ("cli", "kv_cache_mib=0", "kv_cache_mib: Input should be greater than or equal to 1 (got 0)"),
+    ("cli", "reuse_generated_kv=maybe", "reuse_generated_kv: Input should be a valid boolean"),
+    ("file", "kv_cache_mib: lots", "kv_cache_mib: Input should be a valid integer"),
+])
+def test_bad_llama_cpp_setting_is_one_clear_error(where, value, expected, tmp_path):
+    if where == "cli":
+        flags = ["--model-arg", value]
+    else:
+        (tmp_path / "c.yaml").write_text(f"model_args:\n  {value}\n")
+        flags = ["--config", str(tmp_path / "c.yaml")]
+    result = subprocess.run([sys.executable, "-m", "inferencekit.cli", "run", *flags, "--work-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert not list(tmp_path.glob("*/*"))  # refused before anything ran
+
+
+CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 9: 27.88}  # chi-square quantiles at p = 0.999, by degrees of freedom
+
+
+def expected_distribution(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """The textbook definitions: softmax at a temperature, the k likeliest, then the fewest whose mass reaches top_p."""
+    probs = np.exp((logits - logits.max()) / temperature)
+    probs /= probs.sum()
+    order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))[: top_k or len(probs)]
+    kept, mass, total = [], 0.0, probs[order].sum()
+    for i in order:
+        kept.append(i)
+        mass += probs[i] / total
+        if mass >= top_p:
+            break
+    out = np.zeros_like(probs)
+    out[kept] = probs[kept] / probs[kept].sum()
+    return out
+
+
+def draw_counts(logits: np.ndarray, draws: int, seed: int = 123, **settings) -> np.ndarray:
+    params, rng = SamplingParams(temperature=settings.pop("temperature", 1.0), **settings), np.random.default_rng(seed)
+    return np.bincount([sample(logits, params, rng) for _ in range(draws)], minlength=logits.size)
+
+
+def assert_fits(counts: np.ndarray, probs: np.ndarray, bins: int | None = None) -> None:
+    """Never a token outside the support; frequencies pass a chi-square test at p = 0.001 (the seed is fixed)."""
+    assert not counts[probs == 0].any()
+    counts, probs = counts[probs > 0], probs[probs > 0]
+    if bins:
+        counts, probs = (np.array([x.sum() for x in np.array_split(a, bins)]) for a in (counts, probs))
+    want = probs * counts.sum()
+    assert ((counts - want) ** 2 / want).sum() < CHI2_999[len(counts) - 1], (counts, want.round(1))
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"temperature": 0.5}, {"temperature": 2.0}, {"top_k": 2}, {"top_p": 0.7},
+    {"temperature": 2.0, "top_k": 3, "top_p": 0.6}, {"top_k": 3, "top_p": 0.99},
+])
+def test_sampler_distribution(settings):
+    logits = np.log([0.5, 0.3, 0.15, 0.05]) + 3.0  # a shift changes nothing
+    assert_fits(draw_counts(logits, 8000, **settings), expected_distribution(logits, **settings))
+
+
+def test_sampler_distribution_over_a_large_vocabulary():
+    # the likeliest 256 tokens hold top_p of the mass: the sampler sorts only those
+    peaked = np.full(1000, -30.0)
+    peaked[[7, 500, 999]] = np.log([0.6, 0.3, 0.1])
+    assert_fits(draw_counts(peaked, 6000, top_p=0.85), expected_distribution(peaked, top_p=0.85))
+    # they do not: the whole vocabulary is sorted (ties broken by the lower id), 269 equal tokens of 300 kept
+    flat = np.where(np.arange(1000) < 300, 0.0, -60.0)
+    probs = expected_distribution(flat, top_p=0.895)
+    assert (probs > 0).sum() == 269 and probs[:269].min() > 0
+    assert_fits(draw_counts(flat, 6000, top_p=0.895), probs, bins=10)
+
+
+def test_sampler_is_seeded_and_greedy_is_argmax():
+    logits = np.random.default_rng(0).normal(size=500) * 3
+    params = SamplingParams(temperature=0.8, top_k=40, top_p=0.9)
+    draw = lambda seed: [sample(logits, params, rng) for rng in [np.random.default_rng(seed)] for _ in range(200)]  # noqa: E731
+    assert draw(1) == draw(1) != draw(2)
+    assert next_token(logits, params, None) == int(np.argmax(logits))

@@ -72,6 +72,30 @@ def test_samples_greedy_stop_and_logprobs(gen):
     assert gen.count_tokens("hello world") >= 2
 
 
+def test_finish_and_stop_reasons_from_the_server(server):
+    """llama.cpp's server cuts a stop string off and says only "stop": which one ended it is read from its tokens."""
+    gen = load_generator(resolve_model("smollm2", backend="openai", model_args={"base_url": server}))
+    prompt = gen.chat_prompt([{"role": "user", "content": "Count from 1 to 10."}])
+    (full,) = gen.generate([prompt], SamplingParams(max_new_tokens=40))[0]
+    assert (full.finish_reason, full.stop_reason, full.tokens) == ("length", None, 40)
+    words = full.text.split()
+    early, late = " ".join(words[4:6]), " ".join(words[10:12])  # each spans tokens
+    assert len(words) > 12 and full.text.index(early) < full.text.index(late)
+    want = full.text[: full.text.index(early)]
+    # the server stops at the earlier of two; a fifth stop string is not sent (the API takes 4): found in the text
+    for stop in [(late, early), ("zq1", "zq2", "zq3", "zq4", early)]:
+        (cut,) = gen.generate([prompt], SamplingParams(max_new_tokens=40, stop=stop))[0]
+        assert (cut.text, cut.finish_reason, cut.stop_reason) == (want, "stop", early), stop
+        assert cut.logprobs is None and 0 < cut.tokens <= 40  # logprobs were asked only to read the stop
+        assert (cut.tokens < 40) == (len(stop) <= 4)  # the server stopped early only where it was told the stop
+    (kept,) = gen.generate([prompt], SamplingParams(max_new_tokens=40, stop=(late, early), include_stop=True))[0]
+    assert (kept.text, kept.stop_reason) == (want + early, early)
+    short = gen.chat_prompt([{"role": "user", "content": "Name a color."}])
+    (ended,) = gen.generate([short], SamplingParams(max_new_tokens=64, stop=("no such stop",)))[0]
+    assert (ended.finish_reason, ended.stop_reason) == ("stop", None) and ended.tokens < 64  # the model's EOS
+    gen.close()
+
+
 def test_run_through_the_cli(server, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "inferencekit.cli", "run", "--backend", "openai", "--model", "smollm2",

@@ -22,7 +22,7 @@ from inferencekit.models.base import SamplingParams
 RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "grading_workers", "votes",
                 "shard", "executor", "replicas", "ray_address", "ray_num_gpus")
 # Model arguments that say where or how fast a model runs, not what it computes.
-RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map",
+RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map", "kv_cache_mib",
                       "api_key_file", "max_retries", "retry_delay", "request_timeout")
 # Which layer a run setting given as its own flag belongs to (the rest are runtime arguments):
 GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")  # command-line generation arguments

@@ -17,7 +17,9 @@ from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from inferencekit.errors import UserError
 
@@ -311,9 +313,9 @@ class GeneratorSpec:
     device_map: str | None = None
     attn_implementation: str | None = None
     trust_remote_code: bool = False
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    max_batch_sequences: int = 64
+    n_ctx: Annotated[int, Field(ge=1)] = 4096  # llamacpp: tokens per sequence, prompt and completion
+    n_threads: Annotated[int, Field(ge=1)] | None = None  # llamacpp: CPU threads (None: all cores)
+    max_batch_sequences: Annotated[int, Field(ge=1)] = 64  # sequences decoded together (openai: requests in flight)
     base_url: str | list[str] | None = None  # openai backend: one server, or several (URL1,URL2 or a list)
     api_key: str | None = None
     # openai backend: where the key comes from when api_key is unset ($OPENAI_API_KEY otherwise), and retries
@@ -326,7 +328,18 @@ class GeneratorSpec:
     extra_body: dict = field(default_factory=dict)
     tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
     n_params: int | None = None  # parameter count for FLOPs estimates, where the weights cannot say (openai)
+    # llamacpp backend: MiB of KV cache for all its streams, live and cached (more: more prompts stay cached),
+    # and whether generated tokens' KV is cached too (faster tree search; results then differ in the last bits)
+    kv_cache_mib: Annotated[int, Field(ge=1)] = 2048
+    reuse_generated_kv: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("kv_cache_mib", "reuse_generated_kv"):  # read from `extra` before they were fields
+            if key in self.extra:
+                extra = dict(self.extra)
+                setattr(self, key, type(getattr(self, key))(extra.pop(key)))
+                self.extra = extra
 
 
 def stream(generator: Generator, prompt: str, params: SamplingParams, chunk_tokens: int = 8) -> Iterator[str]:

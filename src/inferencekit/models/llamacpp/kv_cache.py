@@ -1,0 +1,116 @@
+"""The llama.cpp backend's prefix cache: which tokens each idle KV stream still holds, to reuse as prompt prefixes.
+
+Every sequence has its own KV stream (see the package docstring). A finished sequence's stream stays
+cached; a later prompt that starts with cached tokens copies that stream (`llama_memory_seq_cp`) and
+computes only the rest. Streams that `score_text` read also keep their tokens' log-probabilities, so a
+continuation of a scored path (a tree search's child) computes only its new tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import llama_cpp as lc
+import numpy as np
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two token arrays."""
+    m = min(len(a), len(b))
+    diff = np.flatnonzero(a[:m] != b[:m])
+    return int(diff[0]) if diff.size else m
+
+
+class StreamCache:
+    """Cached streams of one llama.cpp context: sequence id -> the tokens its stream holds (and their log-probs).
+
+    The copies it asks llama.cpp for run in order at the next decode, so a stream copied away and then
+    overwritten is still read whole.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: dict[int, np.ndarray] = {}  # sequence -> the tokens its stream holds
+        self.scored: dict[int, np.ndarray] = {}  # sequence -> log-prob of each of its tokens after the first
+
+    def clear(self) -> None:
+        """Forget every stream (the context is gone)."""
+        self.tokens, self.scored = {}, {}
+
+    def forget(self, seq: int) -> None:
+        self.tokens.pop(seq, None)
+        self.scored.pop(seq, None)
+
+    def longest_prefix(self, t: np.ndarray, live: Iterable[tuple[int, Sequence[int]]]) -> tuple[int, int]:
+        """(length, sequence) of the longest prefix of prompt `t` held by a cached stream or a live prompt.
+
+        Positions below a live sequence's prompt length hold the same KV as a cached prompt's. At least
+        the last 2 tokens are left to compute (see `DecodeLoop._feed`); (0, -1) when nothing matches.
+        """
+        prefix, src = 0, -1
+        for seq, tokens in [*self.tokens.items(), *live]:
+            n = min(common_prefix(t, np.asarray(tokens)), len(t) - 2)
+            if n > prefix:
+                prefix, src = n, seq
+        return prefix, src
+
+    def clear_way(self, mem, first: int, end: int, n_seq: int) -> None:
+        """Move cached streams out of sequences `first .. end - 1` into free ones above them (while any are free)."""
+        free = [q for q in range(n_seq - 1, end - 1, -1) if q not in self.tokens]
+        for seq in range(first, end):
+            if seq in self.tokens and free:
+                to = free.pop(0)
+                lc.llama_memory_seq_cp(mem, seq, to, -1, -1)
+                self.tokens[to] = self.tokens[seq]
+                if seq in self.scored:
+                    self.scored[to] = self.scored[seq]
+            self.forget(seq)
+
+    def swapped(self, hole: int, seq: int) -> None:
+        """Streams `hole` and `seq` swapped contents: what `hole` held now lies in `seq`."""
+        for entries in (self.tokens, self.scored):
+            if hole in entries:
+                entries[seq] = entries.pop(hole)
+            else:
+                entries.pop(seq, None)
+
+    def retain(self, finished: Iterable[tuple[int, Sequence[int]]]) -> None:
+        """Keep finished sequences' streams, each holding the given tokens, unless another holds the same."""
+        kept = {tuple(t) for t in self.tokens.values()}
+        for seq, tokens in finished:
+            tokens = tuple(tokens)
+            if tokens not in kept:
+                kept.add(tokens)
+                self.tokens[seq] = np.asarray(tokens)
+
+    def store_scored(self, seq: int, tokens: Sequence[int], scored: np.ndarray) -> None:
+        self.tokens[seq], self.scored[seq] = np.asarray(tokens), scored
+
+    def reuse_scored(self, mem, tokens: list[int], seq: int, first_out: int) -> tuple[np.ndarray, int]:
+        """Load into `seq` the longest cached prefix of `tokens` whose needed log-probabilities are known.
+
+        Returns the log-probabilities known so far (entry i: of token i + 1; NaN where unknown) and the
+        position where computing starts. Positions from `first_out` on need log-probabilities, so a
+        stream without them (a generation's prompt) lends at most `first_out` positions, one with them
+        as many as match; at least 2 tokens are always computed (see `DecodeLoop._feed`).
+        """
+        t = np.asarray(tokens)
+        scored = np.full(len(tokens) - 1, np.nan)
+        best, src = 0, -1
+        for other, cached in self.tokens.items():
+            match = common_prefix(t, cached)
+            n = min(match, first_out, len(tokens) - 2)
+            known = self.scored.get(other)
+            if known is not None and match - 1 > first_out:  # entry i needs tokens up to i + 1 to match
+                reach = min(match - 1, len(known), len(tokens) - 2)
+                if not np.isnan(known[first_out:reach]).any():
+                    n = reach
+            if n > best:
+                best, src = n, other
+        if src >= 0 and src != seq:
+            lc.llama_memory_seq_rm(mem, seq, -1, -1)
+            lc.llama_memory_seq_cp(mem, src, seq, -1, -1)
+        if src >= 0 and src in self.scored and best > first_out:
+            scored[first_out:best] = self.scored[src][first_out:best]
+        self.forget(seq)
+        lc.llama_memory_seq_rm(mem, seq, best, -1)  # best is 0 when nothing matched
+        return scored, best
