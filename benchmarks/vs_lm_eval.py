@@ -1,6 +1,6 @@
 """The same GSM8K job through inferencekit and through lm-evaluation-harness, side by side.
 
-    python benchmarks/vs_lm_eval.py --lm-eval-python /work/venvs/lmeval/bin/python [--backend llamacpp|hf]
+    python benchmarks/vs_lm_eval.py --lm-eval-python /work/venvs/lmeval/bin/python [--backend llamacpp,hf]
         [--limit 100] [--batch-size 16] [--max-new-tokens 256] [--shots 5]
 
 The job (issue 12): the first `--limit` GSM8K test problems from the shipped data, 5-shot (the first
@@ -12,7 +12,10 @@ identical prompts and stop at the chat template's end of turn) with its HF backe
 dequantised to float32 and saved once as a normal checkpoint. Both wall times include starting the
 tool and loading the model. Both tools' texts are graded by inferencekit's GSM8K grader, so the
 accuracies and the share of identical extracted answers compare like with like; lm-eval's own
-flexible-extract score is printed too. The last line is `ratio=<lm-eval seconds / inferencekit seconds>`.
+flexible-extract score is printed too. `--backend llamacpp,hf` times both of our backends against one
+lm-eval run (lm-eval gets the first backend's prompts; the texts are the same). Each backend's figure
+is printed as `ratio[backend]=...`; the last line is `ratio=<lm-eval seconds / inferencekit seconds>`
+of the first backend named.
 
 Install lm-eval in its OWN virtual environment (never into inferencekit's: it could change shared
 packages), with this machine's torch first:
@@ -80,12 +83,13 @@ def threads_env(args: argparse.Namespace) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
 
 
-def run_inferencekit(args: argparse.Namespace, work: Path) -> tuple[float, Path]:
+def run_inferencekit(args: argparse.Namespace, backend: str, work: Path) -> tuple[float, Path]:
     cmd = [sys.executable, "-m", "inferencekit.cli", "run", "--dataset", "gsm8k", "--data-dir", str(args.data_dir),
            "--num-shots", str(args.shots), "--limit", str(args.limit), "--max-new-tokens", str(args.max_new_tokens),
            "--batch-size", str(args.batch_size), "--work-dir", str(work), "--no-progress"]
-    if args.backend == "hf":
+    if backend == "hf":
         cmd += ["--backend", "hf", "--model-arg", "dtype=float32"]
+        dequantise_once()
     elif args.threads:
         cmd += ["--model-arg", f"n_threads={args.threads}"]
     start = time.perf_counter()
@@ -93,6 +97,17 @@ def run_inferencekit(args: argparse.Namespace, work: Path) -> tuple[float, Path]
     seconds = time.perf_counter() - start
     (run_dir,) = work.glob("*/*+*+*")
     return seconds, run_dir
+
+
+def dequantise_once() -> None:
+    """inferencekit's hf backend keeps a dequantised copy of a GGUF per machine: made here, untimed, as
+    lm-eval's float32 checkpoint is made once before its timer starts."""
+    import torch
+
+    from inferencekit.models.dequantised import dequantised_checkpoint
+    from inferencekit.models.embedded import embedded_gguf_path
+
+    dequantised_checkpoint(embedded_gguf_path(), "float32", {"dtype": torch.float32})
 
 
 def float32_checkpoint(folder: Path) -> Path:
@@ -149,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lm-eval-python", type=Path, default=Path("/work/venvs/lmeval/bin/python"),
                     help="python of the virtual environment holding lm-eval (see the install note above)")
-    ap.add_argument("--backend", choices=["llamacpp", "hf"], default="llamacpp")
+    ap.add_argument("--backend", default="llamacpp", help="llamacpp, hf, or both comma-separated")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -168,26 +183,33 @@ def main() -> None:
     from inferencekit.grading.extract import extract_answer
     from inferencekit.results.store import RunStore
 
+    backends = args.backend.split(",")
+    if not backends or any(b not in ("llamacpp", "hf") for b in backends):
+        sys.exit(f"--backend {args.backend}: accepted llamacpp, hf or llamacpp,hf")
+    ours: dict[str, tuple[float, list]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        t_ours, run_dir = run_inferencekit(args, work / "ik")
-        records = RunStore(run_dir).records()  # by index
+        for backend in backends:
+            seconds, run_dir = run_inferencekit(args, backend, work / f"ik-{backend}")
+            ours[backend] = seconds, RunStore(run_dir).records()  # by index
+        records = ours[backends[0]][1]
         t_lm, lm_texts, lm_own = run_lm_eval(args, records, work / "lm")
 
-    ours_ok = lm_ok = same = 0
-    for r in records:
-        ours_text, lm_text = r.candidates[0].text, lm_texts[r.index]
-        ours_ok += grade(ours_text, str(r.reference), "gsm8k")
-        lm_ok += grade(lm_text, str(r.reference), "gsm8k")
-        same += extract_answer(ours_text, "gsm8k") == extract_answer(lm_text, "gsm8k")
     n = len(records)
+    lm_ok = sum(grade(lm_texts[r.index], str(r.reference), "gsm8k") for r in records)
     print(f"job: GSM8K first {n} test problems, {args.shots}-shot, greedy, {args.max_new_tokens} new tokens, "
           f"batch {args.batch_size}, SmolLM2-135M-Instruct")
-    print(f"inferencekit ({args.backend}): {t_ours:.1f} s, accuracy {ours_ok / n:.1%}")
     print(f"lm-eval (hf, float32):   {t_lm:.1f} s, accuracy {lm_ok / n:.1%} "
           f"(its own flexible-extract exact match: {lm_own:.1%})")
-    print(f"identical extracted answers: {same / n:.1%}")
-    print(f"ratio={t_lm / t_ours:.2f}")
+    for backend in reversed(backends):  # the first named is printed last, beside the final ratio
+        t_ours, rs = ours[backend]
+        ours_ok = sum(grade(r.candidates[0].text, str(r.reference), "gsm8k") for r in rs)
+        same = sum(extract_answer(r.candidates[0].text, "gsm8k") == extract_answer(lm_texts[r.index], "gsm8k")
+                   for r in rs)
+        print(f"inferencekit ({backend}): {t_ours:.1f} s, accuracy {ours_ok / n:.1%}, "
+              f"identical extracted answers with lm-eval: {same / n:.1%}")
+        print(f"ratio[{backend}]={t_lm / t_ours:.2f}")
+    print(f"ratio={t_lm / ours[backends[0]][0]:.2f}")
 
 
 if __name__ == "__main__":
