@@ -24,10 +24,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from inferencekit.cache import cache_root
 from inferencekit.errors import UserError, first_line
-from inferencekit.results.store import PROVENANCE, write_atomic
+from inferencekit.files import write_atomic
+from inferencekit.results.store import PROVENANCE
 
-CACHE_ENV = "INFERENCEKIT_CACHE_DIR"
 PACKAGES = ("inferencekit", "torch", "transformers", "llama-cpp-python", "math-verify", "openai", "numpy", "gguf")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".model", ".json", ".txt", ".jinja")
 
@@ -38,8 +39,7 @@ log = logging.getLogger("inferencekit")
 
 
 def _cache_file() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "inferencekit")
-    return Path(root) / "sha256.json"
+    return cache_root() / "sha256.json"
 
 
 def _read_cache() -> dict[str, Any]:
