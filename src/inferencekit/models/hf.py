@@ -26,13 +26,16 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Cache,
     DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    StaticCache,
     StoppingCriteria,
     StoppingCriteriaList,
 )
+from transformers.cache_utils import StaticLayer
 
 from inferencekit.coalesce import Coalescer
 from inferencekit.errors import first_line as _one_line
@@ -224,6 +227,7 @@ class HFGenerator(Generator):
         self.max_batch_sequences = max(1, int(spec.max_batch_sequences))
         self._share_prompts = True  # compute what rows share once (see _prefill)
         self._prefix: tuple[list[int], DynamicCache] | None = None
+        self._preallocate = True  # decode into a preallocated KV cache (see _preallocated)
         source, gguf_file, is_local = resolve_source(spec.path, spec.gguf_file)
         if gguf_file is not None and is_local:
             source, gguf_file = _plain_checkpoint(Path(source) / gguf_file, spec)
@@ -441,8 +445,9 @@ class HFGenerator(Generator):
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RowCaps(caps, width)])
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        if shared is not None:
-            kwargs[_CACHE_KWARG] = shared
+        cache = self._preallocated(shared, width + max_new_tokens)
+        if cache is not None:
+            kwargs[_CACHE_KWARG] = cache
         device = self.input_device
         with torch.inference_mode(), self._attention_backends():
             sequences = self.model.generate(
@@ -512,6 +517,29 @@ class HFGenerator(Generator):
         computed = {p: len(encoded[p]) - common - 1 + sum(r.prompt == p for r in rows) for p in distinct}
         computed[distinct[0]] += prefix_work
         return ids[select], mask[select], cache, computed
+
+    def _preallocated(self, filled: DynamicCache | None, length: int) -> Cache | None:
+        """A KV cache with room for `length` positions holding `filled`'s entries (None: empty), or
+        `filled` itself where the model's layers are not all plain attention.
+
+        A `DynamicCache` concatenates every layer's keys and values at each step: profiled on CPU
+        (SmolLM2-135M, batch 16, 5-shot GSM8K prompts) that copying took 62% of decoding. A static
+        cache writes each step in place; attention then spans the masked free positions too.
+        """
+        if not self._preallocate:
+            return filled
+        try:
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            if any(type(layer) is not StaticLayer for layer in cache.layers):
+                raise ValueError("not every layer is a plain attention layer")
+            if filled is not None:
+                for layer, source in zip(cache.layers, filled.layers, strict=True):
+                    layer.update(source.keys, source.values)
+        except Exception as e:  # noqa: BLE001 - any architecture-specific failure: keep the dynamic cache
+            logger.info("decoding with a growing cache for this model (%s)", _one_line(e))
+            self._preallocate = False
+            return filled
+        return cache
 
     def _prefix_cache(self, prefix: list[int]) -> tuple[DynamicCache, int]:
         """A batch-of-one KV cache of `prefix` and the tokens computed to make it.
