@@ -190,16 +190,23 @@ def test_a_common_prefix_is_computed_once_and_kept_between_batches(tiny_llama_di
     assert shared.usage.computed_prompt_tokens - before == sum(len(e) - common for e in later_ids)
 
 
-def test_decoding_into_a_preallocated_cache_changes_no_result(tiny_llama_dir):
+def test_decoding_into_a_preallocated_cache_changes_no_result(tiny_llama_dir, monkeypatch):
+    from transformers import StaticCache
+
+    from inferencekit.models.hf import _CACHE_KWARG
+
     static, growing = make_generator(tiny_llama_dir), make_generator(tiny_llama_dir)
     growing._preallocate = False
+    caches = []
+    original = static.model.generate
+    monkeypatch.setattr(static.model, "generate", lambda **kw: caches.append(kw.get(_CACHE_KWARG)) or original(**kw))
     params = [SamplingParams(max_new_tokens=7, logprobs=True), SamplingParams(n=3, temperature=0.9, seed=4,
               max_new_tokens=5, logprobs=True), SamplingParams(max_new_tokens=9, stop=("e",))]
     got, want = static.generate(PROMPTS, params), growing.generate(PROMPTS, params)
     assert texts(got) == texts(want)
     for g, w in zip(got, want, strict=True):
         assert [c.logprobs for c in g] == [pytest.approx(c.logprobs, abs=1e-4) for c in w]
-    assert static._preallocate  # this model's cache was preallocated, not fallen back to a growing one
+    assert caches and all(isinstance(c, StaticCache) for c in caches)  # every batch decoded into one
 
 
 def test_logprobs_are_raw_model_logprobs(gen):
