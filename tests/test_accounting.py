@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from inferencekit.models.base import REQUEST_AFFINITY
 from inferencekit.results.accounting import attach_costs, flops, gguf_parameters
 from inferencekit.results.records import CandidateRecord, Record
 
@@ -113,5 +114,6 @@ def test_runner_records_declared_search_work_and_reward_usage():
     usage = _solve(Pruning(config, None, None), problem, _SharedClock()).usage
     assert usage["completion_tokens"] == 99 and not any(k.startswith("reward_") for k in usage)
     assert _solve(Plain(config, None, None), problem, _SharedClock()).usage["completion_tokens"] == 12
+    assert REQUEST_AFFINITY.get() is None  # the problem's affinity does not leak into the caller's context
     usage = _solve(Pruning(config, None, object()), problem, _SharedClock()).usage
     assert usage["reward_calls"] == 2 and usage["reward_prompt_tokens"] == 30

@@ -216,13 +216,15 @@ class _Outcome:
 
 def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
     """One problem's search, in this worker's own context: its requests carry its index and usage account."""
-    REQUEST_AFFINITY.set(problem.index)
+    affinity = REQUEST_AFFINITY.set(problem.index)  # reset below: a caller's own context is left as it was
     error = None
     with usage_account() as account, clock.share() as seconds:
         try:
             (candidates,) = method.search([problem])
         except GenerationError as exc:
             candidates, error = [], one_line(exc)
+        finally:
+            REQUEST_AFFINITY.reset(affinity)
     # Tree searches count every generated token, pruned branches included; else the candidates' own.
     generated = method.generated_tokens(0, candidates)
     usage: dict[str, Any] = {"seconds": round(seconds.value, 4), "completion_tokens": generated}
