@@ -35,7 +35,6 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
-from transformers.cache_utils import StaticLayer
 
 from inferencekit.coalesce import Coalescer
 from inferencekit.errors import first_line as _one_line
@@ -57,6 +56,11 @@ from .dequantised import dequantised_checkpoint
 from .torch_options import attention_without_cudnn, model_context_length, torch_dtype
 
 logger = logging.getLogger(__name__)
+
+try:  # per-layer caches arrived in transformers 4.54; before them decoding keeps the growing cache
+    from transformers.cache_utils import StaticLayer
+except ImportError:
+    StaticLayer = None
 
 try:  # transformers renamed generate's `past_key_values` to `cache`
     from transformers.generation.utils import ALL_CACHE_NAMES
@@ -227,7 +231,7 @@ class HFGenerator(Generator):
         self.max_batch_sequences = max(1, int(spec.max_batch_sequences))
         self._share_prompts = True  # compute what rows share once (see _prefill)
         self._prefix: tuple[list[int], DynamicCache] | None = None
-        self._preallocate = True  # decode into a preallocated KV cache (see _preallocated)
+        self._preallocate = StaticLayer is not None  # decode into a preallocated KV cache (see _preallocated)
         source, gguf_file, is_local = resolve_source(spec.path, spec.gguf_file)
         if gguf_file is not None and is_local:
             source, gguf_file = _plain_checkpoint(Path(source) / gguf_file, spec)
