@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inferencekit.models.base import GeneratorSpec, SamplingParams
-from inferencekit.models.hf import HFGenerator, _RowSampler
+from inferencekit.models.hf import HFGenerator, _common_prefix, _RowSampler
 
 PROMPTS = [
     "Hello there, how are you today my friend? Tell me a long story about the sea.",
@@ -137,11 +137,14 @@ def test_rows_with_other_token_caps_share_a_batch(gen, monkeypatch):
     sampled = SamplingParams(n=2, temperature=1.0, seed=5, logprobs=True)
     params = [sampled.replace(max_new_tokens=3), sampled.replace(max_new_tokens=9), SamplingParams(max_new_tokens=5)]
     alone = [gen.generate([prompt], p)[0] for prompt, p in zip(PROMPTS, params, strict=True)]
-    calls = []
-    original = gen.model.generate
-    monkeypatch.setattr(gen.model, "generate", lambda **kw: calls.append(kw) or original(**kw))
+    batches, widths = [], []
+    original, forward = gen._run_batch, gen.model.forward
+    monkeypatch.setattr(gen, "_run_batch", lambda rows, *a: batches.append(len(rows)) or original(rows, *a))
+    monkeypatch.setattr(gen.model, "forward", lambda **kw: widths.append(len(kw["input_ids"])) or forward(**kw))
     together = gen.generate(PROMPTS, params)
-    assert len(calls) == 1 and calls[0]["max_new_tokens"] == 9  # one batch, as tree search's per-node caps need
+    assert batches == [5]  # one batch, as tree search's per-node caps need
+    # each row leaves the batch when it ends: 5 rows for 3 steps, 3 rows until the greedy one's cap, then 2
+    assert widths[-9:] == [5, 5, 5, 3, 3, 2, 2, 2, 2]
     assert texts(together) == texts(alone)
     for got, want in zip(together, alone, strict=True):  # the same tokens; rounding may differ in the last bits
         assert [c.logprobs for c in got] == [pytest.approx(c.logprobs, abs=1e-4) for c in want]
@@ -188,18 +191,28 @@ def test_a_common_prefix_is_computed_once_and_kept_between_batches(tiny_llama_di
     assert texts(again) == texts(plain.generate(later, SamplingParams(max_new_tokens=5)))
     later_ids = [shared.encode(p) for p in later]
     assert shared.usage.computed_prompt_tokens - before == sum(len(e) - common for e in later_ids)
+    # a batch sharing only the start of the kept prefix reuses that start (the kept cache is cropped)
+    half = shots[: len(shots) // 2]
+    other = [half + "Then: what is five plus one?", half + "Then: name a tree."]
+    stored, before = list(shared._prefix[0]), shared.usage.computed_prompt_tokens
+    got = shared.generate(other, SamplingParams(max_new_tokens=5))
+    assert texts(got) == texts(plain.generate(other, SamplingParams(max_new_tokens=5)))
+    ids = [shared.encode(p) for p in other]
+    new_common = min(_common_prefix(ids), min(map(len, ids)) - 1)
+    kept = _common_prefix([stored, ids[0][:new_common]])
+    assert 16 <= kept < len(stored) and shared._share_prompts
+    assert shared.usage.computed_prompt_tokens - before == new_common - kept + sum(len(e) - new_common for e in ids)
 
 
 def test_decoding_into_a_preallocated_cache_changes_no_result(tiny_llama_dir, monkeypatch):
     from transformers import StaticCache
 
-    from inferencekit.models.hf import _CACHE_KWARG
-
     static, growing = make_generator(tiny_llama_dir), make_generator(tiny_llama_dir)
     growing._preallocate = False
     caches = []
-    original = static.model.generate
-    monkeypatch.setattr(static.model, "generate", lambda **kw: caches.append(kw.get(_CACHE_KWARG)) or original(**kw))
+    original = static._decode_rows
+    monkeypatch.setattr(static, "_decode_rows", lambda ids, mask, cache, *a: caches.append(cache)
+                        or original(ids, mask, cache, *a))
     params = [SamplingParams(max_new_tokens=7, logprobs=True), SamplingParams(n=3, temperature=0.9, seed=4,
               max_new_tokens=5, logprobs=True), SamplingParams(max_new_tokens=9, stop=("e",))]
     got, want = static.generate(PROMPTS, params), growing.generate(PROMPTS, params)

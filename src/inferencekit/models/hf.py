@@ -1,8 +1,10 @@
 """Hugging Face transformers backend: a local folder, a hub id, or a GGUF file loaded through transformers.
 
-All prompts x samples of one call run in as few left-padded `model.generate` calls as
-`spec.max_batch_sequences` allows, and calls from many threads at once (the runner's problems in
-flight) are gathered into one such call while the model is busy (`inferencekit.coalesce`).
+All prompts x samples of one call run in as few padded batches as `spec.max_batch_sequences` allows,
+and calls from many threads at once (the runner's problems in flight) are gathered into one such batch
+while the model is busy (`inferencekit.coalesce`). A batch's shared prompt prefix is computed once
+(`_prefill`); it decodes into a preallocated KV cache, each row leaving the batch when it ends
+(`_decode_rows`), or through `model.generate` for a model whose cache is not all plain attention.
 Token choice happens in `_RowSampler`, a logits processor that
 draws each row's token from that row's own random stream, so a sample depends on its prompt, its
 seed and its index, never on the batch it sits in.
@@ -34,6 +36,7 @@ from transformers import (
     StaticCache,
     StoppingCriteria,
     StoppingCriteriaList,
+    StopStringCriteria,
 )
 
 from inferencekit.coalesce import Coalescer
@@ -124,11 +127,12 @@ def row_seed(seed: int, prompt: str, sample: int) -> int:
 
 
 class _RowSampler(LogitsProcessor):
-    """Chooses every row's next token and masks all others, so that greedy decoding emits it.
+    """Chooses every row's next token; as a logits processor it masks all others, so that greedy decoding
+    emits it.
 
     Greedy rows (temperature 0) take the argmax. Sampled rows apply temperature, top-k and top-p
     and invert their cumulative distribution at one uniform number from the row's own CPU
-    generator. With `want_logprobs` it records the raw log-probability of each chosen token
+    generator. With `want_logprobs` it records the raw log-probability of each chosen token per row
     (the scores it receives are the unprocessed logits: it is the only processor), with `top` > 0
     also the `top` likeliest tokens of every row and step.
     """
@@ -141,13 +145,12 @@ class _RowSampler(LogitsProcessor):
             None if p.greedy else torch.Generator().manual_seed(s) for p, s in zip(self.params, seeds, strict=True)
         ]
         # only rows with top-k/top-p need the (costly) sort that finds their cutoff
-        self.plain = [i for i, p in enumerate(self.params) if not p.greedy and p.top_k <= 0 and p.top_p >= 1]
-        self.filtered = [i for i, p in enumerate(self.params) if not p.greedy and (p.top_k > 0 or p.top_p < 1)]
+        self.plain = {i for i, p in enumerate(self.params) if not p.greedy and p.top_k <= 0 and p.top_p >= 1}
+        self.filtered = {i for i, p in enumerate(self.params) if not p.greedy and (p.top_k > 0 or p.top_p < 1)}
         self.want_logprobs = want_logprobs
-        self.logprobs: list[torch.Tensor] = []
         self.top = top
-        self.top_values: list[torch.Tensor] = []
-        self.top_ids: list[torch.Tensor] = []
+        self.logprobs: list[list[float]] = [[] for _ in self.params]  # per row, per step
+        self.top_pairs: list[list[tuple[list[int], list[float]]]] = [[] for _ in self.params]
 
     def _uniforms(self, rows: list[int], device: torch.device) -> torch.Tensor:
         return torch.cat([torch.rand(1, generator=self.generators[i]) for i in rows]).to(device)
@@ -156,22 +159,31 @@ class _RowSampler(LogitsProcessor):
         return torch.tensor([self.params[i].temperature for i in rows], device=device).unsqueeze(1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        chosen = self.choose(scores, range(scores.shape[0]))
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen.unsqueeze(1), 0.0)
+
+    def choose(self, scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The next token of each of `rows` (the sampler's row numbers), whose logits are `scores`' rows."""
         logits = scores.float()
         chosen = logits.argmax(dim=-1)
         device = logits.device
-        if self.plain:
-            index = torch.tensor(self.plain, device=device)
-            probs = torch.softmax(logits[index] / self._temperatures(self.plain, device), dim=-1)
-            chosen[index] = _invert_cdf(probs, self._uniforms(self.plain, device))
-        if self.filtered:
-            index = torch.tensor(self.filtered, device=device)
-            scaled = logits[index] / self._temperatures(self.filtered, device)
+        plain = [k for k, r in enumerate(rows) if r in self.plain]
+        if plain:
+            own = [rows[k] for k in plain]
+            index = torch.tensor(plain, device=device)
+            probs = torch.softmax(logits[index] / self._temperatures(own, device), dim=-1)
+            chosen[index] = _invert_cdf(probs, self._uniforms(own, device))
+        filtered = [k for k, r in enumerate(rows) if r in self.filtered]
+        if filtered:
+            own = [rows[k] for k in filtered]
+            index = torch.tensor(filtered, device=device)
+            scaled = logits[index] / self._temperatures(own, device)
             sorted_logits = torch.sort(scaled, dim=-1, descending=True).values
             vocab = logits.shape[-1]
-            top_k = torch.tensor(
-                [self.params[i].top_k if self.params[i].top_k > 0 else vocab for i in self.filtered], device=device
-            )
-            top_p = torch.tensor([self.params[i].top_p for i in self.filtered], device=device)
+            top_k = torch.tensor([self.params[i].top_k if self.params[i].top_k > 0 else vocab for i in own],
+                                 device=device)
+            top_p = torch.tensor([self.params[i].top_p for i in own], device=device)
             probs = torch.softmax(sorted_logits, dim=-1)
             # the smallest prefix whose mass reaches top_p (at least one token), at most top_k long
             kept = ((probs.cumsum(-1) - probs) < top_p.unsqueeze(1)).sum(-1).clamp(min=1)
@@ -179,18 +191,18 @@ class _RowSampler(LogitsProcessor):
             threshold = sorted_logits.gather(1, (kept - 1).unsqueeze(1))
             # sample in vocabulary order, not sorted order: near-tied logits that swap places under
             # batch-dependent rounding would otherwise change which token a uniform number lands on
-            filtered = torch.softmax(scaled.masked_fill(scaled < threshold, float("-inf")), dim=-1)
-            chosen[index] = _invert_cdf(filtered, self._uniforms(self.filtered, device))
+            masked = torch.softmax(scaled.masked_fill(scaled < threshold, float("-inf")), dim=-1)
+            chosen[index] = _invert_cdf(masked, self._uniforms(own, device))
         if self.want_logprobs or self.top:
             logprobs = torch.log_softmax(logits, dim=-1)
             if self.want_logprobs:
-                self.logprobs.append(logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1))
+                for r, v in zip(rows, logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist(), strict=True):
+                    self.logprobs[r].append(v)
             if self.top:
                 values, ids = logprobs.topk(min(self.top, logprobs.shape[-1]), dim=-1)
-                self.top_values.append(values)
-                self.top_ids.append(ids)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, chosen.unsqueeze(1), 0.0)
+                for r, i, v in zip(rows, ids.tolist(), values.tolist(), strict=True):
+                    self.top_pairs[r].append((i, v))
+        return chosen
 
 
 class _RowCaps(StoppingCriteria):
@@ -443,39 +455,86 @@ class HFGenerator(Generator):
         top = max(p.top_logprobs for p in row_params)
         sampler = _RowSampler(row_params, seeds, want_logprobs, top)
         caps = [p.max_new_tokens for p in row_params]
-        max_new_tokens = max(caps)
-        kwargs: dict = {}
-        if min(caps) < max_new_tokens:  # each row ends at its own cap
+        cache = self._preallocated(shared, width + max(caps))
+        with torch.inference_mode(), self._attention_backends():
+            if isinstance(cache, StaticCache):
+                generated = self._decode_rows(input_ids, attention_mask, cache, sampler, caps, stop)
+            else:
+                generated = self._generate_rows(input_ids, attention_mask, cache, sampler, caps, stop)
+        completions = [
+            self._completion(generated[b][: p.max_new_tokens], sampler.logprobs[b] if p.logprobs else None, p)
+            for b, p in enumerate(row_params)
+        ]
+        for c, p, pairs in zip(completions, row_params, sampler.top_pairs, strict=True):
+            if p.top_logprobs:  # only the row's own tokens, only as many as it asked for
+                c.top_logprobs = [self._top_pairs(i, v, p.top_logprobs) for i, v in pairs[: c.tokens]]
+        return completions, computed
+
+    def _decode_rows(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: StaticCache, sampler: _RowSampler,
+        caps: list[int], stop: tuple[str, ...],
+    ) -> list[list[int]]:
+        """Every row's generated ids, decoded into `cache` (filled with all but the prompts' last positions,
+        or empty), each row leaving the batch when it ends.
+
+        `generate` computes every row until the longest one ends. On a CPU a step's cost grows with its
+        rows (SmolLM2-135M in float32 over ~1,100 cached positions: 172 ms at 16 rows, 106 ms at 8), and a
+        batch's lengths vary widely (5-shot GSM8K: most answers end near 120 tokens, some run to the cap),
+        so a finished row's cache, mask and position leave the batch at once.
+        """
+        device = self.input_device
+        n, width = input_ids.shape
+        mask = torch.cat([attention_mask, torch.ones((n, max(caps)), dtype=attention_mask.dtype)], 1).to(device)
+        positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # as generate numbers them
+        done = int(cache.get_seq_length())
+        ids, pos = input_ids[:, done:].to(device), positions[:, done:].to(device)
+        next_pos = attention_mask.sum(-1).to(device)  # the first generated token's position, per row
+        left = torch.tensor(caps, device=device)
+        eos = torch.tensor(self.eos_token_ids or [-1], device=device)
+        stopper = StopStringCriteria(self.tokenizer, list(stop)) if stop else None
+        text = input_ids.to(device)  # what the stop strings are looked for in
+        rows, out = list(range(n)), [[] for _ in range(n)]
+        for step in range(max(caps)):
+            logits = self.model(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=pos,
+                                logits_to_keep=1, use_cache=True, **{_CACHE_KWARG: cache}).logits[:, -1]
+            chosen = sampler.choose(logits, rows)
+            for r, t in zip(rows, chosen.tolist(), strict=True):
+                out[r].append(t)
+            left -= 1
+            ended = torch.isin(chosen, eos) | (left <= 0)
+            if stopper is not None:
+                text = torch.cat([text, chosen[:, None]], 1)
+                ended |= stopper(text, logits)
+            if ended.all():
+                break
+            ids, pos, next_pos = chosen[:, None], next_pos[:, None], next_pos + 1
+            if ended.any():
+                keep = (~ended).nonzero().squeeze(1)
+                for layer in cache.layers:
+                    layer.reorder_cache(keep)
+                rows = [rows[k] for k in keep.tolist()]
+                ids, pos, next_pos, mask, left, text = (x[keep] for x in (ids, pos, next_pos, mask, left, text))
+        return out
+
+    def _generate_rows(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache | None, sampler: _RowSampler,
+        caps: list[int], stop: tuple[str, ...],
+    ) -> list[list[int]]:
+        """Every row's generated ids (padded after its end) through `generate`: for a model whose cache is
+        not all plain attention layers."""
+        width, kwargs = input_ids.shape[1], {}
+        if min(caps) < max(caps):  # each row ends at its own cap
             kwargs["stopping_criteria"] = StoppingCriteriaList([_RowCaps(caps, width)])
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        cache = self._preallocated(shared, width + max_new_tokens)
         if cache is not None:
             kwargs[_CACHE_KWARG] = cache
         device = self.input_device
-        with torch.inference_mode(), self._attention_backends():
-            sequences = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                logits_processor=LogitsProcessorList([sampler]),
-                **kwargs,
-            )
-        generated = sequences[:, width:].cpu().tolist()
-        logprobs = torch.stack(sampler.logprobs, dim=1).cpu().tolist() if want_logprobs else None
-        completions = [
-            self._completion(generated[b][: p.max_new_tokens], logprobs[b] if logprobs and p.logprobs else None, p)
-            for b, p in enumerate(row_params)
-        ]
-        if top:
-            values = torch.stack(sampler.top_values, dim=1).cpu().tolist()
-            ids = torch.stack(sampler.top_ids, dim=1).cpu().tolist()
-            for b, (c, p) in enumerate(zip(completions, row_params, strict=True)):
-                if p.top_logprobs:  # only the row's own tokens, only as many as it asked for
-                    c.top_logprobs = [self._top_pairs(i, v, p.top_logprobs)
-                                      for i, v in zip(ids[b][: c.tokens], values[b][: c.tokens], strict=True)]
-        return completions, computed
+        sequences = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max(caps),
+            do_sample=False, logits_processor=LogitsProcessorList([sampler]), **kwargs,
+        )
+        return sequences[:, width:].cpu().tolist()
 
     def _prefill(
         self, rows: list[_Row], encoded: list[list[int]]
@@ -560,7 +619,7 @@ class HFGenerator(Generator):
             if kept >= MIN_SHARED_PREFIX:
                 cache = copy.deepcopy(stored_cache)
                 if kept < len(stored):
-                    cache.crop(kept)
+                    cache.crop(kept - len(stored))  # tokens to remove: transformers 5 refuses a length
             else:
                 kept = 0
         if cache is None:
