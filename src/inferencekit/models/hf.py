@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import inspect
 import logging
 import threading
 import time
@@ -269,6 +270,9 @@ class HFGenerator(Generator):
                 f"({_one_line(error)})"
             ) from None
         self.model.eval()
+        # as generate does: only the last position's logits, where the model's forward can be told so
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
+            self.model.forward).parameters else {}
         self._setup_tokenizer()
         self._setup_generation_config()
         self._generate_lock = threading.Lock()
@@ -496,7 +500,7 @@ class HFGenerator(Generator):
         rows, out = list(range(n)), [[] for _ in range(n)]
         for step in range(max(caps)):
             logits = self.model(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=pos,
-                                logits_to_keep=1, use_cache=True, **{_CACHE_KWARG: cache}).logits[:, -1]
+                                use_cache=True, **{_CACHE_KWARG: cache}, **self._last_logits).logits[:, -1]
             chosen = sampler.choose(logits, rows)
             for r, t in zip(rows, chosen.tolist(), strict=True):
                 out[r].append(t)
