@@ -489,7 +489,7 @@ class HFGenerator(Generator):
         device = self.input_device
         n, width = input_ids.shape
         mask = torch.cat([attention_mask, torch.ones((n, max(caps)), dtype=attention_mask.dtype)], 1).to(device)
-        positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # as generate numbers them
+        positions = _positions(attention_mask)
         done = int(cache.get_seq_length())
         ids, pos = input_ids[:, done:].to(device), positions[:, done:].to(device)
         next_pos = attention_mask.sum(-1).to(device)  # the first generated token's position, per row
@@ -562,7 +562,7 @@ class HFGenerator(Generator):
                     {p: len(encoded[p]) * sum(r.prompt == p for r in rows) for p in distinct})
         ids, mask = _layout(seqs, common, self.pad_token_id)
         width = ids.shape[1]
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers the rows
+        positions = _positions(mask)
         device = self.input_device
         try:
             with torch.inference_mode(), self._attention_backends():
@@ -707,6 +707,11 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
         if any(s[k] != first[k] for s in seqs[1:]):
             return k
     return n
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its row, counting only unmasked tokens, as `generate` numbers them."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
 def _layout(seqs: Sequence[Sequence[int]], common: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
