@@ -17,9 +17,9 @@ from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from inferencekit.errors import UserError
 
@@ -300,6 +300,11 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+def _on_off(value: Any) -> Any:
+    """`on`/`off` as YAML reads them from --model-arg (booleans) back to words."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
 @dataclass
 class GeneratorSpec:
     """What is needed to build a generator: resolved from a preset, a path or a hub id."""
@@ -323,15 +328,17 @@ class GeneratorSpec:
     max_retries: int = 5  # retries of a failed request (connection error, timeout, 429, 5xx)
     retry_delay: float = 0.5  # first backoff in seconds; doubles per retry, with jitter
     request_timeout: float = 600.0  # seconds per HTTP request
-    # openai backend: more fields for every completion request, e.g. {"repeat_penalty": 1.0} for
-    # llama-cpp-python's server (its default 1.1 changes even greedy output; vLLM's default is 1.0)
+    # openai backend: more fields for every completion request; they win over the neutral sampling
+    # settings sent by default (models/served.py), e.g. {"repeat_penalty": 1.1}
     extra_body: dict = field(default_factory=dict)
-    tokenizer: str | None = None  # openai backend: a folder or hub id whose chat template to use
+    tokenizer: str | None = None  # openai backend: a folder, hub id or .gguf file whose chat template to use
     n_params: int | None = None  # parameter count for FLOPs estimates, where the weights cannot say (openai)
     # llamacpp backend: MiB of KV cache for all its streams, live and cached (more: more prompts stay cached),
     # and whether generated tokens' KV is cached too (faster tree search; results then differ in the last bits)
     kv_cache_mib: Annotated[int, Field(ge=1)] = 2048
     reuse_generated_kv: bool = False
+    # llamacpp backend: llama.cpp's AMX weight buffers: auto (probed where the CPU advertises AMX), on or off
+    amx: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from inferencekit.models.base import (
     per_prompt_params,
     truncate_at_stop,
 )
+from inferencekit.models.llamacpp.amx import decide as decide_amx
 from inferencekit.models.llamacpp.decode_loop import Call, DecodeLoop
 from inferencekit.models.llamacpp.gguf import GGUFModel, resolve_gguf
 
@@ -33,7 +34,7 @@ class LlamaCppGenerator(Generator):
 
     Uses `spec.path` (a .gguf file, a folder holding one, or the folder of `spec.gguf_file`), `n_ctx`
     (per sequence), `max_batch_sequences`, `n_threads` (None: all cores), `chat_template`,
-    `kv_cache_mib` and `reuse_generated_kv` (see the package docstring).
+    `kv_cache_mib`, `reuse_generated_kv` (see the package docstring) and `amx` (amx.py).
     A completion's `tokens` include the EOS token that ended it, as do its `logprobs`.
     """
 
@@ -50,7 +51,8 @@ class LlamaCppGenerator(Generator):
         self.spec = spec
         self.n_ctx = spec.n_ctx
         self.threads = spec.n_threads or os.cpu_count() or 1
-        self.gguf = GGUFModel(path, self.threads, spec.chat_template, label=spec.path)
+        self.amx = decide_amx(spec.amx, path)
+        self.gguf = GGUFModel(path, spec.chat_template, label=spec.path, extra_bufts=self.amx.extra_bufts)
         self._loop = DecodeLoop(self.gguf, spec.n_ctx, spec.max_batch_sequences, self.threads,
                                 spec.kv_cache_mib, spec.reuse_generated_kv)
 
@@ -58,7 +60,7 @@ class LlamaCppGenerator(Generator):
         """The settings that can change the bits this engine computes, for the run's provenance record."""
         return {"kv_unified": False, "flash_attn": False, "threads": self.threads,  # see the package docstring
                 "kv_cache_mib": self.spec.kv_cache_mib, "reuse_generated_kv": self.spec.reuse_generated_kv,
-                "system_info": lc.llama_print_system_info().decode(errors="replace").strip()}
+                "system_info": lc.llama_print_system_info().decode(errors="replace").strip(), **self.amx.settings()}
 
     @property
     def max_live(self) -> int:

@@ -29,16 +29,47 @@ def resolve_gguf(spec: GeneratorSpec) -> Path:
     return path
 
 
-class GGUFModel:
-    """Weights, tokenizer and chat template of a GGUF file, loaded by `llama_cpp.Llama`.
+_backend_ready = False
 
-    The `Llama` object's own small context stays unused: the decode loop makes its own. `label` names
-    the model in errors; `chat_template` overrides the file's `tokenizer.chat_template`.
+
+def _init_backend() -> None:
+    """`llama_backend_init` once per process, as `llama_cpp.Llama` does."""
+    global _backend_ready
+    if not _backend_ready:
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+def model_params(extra_bufts: bool = True) -> lc.llama_model_params:
+    """The model parameters `llama_cpp.Llama(model_path)` loads with; `extra_bufts=False` turns llama.cpp's
+    extra buffer types off."""
+    params = lc.llama_model_default_params()
+    params.n_gpu_layers, params.split_mode, params.main_gpu = 0, lc.LLAMA_SPLIT_MODE_LAYER, 0
+    if hasattr(lc, "LLAMA_LOAD_MODE_MMAP"):
+        params.load_mode = lc.LLAMA_LOAD_MODE_MMAP
+    if not extra_bufts:
+        if "use_extra_bufts" not in dict(lc.llama_model_params._fields_):
+            raise ValueError("this llama-cpp-python cannot load without extra buffer types (amx=off): upgrade it")
+        params.use_extra_bufts = False
+    return params
+
+
+class GGUFModel:
+    """Weights, tokenizer and chat template of a GGUF file, loaded with the model parameters `llama_cpp.Llama` uses.
+
+    The model gets no context here: the decode loop makes its own. `label` names the model in errors;
+    `chat_template` overrides the file's `tokenizer.chat_template`; `extra_bufts=False` loads without
+    llama.cpp's extra buffer types (AMX, weight repacking; see amx.py).
     """
 
-    def __init__(self, path: Path, n_threads: int, chat_template: str | None = None, label: str = "") -> None:
+    def __init__(self, path: Path, chat_template: str | None = None, label: str = "", extra_bufts: bool = True) -> None:
+        from llama_cpp._internals import LlamaModel  # `Llama` takes no `use_extra_bufts`
+        from llama_cpp._logger import set_verbose
+
+        _init_backend()
+        set_verbose(False)
         try:
-            self.llm = lc.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=n_threads, verbose=False)
+            self.llm = LlamaModel(path_model=str(path), params=model_params(extra_bufts), verbose=False)
         except ValueError as e:
             raise ValueError(f"{path}: llama.cpp could not load this GGUF model") from e
         self.label = label or str(path)
@@ -47,7 +78,7 @@ class GGUFModel:
         self.n_vocab = self.llm.n_vocab()
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
         self.bos = lc.llama_vocab_bos(self.vocab)
-        self.template = chat_template or self.llm.metadata.get("tokenizer.chat_template")
+        self.template = chat_template or self.llm.metadata().get("tokenizer.chat_template")
         self._pieces: dict[int, bytes] = {}
         self._formatters: dict[bool, object] = {}
 
