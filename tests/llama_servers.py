@@ -13,8 +13,6 @@ import urllib.request
 from inferencekit.models.embedded import embedded_gguf_path
 
 GGUF = str(embedded_gguf_path())
-# llama-cpp-python's server applies a repeat penalty of 1.1 unless told otherwise; the in-process engine none
-LLAMA_SERVER = {"repeat_penalty": 1.0}
 
 
 def free_port() -> int:
@@ -24,18 +22,21 @@ def free_port() -> int:
 
 
 class Server:
-    """One server process serving the embedded model with `threads` threads; `kill` sends SIGKILL."""
+    """One server process serving the embedded model with `threads` threads (under the name `alias`, else its
+    path); `kill` sends SIGKILL."""
 
-    def __init__(self, port: int | None = None, threads: int = 1) -> None:
+    def __init__(self, port: int | None = None, threads: int = 1, alias: str | None = None) -> None:
         self.port = port or free_port()
         self.threads = threads
+        self.alias = alias
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", GGUF, "--host", "127.0.0.1", "--port",
-             str(self.port), "--n_threads", str(self.threads), "--n_ctx", "2048"],
+             str(self.port), "--n_threads", str(self.threads), "--n_ctx", "2048",
+             *(["--model_alias", self.alias] if self.alias else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

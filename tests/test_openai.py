@@ -44,14 +44,25 @@ def server(embedded_gguf):
     proc.wait(timeout=30)
 
 
+def served(server, embedded_gguf):
+    """The model served under an alias, its chat template from the GGUF named as its tokenizer."""
+    args = {"base_url": server, "tokenizer": str(embedded_gguf)}
+    return load_generator(resolve_model("smollm2", backend="openai", model_args=args))
+
+
 @pytest.fixture(scope="module")
-def gen(server):
-    return load_generator(resolve_model("smollm2", backend="openai", model_args={"base_url": server}))
+def gen(server, embedded_gguf):
+    return served(server, embedded_gguf)
 
 
 def test_samples_greedy_stop_and_logprobs(gen):
     prompt = gen.chat_prompt([{"role": "user", "content": "Count from 1 to 10."}])
-    assert prompt.startswith("<|im_start|>user\nCount") and prompt.endswith("<|im_start|>assistant\n")
+    local = load_generator(resolve_model("smollm2-135m", model_args={"n_ctx": 256}))
+    try:  # the model's own template, default system prompt included, as in-process
+        assert prompt == local.chat_prompt([{"role": "user", "content": "Count from 1 to 10."}])
+    finally:
+        local.close()
+    assert "<|im_start|>user\nCount" in prompt and prompt.endswith("<|im_start|>assistant\n")
     (greedy,) = gen.generate([prompt], SamplingParams(max_new_tokens=12))
     again = gen.generate([prompt], SamplingParams(max_new_tokens=12, n=2))[0]
     assert [c.text for c in again] == [greedy[0].text] * 2
@@ -72,9 +83,9 @@ def test_samples_greedy_stop_and_logprobs(gen):
     assert gen.count_tokens("hello world") >= 2
 
 
-def test_finish_and_stop_reasons_from_the_server(server):
+def test_finish_and_stop_reasons_from_the_server(server, embedded_gguf):
     """llama.cpp's server cuts a stop string off and says only "stop": which one ended it is read from its tokens."""
-    gen = load_generator(resolve_model("smollm2", backend="openai", model_args={"base_url": server}))
+    gen = served(server, embedded_gguf)
     prompt = gen.chat_prompt([{"role": "user", "content": "Count from 1 to 10."}])
     (full,) = gen.generate([prompt], SamplingParams(max_new_tokens=40))[0]
     assert (full.finish_reason, full.stop_reason, full.tokens) == ("length", None, 40)
@@ -96,17 +107,21 @@ def test_finish_and_stop_reasons_from_the_server(server):
     gen.close()
 
 
-def test_run_through_the_cli(server, tmp_path):
+def test_run_through_the_cli(server, tmp_path, embedded_gguf):
     result = subprocess.run(
         [sys.executable, "-m", "inferencekit.cli", "run", "--backend", "openai", "--model", "smollm2",
-         "--model-arg", f"base_url={server}", "--limit", "2", "--max-new-tokens", "24", "--no-progress",
-         "--work-dir", str(tmp_path)],
+         "--model-arg", f"base_url={server}", "--model-arg", f"tokenizer={embedded_gguf}", "--limit", "2",
+         "--max-new-tokens", "24", "--no-progress", "--work-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr
     (path,) = tmp_path.glob("*/*+*+*")
     rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["candidates"][0]["text"] for r in rows)
+    engine = json.loads((path / "provenance.json").read_text())["invocations"][-1]["engine"]
+    assert engine["chat_template"]["origin"] == f"GGUF file {embedded_gguf}"  # which template, from where
+    assert engine["servers"] == [{"url": server, "kind": "llama-cpp-python",
+                                  "sampling": {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}}]
 
 
 def test_missing_server_is_one_clear_error(tmp_path):

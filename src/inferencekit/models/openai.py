@@ -8,11 +8,13 @@ at most `max_batch_sequences` in flight per server) and the servers batch them; 
 Connection errors, timeouts, 429 and 5xx are retried with backoff (honouring `Retry-After`) up to
 `max_retries` times, then the generation raises `GenerationError`. Servers that ignore `n` (llama.cpp's)
 get one request per sample. The API key comes from `api_key`, `api_key_file` or `$OPENAI_API_KEY` and is
-never written to the run folder.
+never written to the run folder. The chat template and the neutral sampling settings each request
+states come from served.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import os
@@ -31,12 +33,7 @@ from inferencekit.models.base import (
     truncate_at_stop,
 )
 from inferencekit.models.pool import Replica, ReplicaError, ReplicaPool, RetryPolicy
-
-_FALLBACK_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
+from inferencekit.models.served import NEUTRAL_SAMPLING, ServerInfo, chat_template, inspect_server
 
 _warned_stop_reason = False
 
@@ -110,6 +107,8 @@ class OpenAIEndpoint(Replica):
         self.extra_body = dict(extra_body or {})
         self.name = base_url
         self.model = model
+        self.key = key
+        self.info = ServerInfo(base_url)  # its kind, found by `check`
         self.reports_stop = False  # vLLM and SGLang say which stop string ended a completion
         self.client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
 
@@ -144,7 +143,7 @@ class OpenAIEndpoint(Replica):
             # a server that does not say which stop string ended a completion shows it in the tokens
             logprobs=max(int(params.logprobs or (bool(params.stop) and not self.reports_stop)), params.top_logprobs)
             or None,
-            extra_body={**self.extra_body, **({"top_k": params.top_k} if params.top_k else {})} or None,
+            extra_body=self.request_extra(params) or None,
         ))
         usage = Usage()
         if response.usage:
@@ -154,6 +153,11 @@ class OpenAIEndpoint(Replica):
         if any(k in (c.model_extra or {}) for c in response.choices for k in ("stop_reason", "matched_stop")):
             self.reports_stop = True
         return [_completion(choice, params, share) for choice in response.choices], usage
+
+    def request_extra(self, params: SamplingParams) -> dict:
+        """Fields beyond the OpenAI API: the server's neutral sampling, then the user's `extra_body` and `top_k`."""
+        own = {"top_k": params.top_k} if params.top_k else {}
+        return {**NEUTRAL_SAMPLING[self.info.kind], **self.extra_body, **own}
 
     async def count_tokens(self, text: str) -> int:
         # The completions API has no tokenizer endpoint; ask for one new token and read the usage.
@@ -170,17 +174,11 @@ class OpenAIEndpoint(Replica):
         ids = [m.id for m in page.data]
         if ids and not any(_same_model(self.model, i) for i in ids):
             return f"serves {', '.join(ids)}, not {self.model}"
+        self.info = await asyncio.to_thread(inspect_server, self.name, self.key)
         return None
 
     async def aclose(self) -> None:
         await self.client.close()
-
-
-def _gguf_chat_template(path: str) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get("tokenizer.chat_template")
-    return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
 
 
 def _same_model(wanted: str, served: str) -> bool:
@@ -206,30 +204,19 @@ class OpenAIGenerator(ReplicaPool):
             bad = self.check_replicas()
             if bad:
                 raise UserError(f"{len(bad)} of {len(urls)} server(s) failed the health check: " + "; ".join(bad))
-            self._template = self._chat_template(spec)
+            self.template = chat_template(spec, [e.info for e in endpoints], key)
         except BaseException:
             self.close()
             raise
 
-    @staticmethod
-    def _chat_template(spec: GeneratorSpec):
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        source = spec.chat_template
-        tokenizer = spec.tokenizer
-        gguf = next((p for p in (tokenizer, spec.path) if p and p.endswith(".gguf") and Path(p).is_file()), None)
-        if source is None and gguf:  # the served GGUF file is here too: its template, as llama.cpp uses it
-            source = _gguf_chat_template(gguf)
-        elif source is None and tokenizer:  # a local folder or hub id whose tokenizer carries the template
-            from transformers import AutoTokenizer
-
-            source = AutoTokenizer.from_pretrained(tokenizer).chat_template
-        return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
-            source or _FALLBACK_TEMPLATE
-        )
-
     def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt)
+
+    def engine_settings(self) -> dict:
+        """For the run's provenance: the chat template used and its origin, each server's kind and neutral sampling."""
+        return {"chat_template": self.template.record(),
+                "servers": [{"url": e.name, "kind": e.info.kind, "sampling": e.request_extra(SamplingParams())}
+                            for e in self.replicas]}
 
 
 def _completion(choice, params: SamplingParams, token_share: int) -> Completion:
