@@ -204,6 +204,7 @@ def test_alias_without_tokenizer_stops_with_exit_2(llama_server, tmp_path):
     assert "llama-cpp-python" in result.stderr and "tokenizer=" in result.stderr and "chat_template=" in result.stderr
 
 
+@pytest.mark.slow
 def test_greedy_through_the_server_equals_the_in_process_engine(llama_server, in_process):
     """No extra_body: the neutral settings alone make llama-cpp-python's server decode as the in-process engine."""
     gen = served(llama_server.url, "smollm2", tokenizer=GGUF, max_batch_sequences=1)
