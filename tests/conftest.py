@@ -28,6 +28,24 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, _session_cache: Path) ->
     monkeypatch.setenv("INFERENCEKIT_CACHE_DIR", str(_session_cache))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _llama_cpp_safe_where_amx_is_faulty(_session_cache: Path) -> None:
+    """Direct `llama_cpp.Llama(...)` calls in tests load without AMX buffers where they would crash (amx_safe.py)."""
+    import os
+
+    from amx_safe import apply
+
+    before = os.environ.get("INFERENCEKIT_CACHE_DIR")
+    os.environ["INFERENCEKIT_CACHE_DIR"] = str(_session_cache)
+    try:
+        apply()
+    finally:
+        if before is None:
+            os.environ.pop("INFERENCEKIT_CACHE_DIR")
+        else:
+            os.environ["INFERENCEKIT_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def embedded_gguf() -> Path:
     """Path of the embedded SmolLM2-135M-Instruct Q4_1 GGUF file."""

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from inferencekit.models.embedded import embedded_gguf_path
 
 GGUF = str(embedded_gguf_path())
+SERVER = str(Path(__file__).with_name("amx_safe.py"))  # `python -m llama_cpp.server`, safe where AMX is faulty
 
 
 def free_port() -> int:
@@ -34,7 +36,7 @@ class Server:
 
     def start(self, timeout: float = 120) -> Server:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", GGUF, "--host", "127.0.0.1", "--port",
+            [sys.executable, SERVER, "--model", GGUF, "--host", "127.0.0.1", "--port",
              str(self.port), "--n_threads", str(self.threads), "--n_ctx", "2048",
              *(["--model_alias", self.alias] if self.alias else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -147,3 +147,13 @@ def test_the_real_crash_where_the_cpu_advertises_amx(embedded_gguf, monkeypatch)
         assert gen.generate(["1 + 1 ="], SamplingParams(max_new_tokens=4))[0][0].tokens > 0
     finally:
         gen.close()
+
+
+def test_the_tests_own_llama_cpp_calls_follow_the_verdict(tmp_path, monkeypatch):
+    """amx_safe.py: where the probe dies, `llama_cpp.Llama`'s default model parameters leave extra buffers off."""
+    monkeypatch.setenv(amx.PROBE_ENV, probe_command(SEGFAULT, tmp_path / "probe-runs"))
+    code = ("import amx_safe, llama_cpp, llama_cpp.llama_cpp as raw; print(amx_safe.apply(), "
+            "raw.llama_model_default_params().use_extra_bufts, llama_cpp.llama_model_default_params().use_extra_bufts)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent, env=os.environ)
+    assert out.stdout.split() == ["True", "False", "True"], out.stderr  # inferencekit's own loader is untouched

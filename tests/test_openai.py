@@ -14,6 +14,7 @@ import pytest
 
 from inferencekit.models import load_generator, resolve_model
 from inferencekit.models.base import SamplingParams
+from llama_servers import SERVER
 
 
 def _free_port() -> int:
@@ -26,7 +27,7 @@ def _free_port() -> int:
 def server(embedded_gguf):
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf), "--host", "127.0.0.1",
+        [sys.executable, SERVER, "--model", str(embedded_gguf), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
