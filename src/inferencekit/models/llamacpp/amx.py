@@ -2,7 +2,8 @@
 
 Some cloud CPUs advertise AMX (`amx_tile` in /proc/cpuinfo) but fault on its instructions inside the VM: a
 llama.cpp build with AMX kernels then dies with SIGSEGV on the first decode. Loading the model with
-`use_extra_bufts = False` avoids those buffers (and llama.cpp's other weight repacking), at some speed.
+`use_extra_bufts = False` avoids those buffers (and llama.cpp's other weight repacking), at some speed; other
+kernels then compute the matrix products, so results differ in the last bits from a load with them.
 
 Where the CPU does not advertise AMX nothing changes and nothing is probed. Where it does, a one-off probe
 in a subprocess loads the embedded GGUF with default parameters and decodes a few tokens; its death by a
