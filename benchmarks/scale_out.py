@@ -27,7 +27,7 @@ from inferencekit.datasets import load_dataset  # noqa: E402
 from inferencekit.models import load_generator, resolve_model  # noqa: E402
 from inferencekit.models.base import Generator, SamplingParams  # noqa: E402
 from inferencekit.prompts import build_messages  # noqa: E402
-from llama_servers import GGUF, LLAMA_SERVER, Server  # noqa: E402
+from llama_servers import GGUF, Server  # noqa: E402
 
 
 def throughput(generator: Generator, questions: list[str], params: SamplingParams, label: str) -> float:
@@ -64,8 +64,7 @@ def main() -> None:
         rates = {}
         for label, urls in (("one server", servers[:1]), ("pool of two servers", servers)):
             spec = resolve_model(GGUF, backend="openai",
-                                 model_args={"base_url": [s.url for s in urls], "extra_body": LLAMA_SERVER,
-                                             "max_batch_sequences": args.in_flight})
+                                 model_args={"base_url": [s.url for s in urls], "max_batch_sequences": args.in_flight})
             generator = load_generator(spec)
             try:
                 rates[label] = throughput(generator, questions, params, label)
