@@ -74,6 +74,7 @@ def test_record_of_a_real_run(tmp_path, embedded_gguf):
         assert inv["versions"][package], package
     assert inv["machine"]["cores"] == os.cpu_count() and inv["machine"]["cpu"]
     assert inv["engine"]["n_ctx"] == 2048 and inv["engine"]["threads"] >= 1 and "flash_attn" in inv["engine"]
+    assert inv["engine"]["amx"] == "auto" and isinstance(inv["engine"]["use_extra_bufts"], bool)  # which was used
     assert inv["finished"] >= inv["started"] and inv["generated"] == 2 and inv["failed"] == 0
     if (Path(inferencekit.__file__).parents[2] / ".git").exists():
         assert len(inv["inferencekit"]["git"]["commit"]) == 40
