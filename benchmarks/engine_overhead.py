@@ -61,8 +61,12 @@ def raw_llamacpp(prompts: list[str], args: argparse.Namespace) -> tuple[float, i
     """Continuous batching written directly on llama.cpp's batch API."""
     import llama_cpp as lc
 
-    llm = lc.Llama(model_path=str(embedded_gguf_path()), n_ctx=256, verbose=False, n_threads=args.threads)
-    toks = [llm.tokenize(p.encode(), add_bos=True, special=True) for p in prompts]
+    from inferencekit.models.llamacpp.amx import decide
+    from inferencekit.models.llamacpp.gguf import GGUFModel
+
+    # the weights as `llama_cpp.Llama` loads them, without AMX buffers where they crash (amx.py)
+    llm = GGUFModel(embedded_gguf_path(), extra_bufts=decide().extra_bufts)
+    toks = [llm.tokenize(p, add_bos=True) for p in prompts]
     per = -(-(max(len(t) for t in toks) + args.max_new_tokens) // 256) * 256
     width = min(args.width, len(prompts) * args.n)
     cp = lc.llama_context_default_params()
@@ -71,7 +75,7 @@ def raw_llamacpp(prompts: list[str], args: argparse.Namespace) -> tuple[float, i
     cp.n_threads = cp.n_threads_batch = args.threads
     ctx = lc.llama_init_from_model(llm.model, cp)
     mem = lc.llama_get_memory(ctx)
-    vocab = lc.llama_model_get_vocab(llm.model)
+    vocab = llm.vocab
     batch = lc.llama_batch_init(2048, 0, 1)
     queue = [(i, j) for i in range(len(prompts)) for j in range(args.n)]
     free = list(range(width))
