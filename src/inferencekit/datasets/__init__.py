@@ -217,9 +217,12 @@ def _to_samples(
 
 
 def _answer_text(value: Any) -> str:
-    """Gold answers as text; integral floats (AMC's 27.0) lose their '.0'."""
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    """Gold answers as text; integral floats (AMC's 27.0) lose their '.0'. Beyond 2**53 a float is no exact
+    integer (1e23 is 99999999999999991611392 as one), so it keeps its own short form ("1e+23")."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
         return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
     return re.sub(r"\s+", " ", str(value)).strip()
 
 
