@@ -56,7 +56,8 @@ class RunConfig(BaseModel):
 
     method: str = "cot"
     n: int = Field(1, ge=1, le=MAX_SAMPLES)
-    beam_width: int = Field(4, ge=1, le=MAX_SAMPLES)  # tree search branching factor: children per expanded node (cli --help)
+    # tree search branching factor: children per expanded node (cli --help)
+    beam_width: int = Field(4, ge=1, le=MAX_SAMPLES)
     reward_model: str | None = None
     reward_model_args: dict[str, Any] = Field(default_factory=dict)
     aggregation: Literal["min", "last", "prod", "mean", "model"] = "last"
@@ -79,9 +80,12 @@ class RunConfig(BaseModel):
     pf_tempering: bool = False  # temper the weights when the effective sample size falls below N/2
     pf_iterations: int = Field(1, ge=1, le=MAX_STEPS)  # particle Gibbs sweeps (1: plain particle filtering)
     rebase_temperature: float = Field(0.2, gt=0)
-    thinking_budget: int | None = Field(None, ge=1, le=MAX_TOKENS)  # budget_forcing: most thinking tokens (default max_new_tokens)
-    min_thinking: int | None = Field(None, ge=1, le=MAX_TOKENS)  # budget_forcing: "Wait" while fewer thinking tokens than this
-    wait: int | None = Field(None, ge=0, le=MAX_STEPS)  # budget_forcing: most "Wait"s (default: 0, or unlimited with min_thinking)
+    # budget_forcing: most thinking tokens (default max_new_tokens)
+    thinking_budget: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    # budget_forcing: "Wait" while fewer thinking tokens than this
+    min_thinking: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    # budget_forcing: most "Wait"s (default: 0, or unlimited with min_thinking)
+    wait: int | None = Field(None, ge=0, le=MAX_STEPS)
     thinking_delimiters: list[str] | None = None  # [open, close], e.g. ["<think>", "</think>"]; model presets set it
     sc_stop: Literal["esc", "adaptive", "none"] = "esc"
     esc_window: int = Field(5, ge=1, le=MAX_SAMPLES)

@@ -23,8 +23,8 @@ from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_ac
 from inferencekit.prompts import build_messages
 from inferencekit.redact import RedactingFormatter
 from inferencekit.results.accounting import attach_costs, parameter_counts
-from inferencekit.results.lock import run_folder_lock
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
+from inferencekit.results.lock import run_folder_lock
 from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.results.shards import select_shard, shard_dir

@@ -163,7 +163,16 @@ def _hub_rows(name: str, hub: dict, split: str) -> tuple[list[dict], dict]:
 
 
 def read_table(path: Path) -> list[dict]:
-    """Rows of a .jsonl, .json (list of objects), .csv or .parquet file."""
+    """Rows of a .jsonl, .json (list of objects), .csv or .parquet file; `UserError` for a row that is no object."""
+    rows = _read_rows(path)
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise UserError(f"dataset file {path}: row {bad} is a JSON {type(rows[bad]).__name__}, not an object "
+                        "with named fields")
+    return rows
+
+
+def _read_rows(path: Path) -> list[Any]:
     try:
         if path.suffix == ".jsonl":
             with path.open(encoding="utf-8") as f:

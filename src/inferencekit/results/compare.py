@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from inferencekit.errors import UserError
-from inferencekit.results.records import Record
 from inferencekit.results.lock import settle
+from inferencekit.results.records import Record
 from inferencekit.results.store import PREDICTIONS, RunStore
 
 CELLS = ("both_right", "a_only", "b_only", "both_wrong")

@@ -384,7 +384,8 @@ def begin_provenance(run_dir: Path, config: Any, spec: Any, dataset: Any, resume
         if (old.get(part) or {}).get("n_params") and identity.get(part) is not None:
             identity[part].setdefault("n_params", old[part]["n_params"])
     invocation = {
-        "started": _now(), "argv": [redact(a) for a in sys.argv[1:]] if sys.argv and "inferencekit" in sys.argv[0] else None,
+        "started": _now(),
+        "argv": [redact(a) for a in sys.argv[1:]] if sys.argv and "inferencekit" in sys.argv[0] else None,
         "inferencekit": {"version": package_versions().get("inferencekit"), "git": git_state()},
         "versions": package_versions(), "machine": machine(),
     }

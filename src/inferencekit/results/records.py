@@ -36,7 +36,8 @@ class CandidateRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CandidateRecord:
         _check_types(data, _CANDIDATE_TYPES, "candidate")
-        if any(isinstance(x, bool) or not isinstance(x, (int, float, type(None))) for x in data.get("step_scores") or []):
+        scores = data.get("step_scores") or []
+        if any(isinstance(x, bool) or not isinstance(x, (int, float, type(None))) for x in scores):
             raise ValueError("candidate step_scores must be numbers")
         known = {k: data[k] for k in _CANDIDATE_KEYS if k in data}
         return cls(

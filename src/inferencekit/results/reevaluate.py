@@ -22,8 +22,8 @@ from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.errors import UserError
 from inferencekit.files import write_atomic, write_together
 from inferencekit.grading import Grader
-from inferencekit.results.lock import run_folder_lock, settle
 from inferencekit.results.evaluate import check_votes, compute_metrics, grade_records
+from inferencekit.results.lock import run_folder_lock, settle
 from inferencekit.results.records import graded_style, lines
 from inferencekit.results.store import (
     CONFIG,

@@ -18,10 +18,11 @@ from typing import Any
 
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.errors import UserError
-from inferencekit.results.records import Record, lines
 from inferencekit.files import write_together
 from inferencekit.results.lock import run_folder_lock
+from inferencekit.results.records import Record, lines
 from inferencekit.results.store import CONFIG, MERGED, METRICS, PREDICTIONS, RunStore
+
 _FOLDER = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
