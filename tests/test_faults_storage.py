@@ -185,7 +185,7 @@ def test_a_second_writer_is_refused_naming_the_first(embedded_gguf, tmp_path):
             time.sleep(0.05)
         assert server.requests and first.poll() is None, "the first run should be waiting on the server"
         path = run_folder(work)
-        second = cli(*args)
+        second = cli(*args, timeout=120)
         line = one_line_error(second)
         assert f"PID {first.pid} on host {socket.gethostname()}" in line and "in use by inferencekit run" in line
         regrade = cli("evaluate", path, "--in-place", "--box-match", "any")
@@ -362,7 +362,7 @@ def test_a_yaml_alias_bomb_is_refused(tmp_path):
 @pytest.mark.parametrize("flag", [["--n", "100000"], ["--beam-width", "100000"], ["--max-new-tokens", "2000000"],
                                   ["--concurrency", "10000000"]])
 def test_sizes_have_an_upper_bound(flag, tmp_path):
-    line = one_line_error(cli("run", *flag, "--work-dir", tmp_path / "work"))
+    line = one_line_error(cli("run", *flag, "--work-dir", tmp_path / "work", timeout=120))
     assert "less than or equal" in line or "invalid" in line
     assert not (tmp_path / "work").exists()
 

@@ -47,14 +47,13 @@ def run_folder_lock(folder: str | Path, command: str) -> Iterator[None]:
                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(about) + "\n").encode(), 0)
-        if recover(folder):
-            log.warning("%s: finished an update that an interrupted command had left half done", folder)
-        yield
-    finally:
         try:
+            if recover(folder):
+                log.warning("%s: finished an update that an interrupted command had left half done", folder)
+            yield
+        finally:
             os.ftruncate(fd, 0)  # nobody holds it now
-        except OSError:
-            pass
+    finally:
         os.close(fd)
 
 
