@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -305,7 +306,9 @@ class _LogFile(logging.FileHandler):
     """run.log's handler: a line that cannot be written (a full disk) stops the run like any failed write."""
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        raise  # noqa: PLE0704 - called inside emit's except block: re-raise the write's error
+        if isinstance(sys.exc_info()[1], OSError):  # called inside emit's except block
+            raise  # noqa: PLE0704 - re-raise the write's error
+        super().handleError(record)
 
 
 @contextmanager
