@@ -386,7 +386,7 @@ def test_a_float_reference_beyond_exact_integers_is_graded_right(tmp_path):
     big, small = load_dataset(str(data)).samples
     assert big.reference == "1e+23" and small.reference == "27"
     assert grade("So the answer is $\\boxed{10^{23}}$.", big.reference, "math")
-    assert grade("The answer is 1e23.", big.reference, "gsm8k")
+    assert grade("The answer is 100000000000000000000000.", big.reference, "gsm8k")
     assert not grade("The answer is 99999999999999991611392.", big.reference, "gsm8k")
 
 
