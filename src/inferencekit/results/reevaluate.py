@@ -4,8 +4,8 @@ A run folder always agrees with itself, so other settings are written beside it 
 evaluation, `RUN/evaluations/<name>/`, laid out like a run folder (`config.yaml` with the changed
 settings, `predictions.jsonl` re-graded, `metrics.json`, `evaluation.json` saying what changed), which
 `report` lists and `compare` reads like any run. Only `in_place=True` re-grades the run itself: its
-predictions, config and metrics are then all rewritten (each write-then-rename, the config and metrics
-renamed together at the end).
+predictions, config and metrics are then rewritten as one change (`files.write_together`, finished by the
+next command after a crash), holding the run folder's lock so that no `run` appends meanwhile.
 """
 
 from __future__ import annotations
