@@ -7,9 +7,11 @@ import json
 import pytest
 
 from inferencekit.config import RunConfig
+from inferencekit.datasets import load_dataset
 from inferencekit.grading import Grader
 from inferencekit.models import resolve_model
 from inferencekit.results.evaluate import compute_metrics, grade_records
+from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.results.store import RunStore, run_dir_for
 from inferencekit.runner import run
@@ -63,10 +65,12 @@ def test_a_changed_vote_list_on_resume_revotes_the_stored_candidates(tmp_path):
     # problem 0 only, weighted (scores of the last step) on problem 1 only.
     old = RunConfig(dataset="gsm8k-mini", limit=2, method="best_of_n", n=3, reward_model="self_certainty",
                     backend="llamacpp", votes=["majority"], work_dir=str(tmp_path))
-    path = run_dir_for(tmp_path, "gsm8k-mini", resolve_model(old.model, old.backend, old.model_args).name,
-                       "self_certainty", old.exp_name)
+    spec = resolve_model(old.model, old.backend, old.model_args)
+    path = run_dir_for(tmp_path, "gsm8k-mini", spec.name, "self_certainty", old.exp_name)
     store = RunStore(path)
     store.write_config(old.to_yaml())
+    # as a run records it: a folder with results and no record of the model's hash is not resumed
+    begin_provenance(path, old, spec, load_dataset("gsm8k-mini", limit=2), resume=False).write()
     stored = [
         Record(0, reference="1", candidates=candidates(["1", "1", "2"], [True, True, False], [0.1, 0.1, 0.9])),
         Record(1, reference="4", candidates=candidates(["3", "3", "4"], [False, False, True], [0.1, 0.1, 0.9])),

@@ -146,7 +146,10 @@ class ChatSession:
 
     def save(self, path: str) -> None:
         data = {"system": self.system, "messages": self.messages, "model": self.label}
-        write_atomic(Path(path).expanduser(), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        try:
+            write_atomic(Path(path).expanduser(), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:  # the conversation stays; the user can /save elsewhere
+            raise UserError(f"cannot save to {path}: {exc.strerror or exc}") from None
         self.say(f"saved {len(self.messages)} messages to {path}")
 
     def load(self, path: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import yaml
 
 from inferencekit.errors import UserError, first_line
+from inferencekit.redact import redact
 
 EXIT_USAGE = 2
 
@@ -301,13 +302,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        sys.stderr.write(f"inferencekit: error: {exc}\n")
+        sys.stderr.write(f"inferencekit: error: {redact(str(exc))}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("inferencekit: interrupted; rerun the same command to resume\n")
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # full disk, read-only folder, ...: the system's word, in one line
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"inferencekit: error: {redact(exc.strerror or first_line(exc))}{where}\n")
         return 1
 
 

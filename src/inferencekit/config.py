@@ -27,6 +27,11 @@ RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences",
 # Which layer a run setting given as its own flag belongs to (the rest are runtime arguments):
 GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")  # command-line generation arguments
 MODEL_ARG_KEYS = ("dtype", "device_map", "attn_implementation", "trust_remote_code")  # shortcuts of --model-arg
+# Upper bounds on sizes: far above any real use, low enough that a typo cannot write a 32 MB line per problem.
+MAX_SAMPLES = 4096  # n, beam width, traces per problem
+MAX_STEPS = 100_000  # search iterations and steps, retries of a method
+MAX_TOKENS = 1 << 20  # tokens per generation
+MAX_WORKERS = 4096  # problems in flight, batch size, processes and actors
 
 
 class RunConfig(BaseModel):
@@ -44,69 +49,73 @@ class RunConfig(BaseModel):
     split: str = "test"
     input_field: str | None = None
     reference_field: str | None = None
-    num_shots: int = Field(0, ge=0)
+    num_shots: int = Field(0, ge=0, le=MAX_SAMPLES)
     system_prompt: str | None = None
     prompt_template: str | None = None
     limit: int | None = Field(None, ge=1)
 
     method: str = "cot"
-    n: int = Field(1, ge=1)
-    beam_width: int = Field(4, ge=1)  # tree search branching factor: children per expanded node (cli --help)
+    n: int = Field(1, ge=1, le=MAX_SAMPLES)
+    # tree search branching factor: children per expanded node (cli --help)
+    beam_width: int = Field(4, ge=1, le=MAX_SAMPLES)
     reward_model: str | None = None
     reward_model_args: dict[str, Any] = Field(default_factory=dict)
     aggregation: Literal["min", "last", "prod", "mean", "model"] = "last"
     votes: list[str] = Field(default_factory=lambda: ["majority"], min_length=1)
     # tree search (beam_search, dvts, mcts, token_beam)
-    max_steps: int = Field(40, ge=1)  # most steps in a path (not token_beam)
-    lookahead: int = Field(0, ge=0)  # beam_search/dvts: rank by a greedy rollout this many steps further
+    max_steps: int = Field(40, ge=1, le=MAX_STEPS)  # most steps in a path (not token_beam)
+    lookahead: int = Field(0, ge=0, le=MAX_STEPS)  # beam_search/dvts: rank by a greedy rollout this many steps further
     filter_duplicates: bool = False  # beam_search/token_beam: drop paths repeating another's text
-    mcts_iterations: int | None = Field(None, ge=1)  # default: n
+    mcts_iterations: int | None = Field(None, ge=1, le=MAX_STEPS)  # default: n
     mcts_c_puct: float = Field(1.0, ge=0)
     mcts_rollout: bool = False  # evaluate new nodes by a greedy rollout to the end
     mcts_select_by: Literal["visits", "value"] = "visits"
     mcts_prior: Literal["uniform", "score"] = "uniform"
-    mcts_token_budget: int | None = Field(None, ge=1)  # generated tokens per problem
-    token_beam_chunk: int = Field(16, ge=1)  # token_beam: re-rank by the reward model every K tokens
+    mcts_token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS * MAX_SAMPLES)  # generated tokens per problem
+    token_beam_chunk: int = Field(16, ge=1, le=MAX_TOKENS)  # token_beam: re-rank by the reward model every K tokens
     box_match: Literal["last", "first", "any"] = "last"
     grader: Literal["inferencekit", "math-verify"] = "inferencekit"  # math-verify: plain math-verify grading
     # ---- methods of issue 14: particle_filter, rebase, budget_forcing, self_consistency, deepconf, self_refine ----
     pf_resampling: Literal["multinomial", "systematic"] = "multinomial"
     pf_tempering: bool = False  # temper the weights when the effective sample size falls below N/2
-    pf_iterations: int = Field(1, ge=1)  # particle Gibbs sweeps (1: plain particle filtering)
+    pf_iterations: int = Field(1, ge=1, le=MAX_STEPS)  # particle Gibbs sweeps (1: plain particle filtering)
     rebase_temperature: float = Field(0.2, gt=0)
-    thinking_budget: int | None = Field(None, ge=1)  # budget_forcing: most thinking tokens (default max_new_tokens)
-    min_thinking: int | None = Field(None, ge=1)  # budget_forcing: "Wait" while fewer thinking tokens than this
-    wait: int | None = Field(None, ge=0)  # budget_forcing: most "Wait"s (default: 0, or unlimited with min_thinking)
+    # budget_forcing: most thinking tokens (default max_new_tokens)
+    thinking_budget: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    # budget_forcing: "Wait" while fewer thinking tokens than this
+    min_thinking: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    # budget_forcing: most "Wait"s (default: 0, or unlimited with min_thinking)
+    wait: int | None = Field(None, ge=0, le=MAX_STEPS)
     thinking_delimiters: list[str] | None = None  # [open, close], e.g. ["<think>", "</think>"]; model presets set it
     sc_stop: Literal["esc", "adaptive", "none"] = "esc"
-    esc_window: int = Field(5, ge=1)
+    esc_window: int = Field(5, ge=1, le=MAX_SAMPLES)
     sc_confidence: float = Field(0.95, gt=0, lt=1)  # adaptive consistency: stop when P(leader stays ahead) > this
     deepconf_mode: Literal["offline", "online"] = "offline"
-    deepconf_window: int = Field(2048, ge=1)  # tokens per group (sliding window)
+    deepconf_window: int = Field(2048, ge=1, le=MAX_TOKENS)  # tokens per group (sliding window)
     deepconf_eta: float = Field(90.0, gt=0, le=100)  # keep the top eta% of traces by confidence
-    deepconf_warmup: int = Field(16, ge=1)  # online: traces that set the threshold
-    deepconf_top_k: int = Field(20, ge=1)  # log-probabilities per token that make its confidence
-    deepconf_chunk: int = Field(64, ge=1)  # online: tokens generated between confidence checks
-    refine_steps: int = Field(2, ge=0)  # self_refine: most feedback-and-revise rounds
+    deepconf_warmup: int = Field(16, ge=1, le=MAX_SAMPLES)  # online: traces that set the threshold
+    deepconf_top_k: int = Field(20, ge=1, le=MAX_SAMPLES)  # log-probabilities per token that make its confidence
+    deepconf_chunk: int = Field(64, ge=1, le=MAX_TOKENS)  # online: tokens generated between confidence checks
+    refine_steps: int = Field(2, ge=0, le=MAX_STEPS)  # self_refine: most feedback-and-revise rounds
 
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int = Field(512, ge=1, le=MAX_TOKENS)
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
 
     work_dir: str = "results"
     exp_name: str = "default"
-    batch_size: int = Field(8, ge=1)
-    concurrency: int | None = Field(None, ge=1)  # problems in flight at once (default: 2 x batch_size)
-    grading_workers: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1, le=MAX_WORKERS)
+    concurrency: int | None = Field(None, ge=1, le=MAX_WORKERS)  # problems in flight at once (default: 2 x batch_size)
+    grading_workers: int | None = Field(None, ge=1, le=MAX_WORKERS)
     grading_timeout: float = Field(5.0, gt=0)
 
     # scale-out (results/shards.py, models/ray_executor.py): where the work runs, not what it computes
     shard: str | None = None  # "I/K": the I-th of K disjoint slices, in <run>/shard-I-of-K/
     executor: Literal["local", "ray"] = "local"
-    replicas: int = Field(1, ge=1)  # --executor ray: actors, one engine each
+    replicas: int = Field(1, ge=1, le=MAX_WORKERS)  # --executor ray: actors, one engine each
     ray_address: str | None = None  # default $RAY_ADDRESS, else a local cluster
     ray_num_gpus: float = Field(0.0, ge=0)  # GPUs per actor
 

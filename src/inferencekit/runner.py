@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +22,10 @@ from inferencekit.grading import Grader
 from inferencekit.models import Generator, executor_args, load_generator, resolve_model
 from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_account
 from inferencekit.prompts import build_messages
+from inferencekit.redact import RedactingFormatter
 from inferencekit.results.accounting import attach_costs, parameter_counts
 from inferencekit.results.evaluate import apply_votes, check_votes, compute_metrics, grade_records
+from inferencekit.results.lock import run_folder_lock
 from inferencekit.results.provenance import begin_provenance
 from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.results.shards import select_shard, shard_dir
@@ -65,6 +68,12 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
     rm_label = _check_reward_model(config)
     run_dir = run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name)
     store = RunStore(shard_dir(run_dir, config.shard))  # scale-out: <run>/shard-I-of-K/ for a shard
+    with run_folder_lock(store.path, "run"):  # one writer per run folder (results/lock.py)
+        return _run_locked(store, config, spec, dataset, method_cls, resume, show_progress)
+
+
+def _run_locked(store: RunStore, config: RunConfig, spec: Any, dataset: Dataset, method_cls: Any, resume: bool,
+                show_progress: bool) -> RunResult:
     provenance = begin_provenance(store.path, config, spec, dataset, resume)  # refuses a changed model/data hash
     _prepare_store(store, config, resume)
     provenance.write()
@@ -293,10 +302,19 @@ def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> lis
     return records
 
 
+class _LogFile(logging.FileHandler):
+    """run.log's handler: a line that cannot be written (a full disk) stops the run like any failed write."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if isinstance(sys.exc_info()[1], OSError):  # called inside emit's except block
+            raise  # noqa: PLE0704 - re-raise the write's error
+        super().handleError(record)
+
+
 @contextmanager
 def _run_log(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler = _LogFile(path, encoding="utf-8")
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:

@@ -163,7 +163,16 @@ def _hub_rows(name: str, hub: dict, split: str) -> tuple[list[dict], dict]:
 
 
 def read_table(path: Path) -> list[dict]:
-    """Rows of a .jsonl, .json (list of objects), .csv or .parquet file."""
+    """Rows of a .jsonl, .json (list of objects), .csv or .parquet file; `UserError` for a row that is no object."""
+    rows = _read_rows(path)
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise UserError(f"dataset file {path}: row {bad} is a JSON {type(rows[bad]).__name__}, not an object "
+                        "with named fields")
+    return rows
+
+
+def _read_rows(path: Path) -> list[Any]:
     try:
         if path.suffix == ".jsonl":
             with path.open(encoding="utf-8") as f:
@@ -217,9 +226,12 @@ def _to_samples(
 
 
 def _answer_text(value: Any) -> str:
-    """Gold answers as text; integral floats (AMC's 27.0) lose their '.0'."""
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    """Gold answers as text; integral floats (AMC's 27.0) lose their '.0'. Beyond 2**53 a float is no exact
+    integer (1e23 is 99999999999999991611392 as one), so it keeps its own short form ("1e+23")."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
         return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
     return re.sub(r"\s+", " ", str(value)).strip()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inferencekit.errors import UserError
+from inferencekit.results.lock import settle
 from inferencekit.results.records import Record
 from inferencekit.results.store import PREDICTIONS, RunStore
 
@@ -32,6 +33,7 @@ def load_records(run_dir: str | Path) -> dict[int, Record]:
     store = RunStore(run_dir)
     if not store.path.is_dir() or not (store.exists() or store.predictions_path.is_file()):
         raise UserError(f"{run_dir} is not a run folder (no config.yaml or {PREDICTIONS})")
+    settle(store.path)  # an update a crash left half done is finished first
     records = {r.index: r for r in store.records()}
     if not records:
         raise UserError(f"{run_dir} holds no finished samples ({PREDICTIONS} is empty or missing)")

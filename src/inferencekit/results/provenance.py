@@ -27,7 +27,8 @@ from typing import Any
 from inferencekit.cache import cache_root
 from inferencekit.errors import UserError, first_line
 from inferencekit.files import write_atomic
-from inferencekit.results.store import PROVENANCE
+from inferencekit.redact import redact, redact_data, remember
+from inferencekit.results.store import PREDICTIONS, PROVENANCE
 
 PACKAGES = ("inferencekit", "torch", "transformers", "llama-cpp-python", "math-verify", "openai", "numpy", "gguf")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".model", ".json", ".txt", ".jinja")
@@ -127,6 +128,7 @@ def served_models(spec: Any) -> list[dict[str, Any]] | str:
 
     urls = base_urls(spec)
     key = api_key(spec)
+    remember(key)  # an error a server echoes it in must not record it
     found: list[dict[str, Any]] = []
     for url in urls:
         models = _served_by(url.rstrip("/"), key)
@@ -326,7 +328,7 @@ class Provenance:
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        write_atomic(self.path, json.dumps(redact_data(self.to_dict()), indent=2, ensure_ascii=False) + "\n")
 
     def loaded(self, spec: Any, generator: Any, reward_model: Any = None) -> None:
         """Add what is known once the models are loaded (engine settings, parameter counts)."""
@@ -365,8 +367,14 @@ def begin_provenance(run_dir: Path, config: Any, spec: Any, dataset: Any, resume
     }
     path = Path(run_dir) / PROVENANCE
     old = read_provenance(run_dir) if resume else {}
+    has_results = resume and (Path(run_dir) / PREDICTIONS).is_file() and (Path(run_dir) / PREDICTIONS).stat().st_size
     for part, key in IDENTITY_CHECKS:
         before, now = (old.get(part) or {}).get(key), (identity.get(part) or {}).get(key)
+        if has_results and now and not before:  # a lost record must not wave a changed model or dataset through
+            raise UserError(
+                f"{path} is missing, unreadable or lacks the {part.replace('_', ' ')}'s sha256, so the finished "
+                "results cannot be checked against it; use --no-resume to start over (they are kept aside)"
+            )
         if before and now and before != now:
             raise UserError(
                 f"{run_dir} was run with another {part.replace('_', ' ')} (sha256 {before[:12]}... -> {now[:12]}...); "
@@ -376,7 +384,8 @@ def begin_provenance(run_dir: Path, config: Any, spec: Any, dataset: Any, resume
         if (old.get(part) or {}).get("n_params") and identity.get(part) is not None:
             identity[part].setdefault("n_params", old[part]["n_params"])
     invocation = {
-        "started": _now(), "argv": sys.argv[1:] if sys.argv and "inferencekit" in sys.argv[0] else None,
+        "started": _now(),
+        "argv": [redact(a) for a in sys.argv[1:]] if sys.argv and "inferencekit" in sys.argv[0] else None,
         "inferencekit": {"version": package_versions().get("inferencekit"), "git": git_state()},
         "versions": package_versions(), "machine": machine(),
     }

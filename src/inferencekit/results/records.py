@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferencekit.redact import redact
+
 
 @dataclass
 class CandidateRecord:
@@ -33,10 +35,14 @@ class CandidateRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CandidateRecord:
+        _check_types(data, _CANDIDATE_TYPES, "candidate")
+        scores = data.get("step_scores") or []
+        if any(isinstance(x, bool) or not isinstance(x, (int, float, type(None))) for x in scores):
+            raise ValueError("candidate step_scores must be numbers")
         known = {k: data[k] for k in _CANDIDATE_KEYS if k in data}
         return cls(
-            text=str(known.pop("text", "")),
-            tokens=int(known.pop("tokens", 0) or 0),
+            text=known.pop("text", ""),
+            tokens=known.pop("tokens", 0) or 0,
             step_scores=list(known.pop("step_scores", None) or []),
             meta=dict(known.pop("meta", None) or {}),
             **known,
@@ -57,6 +63,9 @@ class CandidateRecord:
 
 _CANDIDATE_KEYS = ("text", "tokens", "step_scores", "answer", "correct", "finish_reason", "unclosed_think", "usage",
                    "meta")
+_CANDIDATE_TYPES = {"text": (str,), "tokens": (int,), "step_scores": (list, type(None)), "answer": (str, type(None)),
+                    "correct": (bool, type(None)), "finish_reason": (str, type(None)),
+                    "unclosed_think": (bool, type(None)), "usage": (dict, type(None)), "meta": (dict, type(None))}
 
 
 @dataclass
@@ -81,8 +90,12 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
+        """The record a line holds; `ValueError` when a field has the wrong type (a corrupt line: skipped, redone)."""
+        _check_types(data, _RECORD_TYPES, "record")
+        if "index" not in data or data["index"] < 0:
+            raise ValueError("a record needs an index >= 0")
         return cls(
-            index=int(data["index"]),
+            index=data["index"],
             input=data.get("input", ""),
             reference=data.get("reference"),
             candidates=[CandidateRecord.from_dict(c) for c in data.get("candidates") or []],
@@ -105,7 +118,7 @@ class Record:
                    correct=self.correct, usage=self.usage)
         if self.failed:
             out["failed"] = True
-            out["error"] = self.error or ""
+            out["error"] = redact(self.error or "")  # a server may echo a key in its error
         return {**out, **self.extra}
 
     def to_line(self) -> str:
@@ -129,6 +142,25 @@ class Record:
 
 _RECORD_KEYS = ("index", "input", "reference", "candidates", "predictions", "correct", "usage", "style", "prompt",
                 "failed", "error")
+_RECORD_TYPES = {"index": (int,), "input": (str,), "candidates": (list, type(None)), "predictions": (dict, type(None)),
+                 "correct": (dict, type(None)), "usage": (dict, type(None)), "style": (str, type(None)),
+                 "prompt": (str, type(None)), "failed": (bool,), "error": (str, type(None))}
+
+
+def _check_types(data: Any, types: dict[str, tuple[type, ...]], what: str) -> None:
+    """`ValueError` unless `data` is a mapping whose known keys hold values of the expected types.
+
+    Strict on purpose (no int() of 0.9, no str() of a list): a line written by this toolkit always passes, and
+    anything else is a corrupt line to redo rather than a guess.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"a {what} must be a JSON object")
+    for key, allowed in types.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            raise ValueError(f"{what} field {key!r} has the wrong type ({type(value).__name__})")
 
 
 def _put(out: dict[str, Any], key: str, value: Any) -> None:

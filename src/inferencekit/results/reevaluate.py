@@ -4,14 +4,15 @@ A run folder always agrees with itself, so other settings are written beside it 
 evaluation, `RUN/evaluations/<name>/`, laid out like a run folder (`config.yaml` with the changed
 settings, `predictions.jsonl` re-graded, `metrics.json`, `evaluation.json` saying what changed), which
 `report` lists and `compare` reads like any run. Only `in_place=True` re-grades the run itself: its
-predictions, config and metrics are then all rewritten (each write-then-rename, the config and metrics
-renamed together at the end).
+predictions, config and metrics are then rewritten as one change (`files.write_together`, finished by the
+next command after a crash), holding the run folder's lock so that no `run` appends meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Any
 
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.errors import UserError
+from inferencekit.files import write_atomic, write_together
 from inferencekit.grading import Grader
 from inferencekit.results.evaluate import check_votes, compute_metrics, grade_records
+from inferencekit.results.lock import run_folder_lock, settle
 from inferencekit.results.records import graded_style, lines
 from inferencekit.results.store import (
     CONFIG,
@@ -28,8 +31,6 @@ from inferencekit.results.store import (
     METRICS,
     PREDICTIONS,
     RunStore,
-    write_atomic,
-    write_together,
 )
 
 EVALUATION = "evaluation.json"
@@ -80,17 +81,25 @@ def reevaluate(
     an unknown key is a `UserError`). Without `in_place` the result goes to `RUN/evaluations/<name>`
     (name from the changed settings when not given) and the run's own files stay as they were.
     """
+    if in_place and name:
+        raise UserError("give either --in-place (re-grade the run itself) or --name (a separate evaluation)")
+    if name is not None and not NAME_RE.fullmatch(name):
+        raise UserError(f"evaluation name {name!r} must be letters, digits and . _ , = - (at most 100)")
     store = RunStore(run_dir)
+    store.read_config()  # a UserError when it is no run folder, before any lock file is made in it
+    settle(store.path)
+    with run_folder_lock(store.path, "evaluate --in-place") if in_place else nullcontext():
+        return _reevaluate(store, votes, aggregation, box_match, grader, name, in_place, settings)
+
+
+def _reevaluate(store: RunStore, votes: Any, aggregation: str | None, box_match: str | None, grader: str | None,
+                name: str | None, in_place: bool, settings: dict[str, Any]) -> Evaluation:
     old = config_from_dict(store.read_config(), f"{store.path}/{CONFIG}")
     asked = {"votes": votes, "aggregation": aggregation, "box_match": box_match, "grader": grader,
              **settings}
     config = config_from_dict({**old.model_dump(), **{k: v for k, v in asked.items() if v is not None}},
                               "evaluation settings")
     changes = {k: getattr(config, k) for k in asked if asked[k] is not None and getattr(config, k) != getattr(old, k)}
-    if in_place and name:
-        raise UserError("give either --in-place (re-grade the run itself) or --name (a separate evaluation)")
-    if name is not None and not NAME_RE.fullmatch(name):
-        raise UserError(f"evaluation name {name!r} must be letters, digits and . _ , = - (at most 100)")
     records = store.records()
     if not records:
         raise UserError(f"{store.path} has no finished samples to evaluate")
@@ -104,8 +113,9 @@ def reevaluate(
     metrics["grader"] = config.grader
     text = lines(records)
     if in_place:
-        write_atomic(store.predictions_path, text)
-        write_together(store.path, {CONFIG: config.to_yaml(), METRICS: json.dumps(metrics, indent=2) + "\n"})
+        # predictions, config and metrics change as one (a journal finishes it after a crash: files.recover)
+        write_together(store.path, {PREDICTIONS: text, CONFIG: config.to_yaml(),
+                                    METRICS: json.dumps(metrics, indent=2) + "\n"})
         return Evaluation(store.path, None, changes, metrics)
     name = name or evaluation_name(changes)
     out = RunStore(store.path / EVALUATIONS / name)

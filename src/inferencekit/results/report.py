@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferencekit.errors import UserError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from inferencekit.errors import UserError, first_line
+from inferencekit.redact import redact
 from inferencekit.results.evaluate import compute_metrics
+from inferencekit.results.lock import settle
 from inferencekit.results.records import Record
 from inferencekit.results.store import RunStore, write_atomic
 
@@ -39,7 +43,10 @@ class Run:
 
     @property
     def n(self) -> int:
-        return int(self.config.get("n") or max((len(r.candidates) for r in self.records), default=1))
+        n = self.config.get("n")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+        return max((len(r.candidates) for r in self.records), default=1)
 
     @property
     def tokens_per_problem(self) -> float:
@@ -65,13 +72,42 @@ class Run:
 def load_run(path: str | Path, label: str) -> Run:
     """One run folder; metrics are recomputed from the predictions when metrics.json is missing."""
     store = RunStore(path)
+    settle(store.path)  # an update a crash left half done is finished first
     config = store.read_config()  # UserError when not a run folder
     records = store.records()
-    metrics = store.read_metrics()
+    metrics = _checked_metrics(store.read_metrics(), store.path)
     if not metrics:
         votes = list(records[0].correct if records else config.get("votes", []))
         metrics = compute_metrics(records, votes, config.get("aggregation", "last"))
     return Run(label, store.path, config, metrics, records)
+
+
+class _VoteMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    accuracy: float
+    ci95: tuple[float, float]
+
+
+class _Metrics(BaseModel):
+    """What the report computes with in a metrics.json (the rest is shown as escaped text)."""
+
+    model_config = ConfigDict(extra="allow")
+    votes: dict[str, _VoteMetrics] = {}
+    usage: dict[str, float] = {}
+    health: dict[str, float] = {}
+    curves: dict[str, dict[int, float]] = {}
+    n_samples: int | None = None
+
+
+def _checked_metrics(metrics: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A run's metrics.json with its numbers checked; one-line `UserError` when it is malformed."""
+    if not metrics:
+        return metrics
+    try:
+        return _Metrics.model_validate(metrics).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        raise UserError(f"{path}/metrics.json is malformed ({first_line(exc.errors()[0]['msg'])} at "
+                        f"{'.'.join(map(str, exc.errors()[0]['loc']))}); delete it to have it recomputed") from None
 
 
 def with_evaluations(paths: list[Path]) -> list[Path]:
@@ -206,14 +242,14 @@ def _sample_html(run: Run, record: Record, open_: bool = False) -> str:
     correct = record.correct
     first_ok = next(iter(correct.values()), False)
     if record.failed:
-        return (f'<details class="s" data-ok="0"><summary>{E(run.label)} #{record.index} '
-                f'<span class="no">failed</span> <span class="muted">{E(str(record.error or ""))}</span>'
+        return (f'<details class="s" data-ok="0"><summary>{E(run.label)} #{E(str(record.index))} '
+                f'<span class="no">failed</span> <span class="muted">{E(redact(str(record.error or "")))}</span>'
                 f"</summary><pre>{E(str(record.input))}</pre></details>")
     predictions = record.predictions.items()
     votes = " ".join(f"{E(v)}: {E(str(a))} {_mark(correct.get(v))}" for v, a in predictions)
     parts = [
         f'<details class="s" data-ok="{int(bool(first_ok))}"{" open" * open_}>'
-        f'<summary>{E(run.label)} #{record.index} '
+        f'<summary>{E(run.label)} #{E(str(record.index))} '
         f'{_mark(first_ok)} <span class="muted">{E(" ".join(str(record.input).split())[:110])}</span>'
         "</summary>",
         f"<p><b>input</b></p><pre>{E(str(record.input))}</pre>",
@@ -222,7 +258,7 @@ def _sample_html(run: Run, record: Record, open_: bool = False) -> str:
     for j, cand in enumerate(record.candidates):
         parts.append(
             f'<div class="cand"><b>candidate {j + 1}</b> answer {E(str(cand.answer))} '
-            f"{_mark(cand.correct)} · {cand.tokens} tokens · ended by "
+            f"{_mark(cand.correct)} · {E(str(cand.tokens))} tokens · ended by "
             f"{E(str(cand.finish_reason or '?'))}{' · &lt;think&gt; left open' * bool(cand.unclosed_think)}"
             f" · step scores "
             f"{E(_scores(cand.step_scores))}<pre>{E(cand.text)}</pre></div>"
@@ -239,7 +275,8 @@ def render_html(runs: list[Run], rows: list[dict[str, Any]], plots: dict[str, by
     body = "\n".join(
         f'<tr class="m"><td class="l">{E(r["run"])}</td><td class="l">{E(r["vote"])}</td>'
         f"<td>{r['accuracy']:.1%}</td><td>[{r['ci95_low']:.1%}, {r['ci95_high']:.1%}]</td>"
-        f"<td>{r['correct']} / {r['n']}</td><td>{r['failed']}</td><td>{r['samples_per_problem']}</td>"
+        f"<td>{E(str(r['correct']))} / {E(str(r['n']))}</td><td>{E(str(r['failed']))}</td>"
+        f"<td>{E(str(r['samples_per_problem']))}</td>"
         f"<td>{r['tokens_per_problem']:.1f}</td><td>{r['flops_per_problem']:.3g}</td>"
         f"<td>{r['seconds']:.1f}</td><td>{r['reward_calls']:.3g}</td><td>{r['truncation_rate']:.1%}</td>"
         f"<td>{r['unclosed_think_rate']:.1%}</td><td>{r['no_answer_rate']:.1%}</td></tr>"

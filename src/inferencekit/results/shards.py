@@ -18,10 +18,11 @@ from typing import Any
 
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.errors import UserError
+from inferencekit.files import write_together
+from inferencekit.results.lock import run_folder_lock
 from inferencekit.results.records import Record, lines
-from inferencekit.results.store import CONFIG, PREDICTIONS, RunStore, write_atomic
+from inferencekit.results.store import CONFIG, MERGED, METRICS, PREDICTIONS, RunStore
 
-MERGED = "merged.json"  # written by merge: which shards the run folder's files came from
 _FOLDER = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
@@ -51,11 +52,16 @@ def select_shard(dataset, shard: str | None):
 
 def merge(run_dir: str | Path) -> dict[str, Any]:
     """Merge a sharded experiment's shards into its run folder; return the whole experiment's metrics."""
+    run_dir = Path(run_dir)
+    shards = _find_shards(run_dir)
+    with run_folder_lock(run_dir, "merge"):
+        return _merge(run_dir, shards)
+
+
+def _merge(run_dir: Path, shards: dict[int, RunStore]) -> dict[str, Any]:
     from inferencekit.datasets import load_dataset
     from inferencekit.results.evaluate import apply_votes, compute_metrics
 
-    run_dir = Path(run_dir)
-    shards = _find_shards(run_dir)
     configs = {i: _config(store) for i, store in shards.items()}
     first = configs[1]
     for i, config in configs.items():
@@ -82,11 +88,11 @@ def merge(run_dir: str | Path) -> dict[str, Any]:
 
     whole = first.model_copy(update={"shard": None})
     apply_votes([r for r in records if set(whole.votes) - set(r.correct)], whole.votes, whole.aggregation)
-    write_atomic(run_dir / CONFIG, whole.to_yaml())
-    write_atomic(run_dir / PREDICTIONS, lines(records))
     metrics = compute_metrics(records, whole.votes, whole.aggregation, seed=whole.seed)
-    RunStore(run_dir).write_metrics(metrics)
-    write_atomic(run_dir / MERGED, json.dumps({"shards": k, "problems": len(records)}) + "\n")
+    # one change (journal, files.recover): a crash part-way can neither mix files nor look like an unsharded run
+    write_together(run_dir, {CONFIG: whole.to_yaml(), PREDICTIONS: lines(records),
+                             METRICS: json.dumps(metrics, indent=2) + "\n",
+                             MERGED: json.dumps({"shards": k, "problems": len(records)}) + "\n"})
     return metrics
 
 

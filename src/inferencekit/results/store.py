@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from inferencekit.errors import UserError
+from inferencekit.errors import UserError, first_line
 from inferencekit.files import write_atomic
 from inferencekit.results.records import Record
 
@@ -26,6 +26,7 @@ METRICS = "metrics.json"
 LOG = "run.log"
 PROVENANCE = "provenance.json"
 EVALUATIONS = "evaluations"
+MERGED = "merged.json"  # written by merge: which shards the run folder's files came from
 
 
 def run_dir_for(work_dir: str | Path, dataset: str, model: str, reward_model: str | None, exp_name: str) -> Path:
@@ -35,22 +36,8 @@ def run_dir_for(work_dir: str | Path, dataset: str, model: str, reward_model: st
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "x"
-
-
-def write_together(folder: Path, files: dict[str, str]) -> None:
-    """Write several files of one folder so that they change together: all temporary files are written
-    and synced first, then renamed into place one right after another."""
-    tmps = []
-    for name, text in files.items():
-        tmp = folder / f".{name}.tmp"
-        with tmp.open("wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        tmps.append((tmp, folder / name))
-    for tmp, path in tmps:
-        os.replace(tmp, path)
+    """`name` as one path component: no separators, and no leading dot (so never `.` or `..`, nor hidden)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lstrip(".") or "x"
 
 
 class RunStore:
@@ -71,7 +58,7 @@ class RunStore:
             raise UserError(f"{self.path} is not a run folder (no {CONFIG})")
         try:
             data = yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):
             data = None
         if not isinstance(data, dict):
             raise UserError(f"{self.path}/{CONFIG} cannot be read as a run configuration")
@@ -107,7 +94,7 @@ class RunStore:
         path = self.predictions_path
         if not path.is_file() or path.stat().st_size == 0:
             return
-        with path.open("rb+") as f:
+        with os.fdopen(os.open(path, os.O_RDWR | os.O_NOFOLLOW), "rb+") as f:
             data = f.read()
             if data.endswith(b"\n"):
                 return
@@ -115,8 +102,9 @@ class RunStore:
 
     def append(self, record: Record) -> None:
         """Append one finished sample and make it durable before returning."""
-        line = record.to_line()
-        with self.predictions_path.open("a", encoding="utf-8") as f:
+        line = record.to_line().encode("utf-8")
+        fd = os.open(self.predictions_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:  # never through a symbolic link (a received folder's)
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -126,7 +114,15 @@ class RunStore:
 
     def read_metrics(self) -> dict[str, Any]:
         path = self.path / METRICS
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise UserError(f"{path} is not valid JSON ({first_line(exc)}); delete it to have it recomputed") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path} must hold a JSON object; delete it to have it recomputed")
+        return data
 
     def set_aside(self) -> Path | None:
         """Move old predictions, metrics, provenance and evaluations aside (for --no-resume); returns the
