@@ -182,6 +182,8 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
             while problems.running and not stop:
                 finished, _ = wait(problems.running, timeout=_POLL_S, return_when=FIRST_COMPLETED)
                 for future in problems.in_order(finished):
+                    if stop:  # the way out saves the rest
+                        break
                     problems.save(future)
                     if hook is not None and problems.saved == hook.after:
                         hook.fire(problems.running)
