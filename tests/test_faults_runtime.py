@@ -330,6 +330,7 @@ def test_a_question_longer_than_the_context_fails_that_problem_only(tmp_path):
     assert "Traceback" not in err
     rows = {r["index"]: r for r in lines(work)}
     assert set(rows) == {0, 1, 2}
-    assert rows[1]["failed"] and "does not fit the context of 512: raise it with --model-arg n_ctx=N" in rows[1]["error"]
+    assert rows[1]["failed"]
+    assert "does not fit the context of 512: raise it with --model-arg n_ctx=N" in rows[1]["error"]
     assert not rows[0].get("failed") and not rows[2].get("failed")
     assert "1 problem(s) failed" in " ".join((out + err).split())
