@@ -33,20 +33,28 @@ EMBEDDED = ["--model-arg", "n_threads=1", "--no-progress"]
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A run in a process group of its own: a failing test kills all of it, children that outlive it included."""
     return subprocess.Popen([sys.executable, "-m", "inferencekit.cli", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
+def kill_group(proc: subprocess.Popen) -> str:
+    """SIGKILL the run's process group (orphans holding its pipes too); its stderr."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.communicate(timeout=30)[1][-2000:]
+
+
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str, float]:
-    """Return code, stdout, stderr and seconds until the process ended (killed after `timeout`)."""
+    """Return code, stdout, stderr and seconds until the process ended and closed its pipes (else a failure)."""
     begin = time.monotonic()
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"still running {timeout:.0f} s later; stderr: {err[-2000:]}")
+        pytest.fail(f"exit {proc.poll()}, pipes still open {timeout:.0f} s later; stderr: {kill_group(proc)}")
     return proc.returncode, out, err, time.monotonic() - begin
 
 
@@ -54,10 +62,9 @@ def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: f
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended first (exit {proc.returncode}): {proc.stderr.read()[-2000:]}")
+            pytest.fail(f"the run ended first (exit {proc.returncode}): {kill_group(proc)}")
         if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("timed out waiting for the run")
+            pytest.fail(f"timed out waiting for the run: {kill_group(proc)}")
         time.sleep(0.05)
 
 
@@ -189,6 +196,51 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert "exiting now" in err and "Traceback" not in err
     assert saved and lines(work) == saved  # what was saved stays; the finished rest is redone by a rerun
     assert not still_alive(children), "child processes outlived the run"
+
+
+def _generate_then_cancel(generator, params, started: Callable[[], bool]) -> tuple[BaseException | None, float]:
+    """Generate in a thread, cancel once `started()`; the thread's error and the seconds it took to end."""
+    outcome: list[BaseException | None] = []
+
+    def work() -> None:
+        try:
+            generator.generate(["Count from one to one thousand in words:"] * 2, params)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not started() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    begin = time.monotonic()
+    generator.cancel()
+    thread.join(timeout=60)
+    return (outcome[0] if outcome else TimeoutError("still generating")), time.monotonic() - begin
+
+
+@pytest.mark.parametrize("backend", ["hf", "llamacpp"])
+def test_cancel_stops_an_engine_between_two_steps(backend, request):
+    """A batch decoding 1,900 tokens a row stops at the next step; later requests are refused."""
+    from inferencekit.models import load_generator
+    from inferencekit.models.base import Cancelled, SamplingParams
+
+    if backend == "hf":
+        spec = GeneratorSpec(name="tiny", path=str(request.getfixturevalue("tiny_llama_dir")), backend="hf")
+    else:
+        spec = GeneratorSpec(name="smol", path=GGUF, backend="llamacpp", n_threads=1)
+    generator = load_generator(spec)
+    try:
+        begun = time.monotonic()
+        params = SamplingParams(n=4, temperature=1.0, max_new_tokens=1900, seed=1)
+        error, seconds = _generate_then_cancel(generator, params, lambda: time.monotonic() - begun > 1.0)
+        assert isinstance(error, Cancelled), error
+        assert seconds < 10
+        with pytest.raises(Cancelled):
+            generator.generate(["Say yes."], SamplingParams(max_new_tokens=2))
+    finally:
+        generator.close()
 
 
 # --------------------------------------------------------------------------------------- fake servers
