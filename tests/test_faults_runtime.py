@@ -117,6 +117,14 @@ def still_alive(pids: set[int], grace: float = 5.0) -> set[int]:
         time.sleep(0.1)
 
 
+def assert_none_left(pids: set[int]) -> None:
+    """No process of `pids` outlived the run (any that did is killed, so a failing test leaves none)."""
+    left = still_alive(pids)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} child process(es) outlived the run"
+
+
 def math_dataset(path: Path, rows: int = 12) -> Path:
     """MATH-style problems: the model rarely boxes its answer, so grading goes to the worker processes."""
     path.write_text("".join(json.dumps({"problem": f"Simplify $\\frac{{{k + 2}}}{{{2 * k + 4}}} + {k}$ and explain "
@@ -154,7 +162,7 @@ def test_a_signal_stops_the_run_in_seconds_saves_and_leaves_no_process(sig, tmp_
     saved = lines(work)
     assert f"saved the {len(saved)} problem(s)" in message
     assert all("majority" in r["correct"] for r in saved)  # graded, complete lines
-    assert not still_alive(children), "child processes outlived the run"
+    assert_none_left(children)
 
 
 def test_finished_problems_are_saved_on_the_way_out_and_a_rerun_resumes(tmp_path):
@@ -195,7 +203,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert code == 130 and seconds < 10, err
     assert "exiting now" in err and "Traceback" not in err
     assert saved and lines(work) == saved  # what was saved stays; the finished rest is redone by a rerun
-    assert not still_alive(children), "child processes outlived the run"
+    assert_none_left(children)
 
 
 def _generate_then_cancel(generator, params, started: Callable[[], bool]) -> tuple[BaseException | None, float]:
