@@ -125,6 +125,15 @@ def assert_none_left(pids: set[int]) -> None:
     assert not left, f"{len(left)} child process(es) outlived the run"
 
 
+def one_short_then_long(path: Path, rows: int = 8) -> Path:
+    """A question answered in a few tokens, then lists the model goes on with up to any --max-new-tokens."""
+    long = [f"Continue this list to 1000 without stopping: {', '.join(str(a + k) for k in range(12))},"
+            for a in range(1, rows)]
+    path.write_text("".join(json.dumps({"problem": q, "answer": a}) + "\n"
+                            for q, a in [("What is 1 plus 1?", "2"), *((q, "1000") for q in long)]))
+    return path
+
+
 def math_dataset(path: Path, rows: int = 12) -> Path:
     """MATH-style problems: the model rarely boxes its answer, so grading goes to the worker processes."""
     path.write_text("".join(json.dumps({"problem": f"Simplify $\\frac{{{k + 2}}}{{{2 * k + 4}}} + {k}$ and explain "
@@ -146,7 +155,7 @@ def one_line_without_traceback(stderr: str) -> str:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_run_in_seconds_saves_and_leaves_no_process(sig, tmp_path):
     """Long problems in flight are cancelled, not awaited; the grading workers and their forkserver go too."""
-    data = math_dataset(tmp_path / "algebra.jsonl")
+    data = one_short_then_long(tmp_path / "lists.jsonl")
     work = tmp_path / "work"
     proc = start("--dataset", str(data), "--max-new-tokens", "700", "--batch-size", "3", "--work-dir", str(work),
                  *EMBEDDED)
@@ -156,7 +165,7 @@ def test_a_signal_stops_the_run_in_seconds_saves_and_leaves_no_process(sig, tmp_
     proc.send_signal(sig)
     code, _, err, seconds = finish(proc, timeout=120)
     assert code == 128 + sig, err
-    assert seconds < 30  # five problems of up to 700 tokens were in flight
+    assert seconds < 30  # five lists of 700 tokens were in flight: minutes of decoding here
     message = one_line_without_traceback(err)
     assert f"interrupted ({sig.name})" in message and "rerun the same command to resume" in message
     saved = lines(work)
