@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, NoReturn
 
 import yaml
 
 from inferencekit.errors import UserError, first_line
+from inferencekit.interrupt import Interrupted, handle_signals
 from inferencekit.redact import redact
 
 EXIT_USAGE = 2
@@ -299,21 +303,38 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as exc:
-        sys.stderr.write(f"inferencekit: error: {redact(str(exc))}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("inferencekit: interrupted; rerun the same command to resume\n")
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except OSError as exc:  # full disk, read-only folder, ...: the system's word, in one line
-        where = f": {exc.filename}" if exc.filename else ""
-        sys.stderr.write(f"inferencekit: error: {redact(exc.strerror or first_line(exc))}{where}\n")
-        return 1
+    # Ctrl-C and SIGTERM stop a command cleanly, a second one at once (interrupt.py); chat keeps Ctrl-C for itself
+    with nullcontext() if args.command == "chat" else handle_signals():
+        try:
+            return COMMANDS[args.command](args)
+        except UserError as exc:
+            sys.stderr.write(f"inferencekit: error: {redact(str(exc))}\n")
+            return EXIT_USAGE
+        except KeyboardInterrupt as exc:
+            stopped = exc if isinstance(exc, Interrupted) else Interrupted()
+            sys.stderr.write(f"inferencekit: {stopped.message()}\n")
+            _leave_if_stuck(stopped.exit_code)
+            return stopped.exit_code
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except OSError as exc:  # full disk, read-only folder, ...: the system's word, in one line
+            where = f": {exc.filename}" if exc.filename else ""
+            sys.stderr.write(f"inferencekit: error: {redact(exc.strerror or first_line(exc))}{where}\n")
+            return 1
+
+
+def _leave_if_stuck(code: int, grace_s: float = 3.0) -> None:
+    """Exit now when a worker thread still runs after `grace_s` (an engine that did not notice the cancel):
+    the interpreter would wait for it at exit. Everything finished was saved before."""
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "g
                 "shard", "executor", "replicas", "ray_address", "ray_num_gpus")
 # Model arguments that say where or how fast a model runs, not what it computes.
 RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences", "device_map", "kv_cache_mib",
-                      "api_key_file", "max_retries", "retry_delay", "request_timeout")
+                      "api_key_file", "max_retries", "retry_delay", "request_timeout", "connect_timeout",
+                      "timeout_retries")
 # Which layer a run setting given as its own flag belongs to (the rest are runtime arguments):
 GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")  # command-line generation arguments
 MODEL_ARG_KEYS = ("dtype", "device_map", "attn_implementation", "trust_remote_code")  # shortcuts of --model-arg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import signal
 import sys
 import threading
 import time
@@ -13,14 +14,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from inferencekit import interrupt
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError, one_line
 from inferencekit.grading import Grader
 from inferencekit.models import Generator, executor_args, load_generator, resolve_model
-from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_account
+from inferencekit.models.base import REQUEST_AFFINITY, Cancelled, GenerationError, PromptTooLong, usage_account
 from inferencekit.prompts import build_messages
 from inferencekit.redact import RedactingFormatter
 from inferencekit.results.accounting import attach_costs, parameter_counts
@@ -158,62 +160,143 @@ def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
     store.repair()
 
 
+_POLL_S = 0.2  # how often the run looks at a stop request while problems run
+_CANCEL_GRACE_S = 5.0  # how long cancelled problems get to end before the run stops without them
+
+
 def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Sample], store, config, show_progress):
     """Search up to K problems at once, each on its own; grade and append each as soon as it finishes.
 
     Each problem's search runs in a worker thread with its own context (REQUEST_AFFINITY, a usage
     account), so the engines batch the requests of all problems in flight. Problems are taken from
     `todo` only as slots free up (memory stays flat on a huge dataset), and this thread is the only
-    writer of the run folder.
+    writer of the run folder. A stop request (Ctrl-C, SIGTERM: see `inferencekit.interrupt`) saves what
+    finished, cancels the rest and raises `Interrupted`.
     """
     from inferencekit.progress import RunProgress
 
     total = len(dataset.samples)
     workers = config.concurrency or 2 * config.batch_size
-    samples = iter(todo)
-    clock = _SharedClock()
-    costs = parameter_counts(generator, reward_model)
-    with Grader(workers=config.grading_workers, timeout=config.grading_timeout) as grader, RunProgress(
+    with interrupt.stop_request() as stop, Grader(
+        workers=config.grading_workers, timeout=config.grading_timeout
+    ) as grader, RunProgress(
         total=total, done=total - len(todo), vote=config.votes[0], enabled=show_progress
-    ) as progress, ThreadPoolExecutor(workers, thread_name_prefix="problem") as pool:
-        running: dict[Future, tuple[Sample, Problem]] = {}
-
-        def fill() -> None:
-            for sample in itertools.islice(samples, workers - len(running)):
-                problem = Problem(
-                    index=sample.index,
-                    question=sample.input,
-                    prompt=generator.chat_prompt(
-                        build_messages(sample, dataset, config.system_prompt, config.prompt_template)
-                    ),
-                    seed=problem_seed(config.seed, sample.index),
-                )
-                running[pool.submit(contextvars.copy_context().run, _solve, method, problem, clock)] = (
-                    sample, problem)
-
-        fill()
+    ) as progress:
+        problems = _Problems(method, generator, reward_model, dataset, todo, store, config, grader, progress, workers)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="problem")
+        hook = interrupt.signal_hook()
+        clean, finished = False, []
         try:
-            while running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in sorted(finished, key=lambda f: running[f][0].index):
-                    sample, problem = running.pop(future)
-                    outcome = future.result()
-                    record = _record(sample, problem, outcome.candidates, outcome.usage, dataset.style)
-                    attach_costs(record, *costs)  # FLOPs, and each candidate's share of the problem's cost
-                    if outcome.error is not None:
-                        record.mark_failed(outcome.error)
-                        log.warning("problem %d failed: %s", sample.index, outcome.error)
-                    else:
-                        grade_records(
-                            [record], grader, style=dataset.style, votes=config.votes,
-                            aggregation=config.aggregation, box_match=config.box_match, engine=config.grader,
-                        )
-                    store.append(record)
-                    progress.advance(record.correct.get(config.votes[0], False))
-                fill()
+            problems.fill(pool)
+            while problems.running and not stop:
+                finished, _ = wait(problems.running, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+                for future in problems.in_order(finished):
+                    if stop:  # the way out saves the rest
+                        break
+                    problems.save(future)
+                    if hook is not None and problems.saved == hook.after:
+                        hook.fire(problems.running)
+                if not stop:
+                    problems.fill(pool)
+            clean = not stop
+        except KeyboardInterrupt as exc:  # a library caller's Ctrl-C (the CLI's handler sets `stop` instead)
+            stop.signum = getattr(exc, "signum", signal.SIGINT)
         finally:
-            for future in running:  # an error above: the problems not started never will
-                future.cancel()
+            if not clean:  # stopping, or an error: the problems in flight are abandoned, not awaited
+                finished = [f for f in problems.running if f.done()]  # before the cancel takes effect
+                generator.cancel()
+            pool.shutdown(wait=clean, cancel_futures=True)
+        if stop:
+            problems.stop(stop.signum, finished, hook)
+
+
+class _Problems:
+    """The problems in flight of one invocation: admitted as slots free up, saved as each finishes."""
+
+    def __init__(self, method, generator, reward_model, dataset: Dataset, todo: list[Sample], store: RunStore,
+                 config: RunConfig, grader: Grader, progress, workers: int) -> None:
+        self.method, self.generator, self.dataset, self.store, self.config = method, generator, dataset, store, config
+        self.grader, self.progress, self.workers = grader, progress, workers
+        self.samples = iter(todo)
+        self.todo = len(todo)
+        self.clock = _SharedClock()
+        self.costs = parameter_counts(generator, reward_model)
+        self.running: dict[Future, tuple[Sample, Problem]] = {}
+        self.saved = self.succeeded = 0
+        # A prompt too long for the context fails its problem; while no problem has fit yet such failures are
+        # held back: when none of the first wave fits, the context is the user's mistake about the whole run.
+        self.fitted = len(todo) < len(dataset.samples)  # an earlier invocation finished some
+        self.held: list[Record] = []
+
+    def fill(self, pool: ThreadPoolExecutor) -> None:
+        for sample in itertools.islice(self.samples, self.workers - len(self.running)):
+            problem = Problem(
+                index=sample.index,
+                question=sample.input,
+                prompt=self.generator.chat_prompt(
+                    build_messages(sample, self.dataset, self.config.system_prompt, self.config.prompt_template)
+                ),
+                seed=problem_seed(self.config.seed, sample.index),
+            )
+            future = pool.submit(contextvars.copy_context().run, _solve, self.method, problem, self.clock)
+            self.running[future] = (sample, problem)
+
+    def in_order(self, futures) -> list[Future]:
+        return sorted(futures, key=lambda f: self.running[f][0].index)
+
+    def save(self, future: Future) -> None:
+        """Grade and append a finished problem (a cancelled one is dropped: a rerun does it)."""
+        sample, problem = self.running.pop(future)
+        outcome = future.result()  # a UserError from a worker: the user's mistake about the whole run
+        if outcome.cancelled:
+            return
+        record = _record(sample, problem, outcome.candidates, outcome.usage, self.dataset.style)
+        attach_costs(record, *self.costs)  # FLOPs, and each candidate's share of the problem's cost
+        if outcome.error is not None:
+            record.mark_failed(outcome.error)
+            log.warning("problem %d failed: %s", sample.index, outcome.error)
+        else:
+            grade_records(
+                [record], self.grader, style=self.dataset.style, votes=self.config.votes,
+                aggregation=self.config.aggregation, box_match=self.config.box_match, engine=self.config.grader,
+            )
+        if outcome.too_long and not self.fitted:
+            self.held.append(record)
+            if len(self.held) >= min(self.workers, self.todo):
+                raise UserError(f"not one of the first {len(self.held)} prompts fits: {self.held[0].error}")
+            return
+        if not outcome.too_long and not self.fitted:
+            self.fitted = True
+            for held in self.held:
+                self._append(held)
+            self.held = []
+        self._append(record)
+
+    def _append(self, record: Record) -> None:
+        self.store.append(record)
+        self.saved += 1
+        self.succeeded += not record.failed
+        self.progress.advance(record.correct.get(self.config.votes[0], False))
+
+    def stop(self, signum: int, finished: list[Future], hook: interrupt.SignalHook | None) -> NoReturn:
+        """Save the problems that `finished` before the cancel, give the cancelled ones a moment to end, and
+        raise `Interrupted`."""
+        log.warning("stopping (%s): saving the problems that finished, cancelling the rest",
+                    signal.Signals(signum).name)
+        if hook is not None:
+            hook.stall()
+        for future in self.in_order(finished):
+            self.save(future)
+        wait(self.running, timeout=_CANCEL_GRACE_S)  # so the engine is idle when it is closed
+        for future in self.in_order([f for f in self.running if f.done()]):
+            if future.exception() is None and future.result().error is None:  # ended between look and cancel
+                self.save(future)
+        for held in self.held:  # no problem got to show the context fits: these stay failed
+            self._append(held)
+        done = len(self.dataset.samples) - self.todo + self.succeeded
+        log.warning("interrupted: saved %d problem(s) this run finished (%d of %d done)", self.saved, done,
+                    len(self.dataset.samples))
+        raise interrupt.Interrupted(signum, saved=self.saved, done=done, total=len(self.dataset.samples))
 
 
 @dataclass
@@ -221,17 +304,30 @@ class _Outcome:
     candidates: list[Candidate]
     usage: dict[str, Any]
     error: str | None = None
+    too_long: bool = False  # the prompt did not fit the context
+    cancelled: bool = False  # abandoned: the run is stopping
 
 
 def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
-    """One problem's search, in this worker's own context: its requests carry its index and usage account."""
+    """One problem's search, in this worker's own context: its requests carry its index and usage account.
+
+    Any failure but the user's own mistake about the whole run (`UserError`) fails this problem only.
+    """
     affinity = REQUEST_AFFINITY.set(problem.index)  # reset below: a caller's own context is left as it was
-    error = None
+    candidates: list[Candidate] = []
+    error, too_long, cancelled = None, False, False
     with usage_account() as account, clock.share() as seconds:
         try:
             (candidates,) = method.search([problem])
+        except Cancelled:
+            cancelled = True
         except GenerationError as exc:
-            candidates, error = [], one_line(exc)
+            error, too_long = one_line(exc), isinstance(exc, PromptTooLong)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an engine's or a method's failure on this problem
+            log.warning("problem %d failed", problem.index, exc_info=True)  # the traceback goes to run.log
+            error = f"{type(exc).__name__}: {one_line(exc)}"
         finally:
             REQUEST_AFFINITY.reset(affinity)
     # Tree searches count every generated token, pruned branches included; else the candidates' own.
@@ -244,7 +340,7 @@ def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
         usage[f"{prefix}calls"] = round(work.calls, 4)
         usage[f"{prefix}prompt_tokens"] = round(work.prompt_tokens, 2)
         usage[f"{prefix}computed_prompt_tokens"] = round(work.computed_prompt_tokens, 2)
-    return _Outcome(candidates, usage, error)
+    return _Outcome(candidates, usage, error, too_long, cancelled)
 
 
 class _SharedClock:

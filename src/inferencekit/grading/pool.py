@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from inferencekit.grading.equivalence import GradingTimeout, is_equiv, math_verify_equiv, quick_equiv, time_limit
 from inferencekit.grading.extract import gold_answer, quick_extract
 from inferencekit.grading.grade import check_engine, grade_answer, needs_letter_search
+from inferencekit.interrupt import on_hard_exit
 
 # A job for a worker: ("equiv", pred, gold) compares two answers; ("grade", text, gold, dataset,
 # box_match, engine) extracts the answer too. Either gives (answer or None, verdict).
@@ -28,6 +31,8 @@ _STARTUP_TIMEOUT = 120.0  # seconds for a fresh pool to import sympy/math-verify
 
 
 def _warm_up() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides, and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The first parse builds math-verify's parser; doing it at worker start keeps it out of deadlines.
     math_verify_equiv("\\frac{1}{2}", "0.5")
     grade_answer("so the answer is $\\frac{1}{2}$.", "0.5")
@@ -35,6 +40,10 @@ def _warm_up() -> None:
 
 def _ready() -> bool:
     return True
+
+
+def _nothing() -> None:
+    pass
 
 
 def _do(job: Job) -> Outcome:
@@ -100,18 +109,23 @@ class Grader:
         self.worker_timer = worker_timer
         self.restarts = 0  # how many times a stuck pool was killed and replaced
         self._pool: ProcessPoolExecutor | None = None
+        self._forget_on_exit: Callable[[], None] = _nothing
 
     def __enter__(self) -> Grader:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(kill=exc_type is not None)
 
-    def close(self) -> None:
-        """Shut the worker processes down."""
+    def close(self, kill: bool = False) -> None:
+        """Shut the worker processes down: after their current items, or at once with ``kill``."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            if kill:
+                _kill(pool)
+            else:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self._forget_on_exit()
 
     def is_equiv_many(self, pairs: list[tuple[str | None, str]]) -> list[bool]:
         """``is_equiv`` over ``(pred, gold)`` pairs, in parallel, in input order."""
@@ -190,12 +204,12 @@ class Grader:
                 _kill(pool)
                 raise RuntimeError("grading worker processes failed to start")
             self._pool = pool
+            # a second Ctrl-C exits without unwinding: the workers must not outlive this process
+            self._forget_on_exit = on_hard_exit(lambda: _signal_all(pool, signal.SIGKILL))
         return self._pool
 
     def _restart(self) -> None:
-        if self._pool is not None:
-            _kill(self._pool)
-            self._pool = None
+        self.close(kill=True)
         self.restarts += 1
 
     def _deadline(self, n_items: int) -> float:
@@ -247,6 +261,16 @@ class Grader:
                 in_flight.clear()
                 self._restart()
         return results
+
+
+def _signal_all(pool: ProcessPoolExecutor, signum: int) -> None:
+    """Send `signum` to a pool's worker processes (safe in a signal handler: no locks, no waiting)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.pid is not None:
+            try:
+                os.kill(process.pid, signum)
+            except OSError:  # already gone
+                pass
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:

@@ -157,6 +157,14 @@ class GenerationError(RuntimeError):
     """
 
 
+class PromptTooLong(GenerationError):
+    """A prompt that does not fit the model's context: that problem fails (recorded, retried), not the run."""
+
+
+class Cancelled(GenerationError):
+    """The run is stopping (`Generator.cancel`): the request was abandoned and its problem is not recorded."""
+
+
 class Generator(ABC):
     """A language model that continues prompts.
 
@@ -168,6 +176,7 @@ class Generator(ABC):
 
     name: str = "generator"
     can_score_text: ClassVar[bool] = False  # True: `score_text` is implemented (ask this, never probe)
+    cancelled: bool = False  # set by `cancel`
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -233,6 +242,18 @@ class Generator(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""
+
+    def cancel(self) -> None:
+        """The run is stopping: abandon the requests in flight and refuse new ones; both raise `Cancelled`.
+
+        Backends override it to stop their work promptly (a decode loop between two steps, HTTP requests at
+        once); `close` still follows. This default only refuses new requests (see `_check_cancelled`).
+        """
+        self.cancelled = True
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled("the run is stopping")
 
     def _record(self, usage: Usage, account: UsageAccount | None = None) -> None:
         """Add one request's work to the total and to its caller's account (default: the current context's)."""
@@ -325,9 +346,14 @@ class GeneratorSpec:
     api_key: str | None = None
     # openai backend: where the key comes from when api_key is unset ($OPENAI_API_KEY otherwise), and retries
     api_key_file: str | None = None
-    max_retries: int = 5  # retries of a failed request (connection error, timeout, 429, 5xx)
+    max_retries: int = 5  # retries of a failed request (connection error, timeout, 429, 5xx, a broken answer)
     retry_delay: float = 0.5  # first backoff in seconds; doubles per retry, with jitter
-    request_timeout: float = 600.0  # seconds per HTTP request
+    # seconds to wait for an answer to one HTTP request (a whole completion: raise it for long generations), to
+    # connect, and how many times a request that timed out is retried: a server that accepts a request and never
+    # answers costs a problem at most (timeout_retries + 1) x request_timeout
+    request_timeout: Annotated[float, Field(gt=0)] = 300.0
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    timeout_retries: Annotated[int, Field(ge=0)] = 1
     # openai backend: more fields for every completion request; they win over the neutral sampling
     # settings sent by default (models/served.py), e.g. {"repeat_penalty": 1.1}
     extra_body: dict = field(default_factory=dict)

@@ -206,6 +206,16 @@ class _RowSampler(LogitsProcessor):
         return chosen
 
 
+class _Cancel(StoppingCriteria):
+    """Ends every row at the next step once the generator is cancelled (`generate` then raises `Cancelled`)."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.generator.cancelled, device=input_ids.device)
+
+
 class _RowCaps(StoppingCriteria):
     """Ends each row at its own token cap (rows of one batch may have different caps)."""
 
@@ -405,6 +415,7 @@ class HFGenerator(Generator):
     ) -> tuple[list[list[Completion]], dict[int, int], list[list[int]]]:
         """Completions per prompt, prompt tokens computed per prompt, and the prompts' token ids."""
         with self._generate_lock:
+            self._check_cancelled()  # requests gathered before a cancel
             encoded = [self.encode(p) for p in prompts]
             groups: dict[tuple, list[_Row]] = {}  # rows with other token caps share a batch; stop strings not
             for i, p in enumerate(plist):
@@ -499,6 +510,7 @@ class HFGenerator(Generator):
         text = input_ids.to(device)  # what the stop strings are looked for in
         rows, out = list(range(n)), [[] for _ in range(n)]
         for step in range(max(caps)):
+            self._check_cancelled()  # a stopping run: between two steps
             logits = self.model(input_ids=ids, attention_mask=mask[:, : width + step], position_ids=pos,
                                 use_cache=True, **{_CACHE_KWARG: cache}, **self._last_logits).logits[:, -1]
             chosen = sampler.choose(logits, rows)
@@ -527,8 +539,10 @@ class HFGenerator(Generator):
         """Every row's generated ids (padded after its end) through `generate`: for a model whose cache is
         not all plain attention layers."""
         width, kwargs = input_ids.shape[1], {}
+        criteria = [_Cancel(self)]
         if min(caps) < max(caps):  # each row ends at its own cap
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_RowCaps(caps, width)])
+            criteria.append(_RowCaps(caps, width))
+        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         if cache is not None:
@@ -538,6 +552,7 @@ class HFGenerator(Generator):
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max(caps),
             do_sample=False, logits_processor=LogitsProcessorList([sampler]), **kwargs,
         )
+        self._check_cancelled()  # stopped early by _Cancel: not a completion
         return sequences[:, width:].cpu().tolist()
 
     def _prefill(

@@ -5,8 +5,9 @@
 methods can continue partial solutions. Requests run concurrently (`AsyncOpenAI` on the pool's event loop,
 at most `max_batch_sequences` in flight per server) and the servers batch them; several servers form a
 `ReplicaPool` (least outstanding requests, per-problem affinity, retries, shedding a failing server).
-Connection errors, timeouts, 429 and 5xx are retried with backoff (honouring `Retry-After`) up to
-`max_retries` times, then the generation raises `GenerationError`. Servers that ignore `n` (llama.cpp's)
+Connection errors, timeouts, 429, 5xx and answers that are not a completion (broken JSON, a proxy's HTML
+page) are retried with backoff (honouring `Retry-After`) up to `max_retries` times (timeouts `timeout_retries`
+times), then the generation raises `GenerationError`. Servers that ignore `n` (llama.cpp's)
 get one request per sample. The API key comes from `api_key`, `api_key_file` or `$OPENAI_API_KEY` and is
 never written to the run folder. The chat template and the neutral sampling settings each request
 states come from served.py.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
 import time
@@ -101,8 +103,9 @@ def _retryable(status: int) -> bool:
 class OpenAIEndpoint(Replica):
     """One server. Each call is one HTTP request; failures are `ReplicaError`s the pool retries."""
 
-    def __init__(self, base_url: str, model: str, key: str, timeout: float, extra_body: dict | None = None) -> None:
-        from openai import AsyncOpenAI
+    def __init__(self, base_url: str, model: str, key: str, timeout: float, extra_body: dict | None = None,
+                 connect_timeout: float | None = None) -> None:
+        from openai import AsyncOpenAI, Timeout
 
         self.extra_body = dict(extra_body or {})
         self.name = base_url
@@ -110,7 +113,8 @@ class OpenAIEndpoint(Replica):
         self.key = key
         self.info = ServerInfo(base_url)  # its kind, found by `check`
         self.reports_stop = False  # vLLM and SGLang say which stop string ended a completion
-        self.client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
+        self.client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0,
+                                  timeout=Timeout(timeout, connect=connect_timeout or timeout))
 
     async def _call(self, coro):
         import openai
@@ -122,13 +126,15 @@ class OpenAIEndpoint(Replica):
             raise ReplicaError(message, retryable=_retryable(exc.status_code),
                                retry_after=_retry_after(exc.response.headers)) from None
         except openai.APITimeoutError:
-            raise ReplicaError("timed out", retryable=True) from None
+            raise ReplicaError("timed out", retryable=True, timed_out=True) from None
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
             raise ReplicaError(f"connection failed ({_first_line(str(cause)) or type(cause).__name__})",
                                retryable=True) from None
         except openai.APIError as exc:  # an answer that is not a completion
             raise ReplicaError(_first_line(str(exc)), retryable=False) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # 200 with a body that is not JSON
+            raise ReplicaError(f"the answer is not valid JSON ({_first_line(exc)})", retryable=True) from None
 
     async def request(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
         response = await self._call(self.client.completions.create(
@@ -145,6 +151,7 @@ class OpenAIEndpoint(Replica):
             or None,
             extra_body=self.request_extra(params) or None,
         ))
+        _check_completion(response)
         usage = Usage()
         if response.usage:
             usage.prompt_tokens = usage.computed_prompt_tokens = response.usage.prompt_tokens
@@ -164,6 +171,7 @@ class OpenAIEndpoint(Replica):
         response = await self._call(
             self.client.completions.create(model=self.model, prompt=text, max_tokens=1, temperature=0)
         )
+        _check_completion(response)
         return response.usage.prompt_tokens if response.usage else len(text.split())
 
     async def check(self) -> str | None:
@@ -171,7 +179,10 @@ class OpenAIEndpoint(Replica):
             page = await self._call(self.client.with_options(timeout=10).models.list())
         except ReplicaError as exc:
             return f"does not answer ({exc})"
-        ids = [m.id for m in page.data]
+        data = getattr(page, "data", None)
+        if not isinstance(data, list):
+            return f"does not answer with a model list ({_snippet(page)})"
+        ids = [m.id for m in data]
         if ids and not any(_same_model(self.model, i) for i in ids):
             return f"serves {', '.join(ids)}, not {self.model}"
         self.info = await asyncio.to_thread(inspect_server, self.name, self.key)
@@ -193,11 +204,9 @@ class OpenAIGenerator(ReplicaPool):
     def __init__(self, spec: GeneratorSpec) -> None:
         urls = base_urls(spec)
         key = api_key(spec)
-        endpoints = [OpenAIEndpoint(url, spec.path, key, spec.request_timeout, spec.extra_body) for url in urls]
-        super().__init__(
-            endpoints, max_in_flight=spec.max_batch_sequences,
-            policy=RetryPolicy(max_retries=spec.max_retries, base_delay=spec.retry_delay),
-        )
+        endpoints = [OpenAIEndpoint(url, spec.path, key, spec.request_timeout, spec.extra_body, spec.connect_timeout)
+                     for url in urls]
+        super().__init__(endpoints, max_in_flight=spec.max_batch_sequences, policy=RetryPolicy.of(spec))
         self.spec = spec
         self.model = spec.path
         try:
@@ -217,6 +226,21 @@ class OpenAIGenerator(ReplicaPool):
         return {"chat_template": self.template.record(),
                 "servers": [{"url": e.name, "kind": e.info.kind, "sampling": e.request_extra(SamplingParams())}
                             for e in self.replicas]}
+
+
+def _check_completion(response) -> None:
+    """A `ReplicaError` (retried) for a 200 answer that is no completion: a proxy's HTML page, an error object."""
+    from openai.types import Completion as APICompletion
+
+    choices = getattr(response, "choices", None) if isinstance(response, APICompletion) else None
+    if not choices or not all(isinstance(getattr(c, "text", None), str) for c in choices):
+        raise ReplicaError(f"the answer is not a completion ({_snippet(response)})", retryable=True)
+
+
+def _snippet(answer: object, limit: int = 80) -> str:
+    """The start of an unexpected answer, on one line."""
+    text = answer if isinstance(answer, str) else repr(answer)
+    return " ".join(text.split())[:limit] or "empty"
 
 
 def _completion(choice, params: SamplingParams, token_share: int) -> Completion:

@@ -16,6 +16,7 @@ asynchronous ones on any loop (`agenerate`) share one set of in-flight requests.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
 import threading
@@ -29,9 +30,11 @@ from typing import Any, TypeVar
 from inferencekit.models.base import (
     REQUEST_AFFINITY,
     USAGE_ACCOUNT,
+    Cancelled,
     Completion,
     GenerationError,
     Generator,
+    GeneratorSpec,
     SamplingParams,
     Timer,
     Usage,
@@ -41,15 +44,18 @@ from inferencekit.models.base import (
 
 log = logging.getLogger("inferencekit")
 T = TypeVar("T")
+_CLOSE_TIMEOUT = 5.0  # seconds
 
 
 class ReplicaError(GenerationError):
     """One request to one replica failed. `retryable`: a connection error, timeout, 429 or 5xx (or a dead actor)."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None,
+                 timed_out: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.timed_out = timed_out  # no answer in time: retried at most `RetryPolicy.max_timeout_retries` times
 
 
 class Replica(ABC):
@@ -75,12 +81,22 @@ class Replica(ABC):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of a failed request: `max_retries` more attempts, full-jitter exponential backoff."""
+    """Retries of a failed request: `max_retries` more attempts, full-jitter exponential backoff.
+
+    A request that timed out is retried at most `max_timeout_retries` times (a server that accepted it and
+    never answered is unlikely to answer the next one), so it costs at most that many more timeouts.
+    """
 
     max_retries: int = 5
+    max_timeout_retries: int = 1
     base_delay: float = 0.5
     max_delay: float = 30.0
     max_retry_after: float = 300.0
+
+    @classmethod
+    def of(cls, spec: GeneratorSpec) -> RetryPolicy:
+        """The policy a generator spec's model arguments set."""
+        return cls(max_retries=spec.max_retries, base_delay=spec.retry_delay, max_timeout_retries=spec.timeout_retries)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number `attempt` (0-based); a server's `Retry-After` wins."""
@@ -96,14 +112,48 @@ class BackgroundLoop:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
+        self._pending: set[concurrent.futures.Future] = set()
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        with self._lock:
+            if self.cancelled:
+                coro.close()
+                raise Cancelled("the run is stopping")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and wait for it (from any thread but the loop's own)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        try:
+            return self._submit(coro).result()
+        except concurrent.futures.CancelledError:
+            raise Cancelled("the run is stopping") from None
 
     async def wrap(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await `coro` running on the loop from another event loop (cancellation propagates)."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        future = self._submit(coro)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future.cancelled() and self.cancelled:  # abandoned by `cancel`, not by our caller
+                raise Cancelled("the run is stopping") from None
+            raise
+
+    def cancel(self) -> None:
+        """Cancel every coroutine in flight (their waiters raise `Cancelled` now) and refuse new ones."""
+        with self._lock:
+            self.cancelled = True
+            pending = list(self._pending)
+        for future in pending:
+            future.cancel()  # the task on the loop is cancelled too: its HTTP request is dropped
 
     def close(self) -> None:
         if self.loop.is_closed():
@@ -228,6 +278,7 @@ class ReplicaPool(Generator):
     async def _call(self, fn: Callable[[Replica], Awaitable[T]], affinity: Hashable | None) -> T:
         """Run `fn` on a replica, retrying per the policy; the last failure raises `GenerationError`."""
         avoid: int | None = None
+        timeouts = 0
         for attempt in range(self.policy.max_retries + 1):
             i = await self._acquire(affinity, avoid)
             self.requests_per_replica[i] += 1
@@ -235,7 +286,9 @@ class ReplicaPool(Generator):
                 result = await fn(self.replicas[i])
             except ReplicaError as exc:
                 self._release(i, failed=exc)
-                if not exc.retryable or attempt == self.policy.max_retries:
+                timeouts += exc.timed_out
+                last = attempt == self.policy.max_retries or timeouts > self.policy.max_timeout_retries
+                if not exc.retryable or last:
                     raise GenerationError(
                         f"{self.replicas[i].name}: {exc} (after {attempt + 1} attempt{'s' * (attempt > 0)})"
                     ) from exc
@@ -313,6 +366,11 @@ class ReplicaPool(Generator):
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def cancel(self) -> None:
+        """Drop every request in flight (a hung server holds nothing) and refuse new ones: `Cancelled`."""
+        super().cancel()
+        self._loop.cancel()
+
     def close(self) -> None:
         if self._loop.loop.is_closed():
             return
@@ -320,7 +378,12 @@ class ReplicaPool(Generator):
         async def close_all() -> None:
             await asyncio.gather(*(r.aclose() for r in self.replicas), return_exceptions=True)
 
-        self._loop.run(close_all())
+        # bounded: closing connections to a server that hangs must not hold the exit
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(close_all(), _CLOSE_TIMEOUT), self._loop.loop)
+        try:
+            future.result()
+        except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
+            log.warning("closing the connections timed out")
         self._loop.close()
 
 

@@ -134,7 +134,7 @@ class RayPool(ReplicaPool):
         super().__init__(
             [RayActorReplica(a, f"ray actor {k}") for k, a in enumerate(actors)],
             max_in_flight=spec.max_batch_sequences, cooldown=5.0,
-            policy=RetryPolicy(max_retries=spec.max_retries, base_delay=spec.retry_delay),
+            policy=RetryPolicy.of(spec),
         )
         self.actors = actors
         self.spec = spec

@@ -18,7 +18,14 @@ import llama_cpp as lc
 import numpy as np
 
 from inferencekit.errors import UserError
-from inferencekit.models.base import Completion, GenerationError, SamplingParams, UsageAccount, truncate_at_stop
+from inferencekit.models.base import (
+    Cancelled,
+    Completion,
+    GenerationError,
+    SamplingParams,
+    UsageAccount,
+    truncate_at_stop,
+)
 from inferencekit.models.llamacpp.gguf import GGUFModel
 from inferencekit.models.llamacpp.kv_cache import StreamCache
 from inferencekit.models.llamacpp.sampler import logsumexp, next_token, top_k
@@ -121,6 +128,7 @@ class DecodeLoop:
         self._live: list[_Seq] = []
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._cancelled = False
         self.max_live = 0  # most sequences decoded together so far (continuous batching at work)
 
     # ---------------------------------------------------------------- callers' side (any thread)
@@ -144,12 +152,20 @@ class DecodeLoop:
     def _post(self, add: Callable[[], None]) -> None:
         """Hand work to the decode loop (`add` queues it, under the loop's lock), starting the loop if idle."""
         with self._wake:
+            if self._cancelled:
+                raise Cancelled("the run is stopping")
             if self._closed:
                 raise RuntimeError("this llama.cpp generator is closed")
             add()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="llamacpp-decode", daemon=True)
                 self._thread.start()
+            self._wake.notify()
+
+    def cancel(self) -> None:
+        """Fail every queued and live request with `Cancelled` at the next step, and refuse new ones."""
+        with self._wake:
+            self._cancelled = True
             self._wake.notify()
 
     def close(self) -> None:
@@ -220,8 +236,11 @@ class DecodeLoop:
                 self._waiting.extend(self._inbox)
                 self._inbox.clear()
                 tasks, self._tasks = self._tasks, []
+                cancelled = self._cancelled
             with self._engine:
                 try:
+                    if cancelled:  # between two steps: every caller gets Cancelled
+                        raise Cancelled("the run is stopping")
                     tasks = self._run_tasks(tasks)
                     self._admit()
                     if self._live:

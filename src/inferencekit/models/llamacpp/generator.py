@@ -12,13 +12,13 @@ from collections.abc import Iterator, Sequence
 
 import llama_cpp as lc
 
-from inferencekit.errors import UserError
 from inferencekit.models.base import (
     USAGE_ACCOUNT,
     Completion,
     Generator,
     GeneratorSpec,
     Message,
+    PromptTooLong,
     SamplingParams,
     Usage,
     per_prompt_params,
@@ -90,10 +90,11 @@ class LlamaCppGenerator(Generator):
     # ---------------------------------------------------------------- requests
 
     def _prompt_tokens(self, prompts: Sequence[str]) -> list[list[int]]:
+        self._check_cancelled()  # before the tokenizer: a stopping run closes the model next
         toks = [self._tokenize(p, add_bos=True) or [self.gguf.bos] for p in prompts]
         for p, t in zip(prompts, toks, strict=True):
             if len(t) >= self.n_ctx:
-                raise UserError(
+                raise PromptTooLong(
                     f"a prompt of {len(t)} tokens does not fit the context of {self.n_ctx}: "
                     f"raise it with --model-arg n_ctx=N ({p[:40]!r}...)"
                 )
@@ -205,6 +206,11 @@ class LlamaCppGenerator(Generator):
         else:
             usage.add(work)
         return out
+
+    def cancel(self) -> None:
+        """Fail every request in the decode loop with `Cancelled` after the current step, and refuse new ones."""
+        super().cancel()
+        self._loop.cancel()
 
     def close(self) -> None:
         """Stop the decode loop (after the work it holds), then free the llama.cpp context, batch and model."""
