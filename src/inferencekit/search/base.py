@@ -53,8 +53,9 @@ class SearchMethod(ABC):
     provides_scores: bool = False  # its candidates carry their own step scores (e.g. deepconf's confidence)
 
     @classmethod
-    def check(cls, config: RunConfig) -> None:  # noqa: B027 - optional hook
+    def check(cls, config: RunConfig) -> None:
         """Refuse settings this method cannot run with (`UserError`, one line); called before any model loads."""
+        return None
 
     def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
         self.check(config)
