@@ -380,7 +380,7 @@ FLAGS = ["--limit", "1", "--max-new-tokens", "24", "--temperature", "0.8", "--no
     ("particle_filter", ["--n", "3", "--max-steps", "3", "--pf-resampling", "systematic", "--pf-tempering",
                          "--reward-model", "self_certainty", "--vote", "majority,weighted,borda"]),
     ("rebase", ["--n", "3", "--max-steps", "3", "--reward-model", "self_certainty", "--vote", "majority,borda"]),
-    ("self_consistency", ["--n", "4", "--esc-window", "2"]),
+    ("self_consistency", ["--n", "4", "--esc-window", "2", "--esc-answer", "all"]),
     ("deepconf", ["--n", "4", "--deepconf-mode", "online", "--deepconf-warmup", "2", "--deepconf-window", "8",
                   "--deepconf-chunk", "8", "--vote", "majority,weighted"]),
     ("budget_forcing", ["--n", "2", "--thinking-delimiters", "<think>,</think>", "--thinking-budget", "16",

@@ -65,6 +65,16 @@ def prefix(node: Node, depth: int) -> Node:
     return node
 
 
+def weighed_pool(particles: list[Node], ref: Node | None, depth: int, weight: str = "final"
+                 ) -> tuple[list[Node], list[float]]:
+    """The nodes resampling draws from at round `depth` and their scores: the particles, then the reference
+    particle's depth-`depth` prefix weighed by its whole path's score (`final`, its_hub) or the prefix's."""
+    if ref is None:
+        return list(particles), [x.score for x in particles]
+    stand = prefix(ref, depth)
+    return [*particles, stand], [x.score for x in particles] + [ref.score if weight == "final" else stand.score]
+
+
 @register_method("particle_filter")
 class ParticleFilter(TreeSearch):
     """Particle filtering: extend N particles a step, weigh by reward, resample; particle Gibbs with sweeps."""
@@ -107,11 +117,7 @@ class ParticleFilter(TreeSearch):
             particles = [[x if x.terminal else next(grown[id(x)]) for x in ps] for ps in particles]
             self.score(problems, [x for ps in particles for x in ps])
             for i in live:  # a problem whose particles are all finished is done: never resampled again
-                ref = refs[i]
-                pool = particles[i] + ([prefix(ref, depth)] if ref is not None else [])
-                scores = [x.score for x in particles[i]]
-                if ref is not None:
-                    scores.append(ref.score if self.config.pf_reference_weight == "final" else pool[-1].score)
+                pool, scores = weighed_pool(particles[i], refs[i], depth, self.config.pf_reference_weight)
                 logw = log_weights(scores)
                 probs = tempered(logw, depth / self.config.max_steps) if self.config.pf_tempering else softmax(logw)
                 particles[i] = [pool[j] for j in resample(probs, free[i], rngs[i], self.config.pf_resampling)]
