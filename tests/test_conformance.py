@@ -14,8 +14,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_methods import ConfidenceGenerator, SeededGenerator, build
-from test_search import ScriptedGenerator, TableRewardModel, problem, texts
 
 from inferencekit.cli import main
 from inferencekit.errors import UserError
@@ -27,6 +25,8 @@ from inferencekit.search.particle_filter import weighed_pool
 from inferencekit.search.rebase import reference_widths, widths
 from inferencekit.search.tree import Node
 from inferencekit.voting import vote
+from test_methods import ConfidenceGenerator, SeededGenerator, build
+from test_search import ScriptedGenerator, problem, texts
 
 # ---- REBASE ----
 
