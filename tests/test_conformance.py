@@ -239,6 +239,8 @@ def test_particle_gibbs_weighs_the_reference_by_its_final_score():
     assert weighed_pool(free, ref, 1, "prefix")[1] == [0.5, 0.1]
     with pytest.raises(UserError, match="a multiple of 2"):  # its_hub asserts budget % num_iterations == 0
         build("particle_filter", ScriptedGenerator({}), {}, n=5, pf_iterations=2)
+    with pytest.raises(UserError, match="use --reward-model mean_logprob"):  # logit weights need scores in (0, 1)
+        build("particle_filter", ScriptedGenerator({}), {}, reward_model="self_certainty")
 
 
 # ---- MCTS ----

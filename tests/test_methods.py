@@ -378,7 +378,7 @@ FLAGS = ["--limit", "1", "--max-new-tokens", "24", "--temperature", "0.8", "--no
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "extra"), [
     ("particle_filter", ["--n", "3", "--max-steps", "3", "--pf-resampling", "systematic", "--pf-tempering",
-                         "--reward-model", "self_certainty", "--vote", "majority,weighted,borda"]),
+                         "--reward-model", "mean_logprob", "--vote", "majority,weighted,borda"]),
     ("rebase", ["--n", "3", "--max-steps", "3", "--reward-model", "self_certainty", "--vote", "majority,borda"]),
     ("self_consistency", ["--n", "4", "--esc-window", "2", "--esc-answer", "all"]),
     ("deepconf", ["--n", "4", "--deepconf-mode", "online", "--deepconf-warmup", "2", "--deepconf-window", "8",

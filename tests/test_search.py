@@ -462,7 +462,7 @@ def test_tiny_hf_model_with_tiny_prm(method_name, tiny_llama_dir, tiny_prm_dir, 
 def embedded_reward_model() -> str:
     from inferencekit.models.llamacpp import LlamaCppGenerator
 
-    return "self_certainty" if LlamaCppGenerator.can_score_text else "llm_judge"
+    return "mean_logprob" if LlamaCppGenerator.can_score_text else "llm_judge"  # a score in [0, 1]
 
 
 @pytest.mark.parametrize("method_name", ["beam_search", "dvts", "mcts", "token_beam"])

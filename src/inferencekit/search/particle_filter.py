@@ -81,6 +81,9 @@ class ParticleFilter(TreeSearch):
 
     @classmethod
     def check(cls, config: RunConfig) -> None:
+        if (config.reward_model_args.get("format") or config.reward_model) == "self_certainty":
+            raise UserError("particle_filter weighs particles by logit(score), for scores in (0, 1); self_certainty's "
+                            "KL divergence is unbounded: use --reward-model mean_logprob (its_hub's signal) or a PRM")
         k = config.pf_iterations
         if k > 1 and (config.n % k or config.n < 2 * k):
             raise UserError(f"particle Gibbs runs --n / --pf-iterations particles per sweep, 2 or more: --n {config.n} "
