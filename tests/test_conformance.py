@@ -214,6 +214,9 @@ def test_dvts_refuses_n_not_a_multiple_of_the_width(tmp_path, capsys):
     """search-and-learn 6f81cac, src/sal/config.py: dvts raises "n should be a multiple of beam_width"."""
     with pytest.raises(UserError, match="--n 10 is not a multiple of --beam-width 4; give --n 8 or 12"):
         build("dvts", ScriptedGenerator({}), {}, n=10, beam_width=4)
+    with pytest.raises(UserError, match="^token_beam keeps N/M beams.*--n 10 is not a multiple"):  # no flooring
+        build("token_beam", ScriptedGenerator({}), None, n=10, beam_width=4)
+    assert build("dvts", ScriptedGenerator({}), {}, n=2, beam_width=4)[0]  # N < M: one subtree of N
     args = ["run", "--method", "dvts", "--n", "10", "--beam-width", "4", "--reward-model", "self_certainty",
             "--limit", "1", "--no-progress", "--work-dir", str(tmp_path)]
     assert main(args) == 2

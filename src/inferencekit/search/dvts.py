@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from inferencekit.errors import UserError
 from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import TreeSearch, rank
+from inferencekit.search.tree import TreeSearch, rank, require_multiple
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -26,10 +25,7 @@ class DVTS(TreeSearch):
 
     @classmethod
     def check(cls, config: RunConfig) -> None:
-        n, m = config.n, min(config.beam_width, config.n)
-        if n % m:
-            raise UserError(f"dvts deals the N first steps out M to a subtree: --n {n} is not a multiple of "
-                            f"--beam-width {m}; give --n {n - n % m} or {n + m - n % m}")
+        require_multiple(config.n, config.beam_width, "dvts deals the N first steps out M to a subtree")
 
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         m = min(self.config.beam_width, self.config.n)
