@@ -184,7 +184,7 @@ def test_deepconf_online_filters_warm_up_and_short_final_traces():
     assert texts(cands) == ["hhhh", "hhhhhh"]  # "ll" + EOS: confidences 1, 1, 5, mean 2.33 < 3
     assert cands[0].meta["dropped"] == 2 and cands[0].meta["stopped"] == 0
     with pytest.raises(UserError, match="applies offline"):
-        build("deepconf", gen, deepconf_mode="online", deepconf_score="tail")[0].search([problem()])
+        build("deepconf", gen, deepconf_mode="online", deepconf_score="tail")
 
 
 # ---- beam search and DVTS ----

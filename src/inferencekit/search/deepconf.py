@@ -28,6 +28,7 @@ Needs top-k log-probabilities: all three backends return them (OpenAI's own API 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from inferencekit.errors import UserError, unknown
 from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
 from inferencekit.search.samples import score_if_asked
 from inferencekit.search.tree import Node, expand_chunk, node_seed
+
+if TYPE_CHECKING:
+    from inferencekit.config import RunConfig
 
 SCORES = ("lowest", "bottom10", "tail", "mean")
 
@@ -88,11 +92,14 @@ class DeepConf(SearchMethod):
 
     provides_scores = True
 
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        if config.deepconf_mode == "online" and config.deepconf_score != "lowest":
+            raise UserError(f"--deepconf-score {config.deepconf_score} applies offline; online mode stops traces by "
+                            "their lowest group confidence (use --deepconf-score lowest)")
+
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         c = self.config
-        if c.deepconf_mode == "online" and c.deepconf_score != "lowest":
-            raise UserError(f"--deepconf-score {c.deepconf_score} applies offline; online mode stops traces by "
-                            "their lowest group confidence (use --deepconf-score lowest)")
         warm = c.n if c.deepconf_mode == "offline" else min(c.n, c.deepconf_warmup)
         params = self.sampling_params(0, n=1, top_logprobs=c.deepconf_top_k)
         asks = [(i, j) for i in range(len(problems)) for j in range(warm)]
