@@ -3,7 +3,8 @@
     python benchmarks/frontier.py [--dataset arith|gsm8k-mini] [--problems 50] [--max-new-tokens 256]
                                   [--work-dir frontier-runs] [--out frontier-report] [--threads 1] [--tiny]
 
-Runs, with the embedded model (SmolLM2-135M, llama.cpp) and `self_certainty` as the reward model, each
+Runs, with the embedded model (SmolLM2-135M, llama.cpp) and `self_certainty` as the reward model
+(`mean_logprob` for particle_filter, whose logit weights need scores in (0, 1)), each
 method at 2-3 budgets (N = samples, particles or width; Self-Refine: chains): cot, best_of_n,
 beam_search, dvts, particle_filter, rebase, self_consistency (ESC), deepconf (online) and self_refine,
 and budget_forcing at three thinking budgets (its N column is the budget; `<think>` opened in the prompt),
@@ -51,7 +52,7 @@ def plan(budgets: list[int], tiny: bool, max_new_tokens: int) -> list[tuple[str,
             ("best_of_n", "best_of_n", n, rm),
             ("beam_search", "beam_search", n, {**rm, "beam_width": min(4, n)}),
             ("dvts", "dvts", n, {**rm, "beam_width": min(4, n)}),
-            ("particle_filter", "particle_filter", n, rm),
+            ("particle_filter", "particle_filter", n, {**rm, "reward_model": "mean_logprob"}),  # weights in (0, 1)
             ("rebase", "rebase", n, rm),
             ("self_consistency_esc", "self_consistency", n, {"esc_window": max(2, n // 4)}),
             ("majority", "self_consistency", n, {"sc_stop": "none"}),

@@ -5,8 +5,8 @@
 
 The policy is the embedded model (SmolLM2-135M, llama.cpp) on the first GSM8K-mini problems at
 temperature 0.8. The reward model scores best-of-N's N solutions once and every beam-search round.
-The default, `self_certainty`, is the embedded setup's reward model (the policy's own log-probabilities,
-read by the same llama.cpp engine). `tiny-prm` is a random token-classification PRM (Llama, hidden 256,
+The default, `self_certainty`, is the embedded setup's reward model (the policy's own full next-token
+distributions, read by the same llama.cpp engine). `tiny-prm` is a random token-classification PRM (Llama, hidden 256,
 4 layers; transformers on CPU, built in a temporary folder): cheap, but its choices are noise, which
 steers beam search into lineages no trained PRM would keep (this model's two-token loops), so its
 `tokens_ratio` says more about random weights than about the engine. `llm_judge` asks the policy.

@@ -238,10 +238,10 @@ def sc_run(answers: list[int], **settings):
 
 
 def test_esc_stops_after_the_first_unanimous_window():
-    cands, gen = sc_run([1, 2, 3, 3, 4, 4], n=6, esc_window=2)
+    cands, gen = sc_run([1, 2, 3, 3, 4, 4], n=6, esc_window=2, esc_answer="all")
     assert [c.text for c in cands] == ["so \\boxed{1}", "so \\boxed{2}", "so \\boxed{3}", "so \\boxed{3}"]
     assert len(gen.calls) == 2 and cands[0].meta == {"samples": 4, "stopped_early": True}
-    full, _ = sc_run([1, 2, 3, 3, 4, 4], n=6, esc_window=2, sc_stop="none")
+    full, _ = sc_run([1, 2, 3, 3, 4, 4], n=6, esc_window=2, sc_stop="none", esc_answer="all")
     assert len(full) == 6 and full[0].meta == {"samples": 6, "stopped_early": False}
     assert [c.text for c in full[:4]] == [c.text for c in cands]  # the same stream of samples
 
@@ -315,11 +315,12 @@ def test_deepconf_online_threshold_from_the_warm_up_and_stops():
     search, _ = build("deepconf", gen, deepconf_mode="online", deepconf_warmup=2, deepconf_window=2,
                       deepconf_eta=50, deepconf_chunk=2)
     (cands,) = search.search([problem()])
-    # trace 3 stops after its second chunk (window "ll"); trace 2 runs to the end (3 chunks + EOS)
-    assert texts(cands) == ["hhhh", "llll", "khhhhh"]
+    # trace 3 stops after its second chunk (window "ll"); trace 2 runs to the end (3 chunks + EOS); the
+    # warm-up trace "llll" scores 1 < 3 and is not admitted (deepconf-online.py votes only warm-up traces >= it)
+    assert texts(cands) == ["hhhh", "khhhhh"]
     assert [p for p, _ in gen.calls[2]] == ["<P0>kh", "<P0>hk"] and [p for p, _ in gen.calls[3]] == ["<P0>khhh"]
     assert cands[0].meta == {"confidence": 5.0, "traces": 4, "mode": "online", "threshold": 3.0, "stopped": 1,
-                             "stopped_tokens": 4, "saved_tokens_est": 1, "kept": 3}
+                             "stopped_tokens": 4, "saved_tokens_est": 1, "dropped": 1, "kept": 2}
     assert search.generated == [5 + 5 + 7 + 4] == [gen.usage.completion_tokens]
 
 
@@ -377,9 +378,9 @@ FLAGS = ["--limit", "1", "--max-new-tokens", "24", "--temperature", "0.8", "--no
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "extra"), [
     ("particle_filter", ["--n", "3", "--max-steps", "3", "--pf-resampling", "systematic", "--pf-tempering",
-                         "--reward-model", "self_certainty", "--vote", "majority,weighted,borda"]),
+                         "--reward-model", "mean_logprob", "--vote", "majority,weighted,borda"]),
     ("rebase", ["--n", "3", "--max-steps", "3", "--reward-model", "self_certainty", "--vote", "majority,borda"]),
-    ("self_consistency", ["--n", "4", "--esc-window", "2"]),
+    ("self_consistency", ["--n", "4", "--esc-window", "2", "--esc-answer", "all"]),
     ("deepconf", ["--n", "4", "--deepconf-mode", "online", "--deepconf-warmup", "2", "--deepconf-window", "8",
                   "--deepconf-chunk", "8", "--vote", "majority,weighted"]),
     ("budget_forcing", ["--n", "2", "--thinking-delimiters", "<think>,</think>", "--thinking-budget", "16",

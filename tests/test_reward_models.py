@@ -163,6 +163,7 @@ FORMAT_DIRS = {
     "rlhflow_prm": "rlhflow_dir",
     "orm": "orm_dir",
     "self_certainty": "causal_dir",
+    "mean_logprob": "causal_dir",
 }
 
 
@@ -305,8 +306,8 @@ def test_orm_two_labels_gives_softmax_class_one(tokenizer_dir, tmp_path):
     assert approx(rm.score([Q], [[SOLUTION]])[0][0], [expected])
 
 
-def test_self_certainty_is_exp_mean_logprob_of_each_step(load, causal_dir):
-    scores = load("self_certainty").score([Q], [[SOLUTION]])[0][0]
+def test_mean_logprob_is_exp_mean_logprob_of_each_step(load, causal_dir):
+    scores = load("mean_logprob").score([Q], [[SOLUTION]])[0][0]
     model, tok = model_and_tokenizer(causal_dir, "AutoModelForCausalLM")
     prompt = tok.apply_chat_template([{"role": "user", "content": Q}], tokenize=False, add_generation_prompt=True)
     ids, spans = tok(prompt, add_special_tokens=False)["input_ids"], []
@@ -319,17 +320,47 @@ def test_self_certainty_is_exp_mean_logprob_of_each_step(load, causal_dir):
         logprobs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
     expected = [math.exp(sum(float(logprobs[t - 1, ids[t]]) for t in span) / len(span)) for span in spans]
     assert approx(scores, expected)
-    assert load_reward_model(str(causal_dir), format="mean_logprob", device=DEVICE).format_name == "self_certainty"
+    assert load_reward_model(str(causal_dir), format="mean_logprob", device=DEVICE).format_name == "mean_logprob"
 
 
-def test_self_certainty_chunked_logits_and_generator_model(load, causal_dir, monkeypatch):
+def kang_self_certainty(model, ids: list[int], start: int) -> float:
+    """Kang et al.'s measure by its definition: -(1/V) sum_j log(V p_j) per response token, averaged."""
+    with torch.no_grad():
+        p = model(torch.tensor([ids])).logits[0].double().softmax(-1)[start - 1 : len(ids) - 1]
+    vocab = p.shape[-1]
+    return float((-(vocab * p).log().sum(-1) / vocab).mean())
+
+
+def test_self_certainty_is_kang_kl_from_uniform_over_the_whole_response(load, causal_dir, monkeypatch):
+    rm = load("self_certainty")
+    ((score,),) = rm.score([Q], [[SOLUTION]])[0]
+    model, tok = model_and_tokenizer(causal_dir, "AutoModelForCausalLM")
+    prompt = tok.apply_chat_template([{"role": "user", "content": Q}], tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    start = len(ids)
+    ids += tok.encode(SOLUTION, add_special_tokens=False)
+    assert approx([score], [kang_self_certainty(model, ids, start)]) and score > 0
+    # one score per response, whatever splits it into steps
+    resplit = load_reward_model(str(causal_dir), format="self_certainty", device=DEVICE, step_separator="=")
+    assert approx(resplit.score([Q], [[SOLUTION]])[0][0], [score])
+    # chunked full-vocabulary logits give the same
     import inferencekit.reward_models.self_certainty as module
 
-    expected = load("self_certainty").score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
+    expected = rm.score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
+    assert all(len(s) == 1 for per_q in expected for s in per_q)
+    monkeypatch.setattr(module, "LOGITS_CHUNK", 7)
+    chunked = resplit.score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
+    assert all(approx(a, b) for qa, qb in zip(chunked, expected, strict=True) for a, b in zip(qa, qb, strict=True))
+
+
+def test_mean_logprob_chunked_logits_and_generator_model(load, causal_dir, monkeypatch):
+    import inferencekit.reward_models.self_certainty as module
+
+    expected = load("mean_logprob").score(MIXED_QUESTIONS, MIXED_SOLUTIONS)
     monkeypatch.setattr(module, "LOGITS_CHUNK", 7)  # many chunks of full-vocabulary logits per batch
     assert all(
         approx(a, b)
-        for qa, qb in zip(load("self_certainty").score(MIXED_QUESTIONS, MIXED_SOLUTIONS), expected, strict=True)
+        for qa, qb in zip(load("mean_logprob").score(MIXED_QUESTIONS, MIXED_SOLUTIONS), expected, strict=True)
         for a, b in zip(qa, qb, strict=True)
     )
 
@@ -347,7 +378,7 @@ def test_self_certainty_chunked_logits_and_generator_model(load, causal_dir, mon
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     model, tok = model_and_tokenizer(causal_dir, "AutoModelForCausalLM")
-    rm = load_reward_model("self_certainty", generator=HFLike(model.to(DEVICE), tok))
+    rm = load_reward_model("mean_logprob", generator=HFLike(model.to(DEVICE), tok))
     assert approx(rm.score([Q], [[SOLUTION]])[0][0], expected[0][0])
 
 
@@ -398,15 +429,15 @@ def test_llm_judge_reads_p_yes_from_first_token():
     with pytest.raises(UserError, match="needs a generator"):
         load_reward_model("llm_judge")
     # llm_judge declares that it ignores the policy's prompts: same prompts to the judge, same scores
-    assert not rm.uses_prompts and FORMATS["self_certainty"].uses_prompts
+    assert not rm.uses_prompts and FORMATS["self_certainty"].uses_prompts and FORMATS["mean_logprob"].uses_prompts
     seen = list(gen.prompts)
     assert approx(rm.score([Q], [[SOLUTION]], prompts=["<policy prompt>"])[0][0], scores)
     assert gen.prompts[len(seen):] == seen
 
 
-def test_self_certainty_uses_generator_score_text():
+def test_mean_logprob_uses_generator_score_text():
     gen = FakeGenerator()
-    rm = load_reward_model("self_certainty", generator=gen)
+    rm = load_reward_model("mean_logprob", generator=gen)
     scores = rm.score([Q], [[SOLUTION]])[0][0]
     assert approx(scores, [math.exp(-1.0)] * 3)
     prompt = gen.chat_prompt([{"role": "user", "content": Q}])
@@ -415,8 +446,34 @@ def test_self_certainty_uses_generator_score_text():
     # given the policy's own prompt (as the search methods pass it), the steps are read after it
     assert approx(rm.score([Q], [[SOLUTION]], prompts=["<policy prompt>"])[0][0], [math.exp(-1.0)] * 3)
     assert gen.scored[-1][0] == "<policy prompt>" and rm.score([Q], [[SOLUTION]]) and gen.scored[-1][0] == prompt
-    with pytest.raises(UserError, match="self_certainty needs a causal LM"):
-        load_reward_model("self_certainty")
+    with pytest.raises(UserError, match="mean_logprob needs a causal LM"):
+        load_reward_model("mean_logprob")
+
+
+class CertaintyGenerator(FakeGenerator):
+    """A backend that reads full distributions: each response token's self-certainty is 1, 2, 3, ..."""
+
+    can_score_certainty = True
+
+    def certainty_text(self, prompts, responses, usage=None):
+        self.scored += list(zip(prompts, responses, strict=True))
+        usage.add(Usage(calls=1, prompt_tokens=len(prompts)))
+        return [[float(i + 1) for i in range(len(r.split()))] for r in responses]
+
+
+def test_self_certainty_reads_the_generators_full_distributions_once_per_response():
+    gen = CertaintyGenerator()
+    rm = load_reward_model("self_certainty", generator=gen)
+    scores = rm.score([Q, "Q2"], [[SOLUTION, "4 5"], ["x"]], prompts=["<policy 1>", "<policy 2>"])
+    words = len(SOLUTION.split())
+    assert scores == [[[(words + 1) / 2], [1.5]], [[1.0]]]  # the mean over the response's tokens
+    assert gen.scored == [("<policy 1>", SOLUTION), ("<policy 1>", "4 5"), ("<policy 2>", "x")]
+    assert rm.usage.calls == 1 and gen.usage.calls == 0
+    # a backend that cannot give full distributions (openai) is refused in one line
+    with pytest.raises(UserError, match=r"^self_certainty reads the full next-token distribution.*got backend 'fake'"):
+        load_reward_model("self_certainty", generator=FakeGenerator())
+    with pytest.raises(UserError, match=r"^backend 'fake' cannot give full next-token distributions.*llamacpp"):
+        FakeGenerator().certainty_text(["p"], ["x"])
 
 
 def test_scoring_text_is_a_declared_capability():
@@ -427,12 +484,12 @@ def test_scoring_text_is_a_declared_capability():
     gen = CannotScore()
     with pytest.raises(UserError, match=r"^backend 'fake' cannot score text; backends that can: llamacpp$"):
         gen.score_text(["p"], [["x"]])
-    with pytest.raises(UserError, match="self_certainty needs a causal LM.*got backend 'fake'"):
-        load_reward_model("self_certainty", generator=gen)
+    with pytest.raises(UserError, match="mean_logprob needs a causal LM.*got backend 'fake'"):
+        load_reward_model("mean_logprob", generator=gen)
     assert gen.scored == []  # declared unable: never called
     # an able backend's work is the reward model's, not the generator's (the contract's usage=)
     able = FakeGenerator()
-    rm = load_reward_model("self_certainty", generator=able)
+    rm = load_reward_model("mean_logprob", generator=able)
     rm.score([Q, Q], [[SOLUTION], [SOLUTION]])
     assert rm.usage.calls == 1 and rm.usage.prompt_tokens == 2 and able.usage.calls == 0
 
@@ -451,8 +508,8 @@ def test_batched_scores_equal_one_at_a_time(load, fmt):
         for q_got, q_alone, sols in zip(got, alone, MIXED_SOLUTIONS, strict=True):
             for s_got, s_alone, solution in zip(q_got, q_alone, sols, strict=True):
                 steps = len([p for p in solution.split("\n\n") if p.strip()])
-                assert len(s_got) == (1 if fmt == "orm" else steps)
-                assert all(0 <= v <= 1 for v in s_got)
+                assert len(s_got) == (1 if fmt in ("orm", "self_certainty") else steps)  # whole-response scores
+                assert all(0 <= v <= (math.inf if fmt == "self_certainty" else 1) for v in s_got)  # KL: unbounded
                 assert approx(s_got, s_alone), (fmt, s_got, s_alone)
 
 

@@ -264,11 +264,11 @@ def _without_usage(candidate: dict) -> dict:
 def test_best_of_n_with_a_reward_model_then_revote(tmp_path):
     votes = "majority,weighted,best,min_vote,last_vote"
     result = cli("run", *FAST, "--limit", "2", "--method", "best_of_n", "--n", "4", "--temperature", "0.8",
-                 "--reward-model", "self_certainty", "--aggregation", "min", "--vote", votes,
+                 "--reward-model", "mean_logprob", "--aggregation", "min", "--vote", votes,
                  "--work-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     path = run_dir(tmp_path)
-    assert path.name == "smollm2-135m+self_certainty+default"
+    assert path.name == "smollm2-135m+mean_logprob+default"
     live = records(path)
     for row in live:
         assert set(row["predictions"]) == set(votes.split(","))

@@ -149,7 +149,7 @@ BEAM_TABLE = {"a1": 0.9, "a2": 0.2, "a3": 0.8, "a4": 0.5, "b1 \\boxed{1}": 0.7, 
 
 
 def test_beam_search_keeps_exactly_the_top_beams():
-    search, gen, rm = method("beam_search", BEAM_SCRIPT, BEAM_TABLE)
+    search, gen, rm = method("beam_search", BEAM_SCRIPT, BEAM_TABLE, beam_pool="best")
     (cands,) = search.search([problem(0)])
     assert gen.prompts(0) == ["<P0>"] and gen.calls[0][0][1].n == 4
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a3\n\n"]  # top 2 of 4 by score, each expanded 2 ways
@@ -180,10 +180,10 @@ def test_beam_search_batches_problems_and_each_is_independent_of_the_batch():
 def test_beam_search_filters_duplicates():
     script = {"<P0>": ["a1\n\n", "a1\n\n", "a3\n\n", "a4\n\n"]}
     table = {"a1": 0.9, "a3": 0.8, "a4": 0.5}
-    plain, gen, _ = method("beam_search", script, table)
+    plain, gen, _ = method("beam_search", script, table, beam_pool="best")
     plain.search([problem()])
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a1\n\n"]
-    filtered, gen, _ = method("beam_search", script, table, filter_duplicates=True)
+    filtered, gen, _ = method("beam_search", script, table, filter_duplicates=True, beam_pool="best")
     cands = filtered.search([problem()])[0]
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a3\n\n"]
     assert len(set(texts(cands))) == len(cands) == 2  # a1 and a3 each end with the same default answer
@@ -192,7 +192,7 @@ def test_beam_search_filters_duplicates():
 def test_beam_search_lookahead_ranks_by_the_rollout():
     script = {"<P0>": ["a1\n\n", "a2\n\n", "a3\n\n", "a4\n\n"], "<P0>a4\n\n": ["great\n\n"]}
     table = {"a1": 0.9, "a2": 0.2, "a3": 0.8, "a4": 0.1, "great": 0.99}
-    search, gen, _ = method("beam_search", script, table, lookahead=1)
+    search, gen, _ = method("beam_search", script, table, lookahead=1, beam_pool="best")
     search.search([problem()])
     # round 0, then one greedy step from each first step, then the kept beams: a4 (by its rollout) and a1
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a2\n\n", "<P0>a3\n\n", "<P0>a4\n\n"]
@@ -462,7 +462,7 @@ def test_tiny_hf_model_with_tiny_prm(method_name, tiny_llama_dir, tiny_prm_dir, 
 def embedded_reward_model() -> str:
     from inferencekit.models.llamacpp import LlamaCppGenerator
 
-    return "self_certainty" if LlamaCppGenerator.can_score_text else "llm_judge"
+    return "mean_logprob" if LlamaCppGenerator.can_score_text else "llm_judge"  # a score in [0, 1]
 
 
 @pytest.mark.parametrize("method_name", ["beam_search", "dvts", "mcts", "token_beam"])

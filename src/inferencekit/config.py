@@ -67,12 +67,16 @@ class RunConfig(BaseModel):
     max_steps: int = Field(40, ge=1, le=MAX_STEPS)  # most steps in a path (not token_beam)
     lookahead: int = Field(0, ge=0, le=MAX_STEPS)  # beam_search/dvts: rank by a greedy rollout this many steps further
     filter_duplicates: bool = False  # beam_search/token_beam: drop paths repeating another's text
+    # beam_search: reference (search-and-learn): N/M beams kept until max_steps, the first N finished returned
+    # (padded with copies); best: stop once N paths finished and return the N best-scored
+    beam_pool: Literal["reference", "best"] = "reference"
     mcts_iterations: int | None = Field(None, ge=1, le=MAX_STEPS)  # default: n
     mcts_c_puct: float = Field(1.0, ge=0)
     mcts_rollout: bool = False  # evaluate new nodes by a greedy rollout to the end
     mcts_select_by: Literal["visits", "value"] = "visits"
     mcts_prior: Literal["uniform", "score"] = "uniform"
     mcts_token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS * MAX_SAMPLES)  # generated tokens per problem
+    mcts_backup: Literal["mean", "each"] = "mean"  # mean of the new children once, or each child's value
     token_beam_chunk: int = Field(16, ge=1, le=MAX_TOKENS)  # token_beam: re-rank by the reward model every K tokens
     box_match: Literal["last", "first", "any"] = "last"
     grader: Literal["inferencekit", "math-verify"] = "inferencekit"  # math-verify: plain math-verify grading
@@ -80,7 +84,9 @@ class RunConfig(BaseModel):
     pf_resampling: Literal["multinomial", "systematic"] = "multinomial"
     pf_tempering: bool = False  # temper the weights when the effective sample size falls below N/2
     pf_iterations: int = Field(1, ge=1, le=MAX_STEPS)  # particle Gibbs sweeps (1: plain particle filtering)
+    pf_reference_weight: Literal["final", "prefix"] = "final"  # particle Gibbs: the reference's weight (its_hub)
     rebase_temperature: float = Field(0.2, gt=0)
+    rebase_widths: Literal["reference", "largest_remainder"] = "reference"  # how widths are rounded
     # budget_forcing: most thinking tokens (default max_new_tokens)
     thinking_budget: int | None = Field(None, ge=1, le=MAX_TOKENS)
     # budget_forcing: "Wait" while fewer thinking tokens than this
@@ -90,6 +96,7 @@ class RunConfig(BaseModel):
     thinking_delimiters: list[str] | None = None  # [open, close], e.g. ["<think>", "</think>"]; model presets set it
     sc_stop: Literal["esc", "adaptive", "none"] = "esc"
     esc_window: int = Field(5, ge=1, le=MAX_SAMPLES)
+    esc_answer: Literal["window", "all"] = "window"  # ESC: the unanimous window's samples are the candidates
     sc_confidence: float = Field(0.95, gt=0, lt=1)  # adaptive consistency: stop when P(leader stays ahead) > this
     deepconf_mode: Literal["offline", "online"] = "offline"
     deepconf_window: int = Field(2048, ge=1, le=MAX_TOKENS)  # tokens per group (sliding window)
@@ -97,6 +104,8 @@ class RunConfig(BaseModel):
     deepconf_warmup: int = Field(16, ge=1, le=MAX_SAMPLES)  # online: traces that set the threshold
     deepconf_top_k: int = Field(20, ge=1, le=MAX_SAMPLES)  # log-probabilities per token that make its confidence
     deepconf_chunk: int = Field(64, ge=1, le=MAX_TOKENS)  # online: tokens generated between confidence checks
+    deepconf_keep: Literal["percentile", "top"] = "percentile"  # offline: scores >= the (100-eta)th percentile
+    deepconf_score: Literal["lowest", "bottom10", "tail", "mean"] = "lowest"  # a trace's score (offline)
     refine_steps: int = Field(2, ge=0, le=MAX_STEPS)  # self_refine: most feedback-and-revise rounds
 
     temperature: float = Field(0.0, ge=0)

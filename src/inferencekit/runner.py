@@ -52,6 +52,7 @@ def problem_seed(seed: int, index: int) -> int:
 def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> RunResult:
     """Run `config` to completion in its run folder, resuming what an earlier invocation finished."""
     method_cls = get_method(config.method)
+    method_cls.check(config)
     check_votes(config.votes, has_scores=config.reward_model is not None or method_cls.provides_scores)
     if method_cls.needs_reward_model and config.reward_model is None:
         raise UserError(f"method {config.method} needs --reward-model")
@@ -94,6 +95,7 @@ def _run_locked(store: RunStore, config: RunConfig, spec: Any, dataset: Dataset,
                 provenance.loaded(spec, generator, reward_model)
                 shared = None if reward_model is None else _shared(reward_model)
                 method = method_cls(config, generator, shared)
+                method.answer_style = dataset.style  # group answers as grading reads them
                 _generate(method, generator, reward_model, dataset, todo, store, config, show_progress)
             finally:
                 if reward_model is not None:

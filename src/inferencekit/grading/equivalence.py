@@ -7,6 +7,7 @@ no answer text is ever passed to ``eval``/``exec``/``sympify`` here.
 from __future__ import annotations
 
 import cmath
+import ctypes
 import signal
 import threading
 import time
@@ -58,13 +59,18 @@ def _raise_timeout(signum: int, frame: object) -> None:
 
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``GradingTimeout`` in the block after ``seconds`` (SIGALRM; main thread only).
+    """Raise ``GradingTimeout`` in the block after ``seconds``; nothing when ``seconds`` is ``None``.
 
-    Does nothing when ``seconds`` is ``None`` or when called outside the main thread. An interval
-    timer the caller had set (e.g. pytest-timeout's) is restored afterwards, minus the time spent.
+    In the main thread by SIGALRM (an interval timer the caller had set, e.g. pytest-timeout's, is restored
+    afterwards, minus the time spent); in any other thread (a search's worker thread) by a timer thread
+    that raises it asynchronously in this one (see ``_thread_time_limit``).
     """
-    if seconds is None or threading.current_thread() is not threading.main_thread():
+    if seconds is None:
         yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        with _thread_time_limit(seconds):
+            yield
         return
     started = time.monotonic()
     old_handler = signal.signal(signal.SIGALRM, _raise_timeout)
@@ -77,6 +83,37 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         if old_delay > 0:
             remaining = max(old_delay - (time.monotonic() - started), 1e-6)
             signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
+
+
+@contextmanager
+def _thread_time_limit(seconds: float) -> Iterator[None]:
+    """``time_limit`` off the main thread, where signals cannot reach: ``PyThreadState_SetAsyncExc``.
+
+    CPython delivers the exception at this thread's next bytecode, so a long call into C code (one
+    regular expression) ends first; the parsers math-verify runs are Python and do stop. A lock keeps
+    the timer from firing after the block: a pending exception is taken back when leaving.
+    """
+    ident = threading.get_ident()
+    lock = threading.Lock()
+    state = {"armed": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if state["armed"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(GradingTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["armed"] = False
+            if state["fired"]:  # raised or still pending: a pending one must not escape the block
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+        timer.cancel()
 
 
 def _choice_equiv(pred: str, gold: str) -> bool | None:
@@ -201,8 +238,7 @@ def is_equiv(pred: str | None, gold: str, timeout: float | None = 5.0) -> bool:
 
     String rules settle what they can (``quick_equiv``); otherwise math-verify decides. In the main
     thread the whole comparison is limited to ``timeout`` seconds (``False`` past it; ``None``: no
-    limit); in other threads signals are unavailable, so there is no limit: use ``Grader`` for
-    untrusted output at scale.
+    limit), in other threads too (see ``time_limit``); use ``Grader`` for untrusted output at scale.
     """
     try:
         with time_limit(timeout):

@@ -189,7 +189,7 @@ def extract_answer(
     ``dataset`` is a style ("math", "gsm8k") or a dataset name (see ``answer_style``).
     ``box_match``: ``"last"`` (default) or ``"first"`` box; ``"any"`` behaves like ``"last"`` here
     (``extract_candidates`` lists what ``grade`` tries under ``"any"``).
-    In the main thread, ``None`` also when reading the text takes over ``timeout`` seconds.
+    ``None`` also when reading the text takes over ``timeout`` seconds (in any thread; see ``time_limit``).
     """
     try:
         with time_limit(timeout):

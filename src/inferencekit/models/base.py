@@ -177,6 +177,7 @@ class Generator(ABC):
     name: str = "generator"
     can_score_text: ClassVar[bool] = False  # True: `score_text` is implemented (ask this, never probe)
     cancelled: bool = False  # set by `cancel`
+    can_score_certainty: ClassVar[bool] = False  # True: `certainty_text` is implemented (full distributions)
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -229,7 +230,24 @@ class Generator(ABC):
 
         This default refuses: `UserError` naming the backends that can.
         """
-        raise UserError(f"backend {self.name!r} cannot score text; backends that can: {', '.join(_text_scorers())}")
+        raise UserError(f"backend {self.name!r} cannot score text; backends that can: "
+                        f"{', '.join(_able('can_score_text'))}")
+
+    def certainty_text(
+        self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None
+    ) -> list[list[float]]:
+        """Kang et al. 2025's per-token self-certainty of each response given its prompt, from the FULL
+        next-token distribution: for each response token t, KL(U || p_t) = -(1/V) sum_j log(V p_t(j)) over
+        all V vocabulary entries (p_t: the distribution the token was drawn from, given everything before it).
+
+        Contract (backends with `can_score_certainty`): each response is tokenised on its own (no BOS) and
+        appended to the prompt's tokens as `score_text` does; one list per prompt, one float per response
+        token (`[]` for an empty response). No sampling; the work is counted as `score_text` counts it.
+        This default refuses: `UserError` naming the backends that can.
+        """
+        raise UserError(f"backend {self.name!r} cannot give full next-token distributions (self_certainty needs "
+                        f"them); backends that can: {', '.join(_able('can_score_certainty'))}; "
+                        "mean_logprob needs only sampled-token log-probabilities")
 
     async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
         """`params.n` completions of one prompt, awaited.
@@ -269,14 +287,14 @@ class Generator(ABC):
             self.usage.add(Usage(**{k: -v for k, v in asdict(usage).items()}))
 
 
-def _text_scorers() -> list[str]:
-    """Names of the registered backends whose generator can score text (each imported to ask it)."""
+def _able(capability: str) -> list[str]:
+    """Names of the registered backends whose generator declares `capability` (each imported to ask it)."""
     from inferencekit.models import BACKEND_CLASSES
 
     able = []
     for name in BACKEND_CLASSES.names():
         try:
-            if BACKEND_CLASSES.get(name)().can_score_text:
+            if getattr(BACKEND_CLASSES.get(name)(), capability):
                 able.append(name)
         except ImportError:  # its packages are not installed here: it cannot score here either
             continue

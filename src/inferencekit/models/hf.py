@@ -56,6 +56,7 @@ from .base import (
     per_prompt_params,
     truncate_at_stop,
 )
+from .certainty import kl_uniform_rows
 from .dequantised import dequantised_checkpoint
 from .torch_options import attention_without_cudnn, model_context_length, torch_dtype
 
@@ -247,6 +248,8 @@ class _Row:
 class HFGenerator(Generator):
     """A causal LM run with transformers (`backend: hf`)."""
 
+    can_score_certainty = True  # certainty_text below
+
     def __init__(self, spec: GeneratorSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -362,6 +365,32 @@ class HFGenerator(Generator):
 
     def torch_model(self) -> tuple[torch.nn.Module, Any]:
         return self.model, self.tokenizer
+
+    def certainty_text(
+        self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None
+    ) -> list[list[float]]:
+        """Per-token self-certainty of each response (see `Generator.certainty_text`): one forward pass per
+        response, its positions' full logits only (`logits_to_keep` where the model takes it)."""
+        account, start = USAGE_ACCOUNT.get(), time.perf_counter()
+        out, total = [], 0
+        with self._generate_lock, torch.inference_mode(), self._attention_backends():
+            for prompt, response in zip(prompts, responses, strict=True):
+                head = self.encode(prompt)
+                tail = list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+                total += len(head) + len(tail)
+                if not tail:
+                    out.append([])
+                    continue
+                ids = torch.tensor([head + tail], device=self.input_device)
+                keep = {"logits_to_keep": len(tail) + 1} if self._last_logits else {}
+                logits = self.model(input_ids=ids, **keep).logits[0, -len(tail) - 1 : -1]
+                out.append(kl_uniform_rows(logits).tolist())
+        work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=total, seconds=time.perf_counter() - start)
+        if usage is None:
+            self._record(work, account)
+        else:
+            usage.add(work)
+        return out
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a prompt, with the tokenizer's BOS unless the text already starts with it."""

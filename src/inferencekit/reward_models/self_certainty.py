@@ -1,4 +1,13 @@
-"""Self-certainty: a reward-free step score from the policy's own token log-probabilities."""
+"""Reward-free scores from the policy's own distributions: `self_certainty` (Kang et al. 2025) and `mean_logprob`.
+
+- `self_certainty`: the KL divergence from the uniform distribution to the full next-token distribution,
+  KL(U || p) = -(1/V) sum_j log(V p_j), averaged over every token of the response; one score per whole
+  response, however steps split it (backprop07/Self-Certainty @ b3461b1, src/confidence_list.py and the
+  README's formula). It needs full distributions: llama.cpp and transformers give them
+  (`Generator.certainty_text`); another backend is refused in one line.
+- `mean_logprob`: exp(mean log-probability of each step's sampled tokens), per step (its_hub's signal
+  of that name); any backend that returns log-probabilities of given text, or a transformers model.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from inferencekit.errors import UserError
+from inferencekit.models.certainty import kl_uniform_rows
 from inferencekit.reward_models.encoding import Encoded
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -22,8 +32,8 @@ def mean_prob(logprobs: list[float]) -> float:
     return math.exp(sum(logprobs) / len(logprobs)) if logprobs else math.nan
 
 
-@register_format("self_certainty", "mean_logprob")
-class SelfCertainty(TransformersRewardModel):
+@register_format("mean_logprob")
+class MeanLogprob(TransformersRewardModel):
     """exp(mean log-prob) of each step's tokens given the question and the steps before it.
 
     The model: a transformers causal LM at `path`; else the generator's own `score_text` when it
@@ -50,7 +60,7 @@ class SelfCertainty(TransformersRewardModel):
         else:
             backend = "no generator" if gen is None else f"backend {gen.name!r}"
             raise UserError(
-                f"self_certainty needs a causal LM: a path to one, or a generator that can score text or runs "
+                f"{self.format_name} needs a causal LM: a path to one, or a generator that can score text or runs "
                 f"a transformers model (llamacpp, hf); got {backend}"
             )
 
@@ -137,3 +147,74 @@ class SelfCertainty(TransformersRewardModel):
     def close(self) -> None:
         if self.settings.path:  # a generator's model belongs to the generator
             super().close()
+
+
+@register_format("self_certainty")
+class SelfCertainty(MeanLogprob):
+    """Kang et al. 2025: KL(uniform || next-token distribution), averaged over the response's tokens; one score.
+
+    The whole solution is scored as one piece after the prompt (steps do not change it): `score` gives one
+    float per solution. The model: a transformers causal LM at `path`; else the generator's own
+    `certainty_text` (llama.cpp, hf). A backend without full distributions (openai) is refused.
+    """
+
+    def load(self) -> None:
+        gen = self.settings.generator
+        self.text_scorer = None
+        if self.settings.path:
+            TransformersRewardModel.load(self)
+        elif gen is not None and gen.can_score_certainty:
+            self.certainty = gen.certainty_text
+        else:
+            backend = "no generator" if gen is None else f"backend {gen.name!r}"
+            raise UserError(
+                f"self_certainty reads the full next-token distribution: give a causal LM path, or run on a backend "
+                f"that exposes it (llamacpp, hf); got {backend} (--reward-model mean_logprob needs only log-probs)"
+            )
+
+    def score(
+        self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
+    ) -> list[list[list[float]]]:
+        """One score per solution (a list of one), from the whole solution text: step splits do not matter."""
+        if isinstance(questions, str) or len(questions) != len(solutions):
+            raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")
+        own = prompts is not None and not self.settings.path
+        self.policy_prompts = dict(zip(questions, prompts, strict=True)) if own else {}
+        try:
+            flat = iter(self.score_items([(q, [s]) for q, sols in zip(questions, solutions, strict=True)
+                                          for s in sols]))
+            return [[next(flat) for _ in sols] for sols in solutions]
+        finally:
+            self.policy_prompts = {}
+
+    def encode(self, question: str, steps: list[str]) -> Encoded:
+        prompt, chat = self.prompt(question)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=not chat)
+        start = len(ids)
+        ids += self.tokenizer.encode(steps[0], add_special_tokens=False)
+        return Encoded(ids, [(start, len(ids))])
+
+    def token_scores(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        # the certainty of token t's distribution comes from the logits at t - 1; the first token has none
+        out = torch.full(input_ids.shape, float("nan"), device=input_ids.device)
+        parts = self.hidden_and_head(input_ids, attention_mask, position_ids)
+        if parts is None:
+            logits = self.forward(input_ids, attention_mask, position_ids).logits[:, :-1]
+            out[:, 1:] = kl_uniform_rows(logits).to(out.device)
+            return out
+        hidden, head = parts
+        chunk = max(1, LOGITS_CHUNK // max(1, input_ids.shape[0]))
+        for start in range(0, input_ids.shape[1] - 1, chunk):
+            end = min(start + chunk, input_ids.shape[1] - 1)
+            out[:, start + 1 : end + 1] = kl_uniform_rows(head(hidden[:, start:end])).to(out.device)
+        return out
+
+    def reduce(self, values: torch.Tensor) -> float:
+        return float(values.mean()) if values.numel() else math.nan
+
+    def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        if self.settings.path:
+            return super().score_items(items)
+        per_token = self.certainty([self.prompt(q)[0] for q, _ in items], [steps[0] for _, steps in items],
+                                   usage=self.usage)  # the work counts as ours
+        return [[sum(values) / len(values) if values else math.nan] for values in per_token]

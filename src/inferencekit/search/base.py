@@ -52,11 +52,20 @@ class SearchMethod(ABC):
     needs_reward_model: bool = False
     provides_scores: bool = False  # its candidates carry their own step scores (e.g. deepconf's confidence)
 
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        """Refuse settings this method cannot run with (`UserError`, one line); called before any model loads."""
+        return None
+
     def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
+        self.check(config)
         self.config = config
         self.generator = generator
         self.reward_model = reward_model
         self._local = threading.local()
+        # how the dataset's answers are read (grouping samples by answer): the runner sets the loaded
+        # dataset's style; by default the one its name or preset gives
+        self.answer_style: str = dataset_style(config.dataset)
 
     @property
     def generated(self) -> list[int]:
@@ -98,6 +107,19 @@ class SearchMethod(ABC):
         import asyncio
 
         return (await asyncio.to_thread(self.search, [problem]))[0]
+
+
+def dataset_style(name: str) -> str:
+    """The answer style of dataset `name`: its preset's declared style, else what the name says."""
+    from inferencekit.errors import UserError
+    from inferencekit.grading.style import answer_style
+    from inferencekit.presets import load_preset
+
+    try:
+        declared = (load_preset("datasets", name) or {}).get("style")
+    except (UserError, OSError, ValueError):  # a path or hub id that is no preset name
+        declared = None
+    return answer_style(name, declared=declared)
 
 
 METHODS: Registry[type[SearchMethod]] = Registry("method")

@@ -2,33 +2,45 @@
 
 Budget: `n` traces per problem. Token confidence C_i = -(1/k) sum_j log P_i(j) over the k = `deepconf_top_k`
 likeliest tokens at position i; group confidence = the mean of C over a sliding window of
-`deepconf_window` tokens (over the whole trace when shorter); a trace's score = its lowest group
-confidence.
-- offline: n traces; the top eta% (`deepconf_eta`, rounded up) by score are kept, the others dropped.
-- online: the first `deepconf_warmup` traces run in full and set the threshold s, the (100 - eta)-th
-  percentile of their scores (eta 10: DeepConf-low, 90: DeepConf-high); the other n - warmup traces
-  are generated `deepconf_chunk` tokens at a time and stopped as soon as the mean confidence of their
-  last `deepconf_window` tokens falls below s (checked once a window is full). Stopped traces are
-  dropped; the warm-up traces and the finished ones are kept. (The paper's consensus stop on extra
-  traces is not applied: all traces run at once.)
+`deepconf_window` tokens (over the whole trace when shorter). A trace's score (`deepconf_score`): `lowest`
+group confidence (default), `bottom10` (the mean of its lowest 10% of windows, at least one), `tail` (the
+mean confidence of its last `deepconf_window` tokens) or `mean` (of all its tokens), as the reference's
+analysis computes them.
+- offline: n traces; `deepconf_keep=percentile` (the reference's) keeps the traces scoring >= the
+  (100 - eta)-th percentile of all n scores (numpy's linear interpolation: 14 of 16 distinct scores at
+  eta = 90); `top` keeps the best ceil(eta% of n). At least one trace is kept.
+- online (score `lowest` only): the first `deepconf_warmup` traces run in full and set the threshold s, the
+  (100 - eta)-th percentile of their scores (eta 10: DeepConf-low, 90: DeepConf-high); of them only those
+  scoring >= s are kept. The other n - warmup traces are generated `deepconf_chunk` tokens at a time and
+  stopped as soon as the mean confidence of their last `deepconf_window` tokens falls below s (checked once
+  a window is full); after generation every trace scoring below s is dropped too (one shorter than the
+  window included), as the reference does. (The paper's consensus stop on extra traces is not applied:
+  all traces run at once.)
 The kept traces are the candidates. Without a reward model each candidate's step score is its confidence,
 so `--vote weighted` is the paper's confidence-weighted vote (`majority`: plain voting over the kept);
 with one, its scores are the step scores and the confidence is in `meta`. The first candidate's `meta`
-records the traces, the threshold, the stopped traces and their tokens, and `saved_tokens_est`: for each
-stopped trace, the mean warm-up trace length minus its own, floored at zero (an estimate; the frontier
-benchmark measures savings against offline runs on the same seeds).
+records the traces, the threshold, the stopped traces and their tokens, the traces `dropped` after
+generation, and `saved_tokens_est`: for each stopped trace, the mean warm-up trace length minus its own,
+floored at zero (an estimate; the frontier benchmark measures savings against offline runs on the same seeds).
 Needs top-k log-probabilities: all three backends return them (OpenAI's own API caps k at 5 or 20).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from inferencekit.errors import UserError, unknown
 from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
 from inferencekit.search.samples import score_if_asked
 from inferencekit.search.tree import Node, expand_chunk, node_seed
+
+if TYPE_CHECKING:
+    from inferencekit.config import RunConfig
+
+SCORES = ("lowest", "bottom10", "tail", "mean")
 
 
 def token_confidences(top_logprobs: list[list[tuple[str, float]]] | None) -> list[float]:
@@ -36,14 +48,34 @@ def token_confidences(top_logprobs: list[list[tuple[str, float]]] | None) -> lis
     return [-sum(lp for _, lp in top) / len(top) for top in top_logprobs or [] if top]
 
 
-def trace_score(confs: list[float], window: int) -> float:
-    """Lowest mean confidence over sliding windows of `window` tokens (the whole trace when shorter)."""
+def trace_score(confs: list[float], window: int, how: str = "lowest") -> float:
+    """A trace's score from its token confidences (NaN for none): see the module docstring for `how`.
+
+    `lowest` and `bottom10` read the means of the sliding windows of `window` tokens (the whole trace when
+    shorter); `tail` the mean of the last `window` tokens; `mean` the mean of all.
+    """
     if not confs:
         return math.nan
-    if len(confs) <= window:
-        return sum(confs) / len(confs)
-    sums = np.convolve(np.asarray(confs, dtype=float), np.ones(window), "valid")
-    return float(sums.min() / window)
+    x = np.asarray(confs, dtype=float)
+    if how == "mean" or (len(x) <= window and how in ("lowest", "bottom10")):
+        return float(x.mean())
+    if how == "tail":
+        return float(x[-window:].mean())
+    means = np.convolve(x, np.ones(window), "valid") / window
+    if how == "lowest":
+        return float(means.min())
+    if how == "bottom10":
+        return float(np.sort(means)[: max(1, int(len(means) * 0.1))].mean())
+    raise unknown("DeepConf trace score", how, SCORES)
+
+
+def percentile_keep(scores: list[float], eta: float) -> list[int]:
+    """Indices of the scores >= the (100 - eta)-th percentile of the (non-NaN) scores, in order."""
+    finite = [s for s in scores if not math.isnan(s)]
+    if not finite:
+        return []
+    threshold = float(np.percentile(finite, 100 - eta))
+    return [i for i, s in enumerate(scores) if not math.isnan(s) and s >= threshold]
 
 
 def first_drop(confs: list[float], window: int, threshold: float, start: int) -> int | None:
@@ -60,6 +92,12 @@ class DeepConf(SearchMethod):
 
     provides_scores = True
 
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        if config.deepconf_mode == "online" and config.deepconf_score != "lowest":
+            raise UserError(f"--deepconf-score {config.deepconf_score} applies offline; online mode stops traces by "
+                            "their lowest group confidence (use --deepconf-score lowest)")
+
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         c = self.config
         warm = c.n if c.deepconf_mode == "offline" else min(c.n, c.deepconf_warmup)
@@ -70,7 +108,8 @@ class DeepConf(SearchMethod):
         traces: list[list[tuple[Candidate, float]]] = [[] for _ in problems]
         for (i, _), (out,) in zip(asks, outs, strict=True):
             cand = Candidate(text=out.text, tokens=out.tokens, finish_reason=out.finish_reason)
-            traces[i].append((cand, trace_score(token_confidences(out.top_logprobs), c.deepconf_window)))
+            traces[i].append((cand, trace_score(token_confidences(out.top_logprobs), c.deepconf_window,
+                                                c.deepconf_score)))
         self.generated = [sum(cand.tokens for cand, _ in ts) for ts in traces]
         stats = [{"traces": c.n, "mode": c.deepconf_mode} for _ in problems]
         if warm < c.n:
@@ -88,9 +127,14 @@ class DeepConf(SearchMethod):
         return cands
 
     def keep(self, traces: list[tuple[Candidate, float]]) -> list[tuple[Candidate, float]]:
-        """The top eta% of traces by score (at least one), best first; ties in sample order."""
+        """The kept traces (`deepconf_keep`; at least one), best first; ties in sample order."""
+        ranked = sorted(traces, key=lambda t: -t[1] if not math.isnan(t[1]) else math.inf)
+        if self.config.deepconf_keep == "percentile":
+            kept = {id(traces[i]) for i in percentile_keep([s for _, s in traces], self.config.deepconf_eta)}
+            chosen = [t for t in ranked if id(t) in kept]
+            return chosen or ranked[:1]
         k = max(1, math.ceil(len(traces) * self.config.deepconf_eta / 100 - 1e-9))
-        return sorted(traces, key=lambda t: -t[1] if not math.isnan(t[1]) else math.inf)[:k]
+        return ranked[:k]
 
     def online(self, problems: list[Problem], traces, stats, params) -> None:
         """Generate the traces after the warm-up in chunks, stopping those whose confidence drops."""
@@ -100,8 +144,11 @@ class DeepConf(SearchMethod):
         warm_len = [sum(cand.tokens for cand, _ in ts) / len(ts) for ts in traces]
         nodes = [Node(i, path=(j,)) for i in range(len(problems)) for j in range(len(traces[i]), c.n)]
         confs: dict[int, list[float]] = {id(x): [] for x in nodes}
-        for st, s in zip(stats, threshold, strict=True):
+        for i, (st, s) in enumerate(zip(stats, threshold, strict=True)):
             st.update(threshold=round(s, 6), stopped=0, stopped_tokens=0, saved_tokens_est=0)
+            admitted = [t for t in traces[i] if t[1] >= s]  # the reference admits warm-up traces >= the threshold
+            st["dropped"] = len(traces[i]) - len(admitted)
+            traces[i][:] = admitted
         while nodes:
             going = []
             for node, step in zip(nodes, expand_chunk(self.generator, problems, nodes, params, c.deepconf_chunk),
@@ -115,9 +162,11 @@ class DeepConf(SearchMethod):
                     st["stopped"] += 1
                     st["stopped_tokens"] += child.tokens
                     st["saved_tokens_est"] += round(max(0.0, warm_len[node.problem] - child.tokens))
-                elif child.terminal:
+                elif child.terminal and (score := trace_score(conf, c.deepconf_window)) >= threshold[node.problem]:
                     cand = Candidate(text=child.text, tokens=child.tokens, finish_reason=child.finish_reason)
-                    traces[node.problem].append((cand, trace_score(conf, c.deepconf_window)))
+                    traces[node.problem].append((cand, score))
+                elif child.terminal:  # under the threshold as a whole (e.g. shorter than the window): dropped
+                    st["dropped"] += 1
                 else:
                     confs[id(child)] = conf
                     going.append(child)

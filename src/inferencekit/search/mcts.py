@@ -3,8 +3,11 @@
 Each iteration, per problem: select a leaf by PUCT from the root (Q = mean backed-up value, a
 child's own evaluation before its first visit; prior uniform or proportional to the reward); expand
 it with M (`beam_width`) sampled next steps; evaluate each child by the reward model, or with
-`mcts_rollout` by the reward of a greedy rollout to a final answer; back the mean child value up to
-the leaf and every ancestor (one visit per iteration, so the root's visits count the iterations).
+`mcts_rollout` by the reward of a greedy rollout to a final answer; back the values up (`mcts_backup`):
+`mean` (default) backs the mean child value up to the leaf and every ancestor, one visit per iteration
+(so the root's visits count the iterations); `each` backs each child's value up from the child itself,
+as if each child were one simulation (M visits per iteration, as AlphaZero-style expansions that evaluate
+every new child do).
 A selected finished leaf is re-evaluated without generation. The leaves of all problems go to the
 generator and the reward model in one call each. Budget: `mcts_iterations` (default `n`) and, per
 problem, `mcts_token_budget` generated tokens.
@@ -53,7 +56,11 @@ class MCTS(TreeSearch):
             for leaf, g in zip(leaves, grown, strict=True):
                 finals[leaf.problem] += [kid for kid in g if kid.terminal]
                 self.set_priors(g)
-                leaf.backpropagate(sum(kid.value for kid in g) / len(g) if g else leaf.value)
+                if c.mcts_backup == "each" and g:
+                    for kid in g:
+                        kid.backpropagate(kid.value)
+                else:
+                    leaf.backpropagate(sum(kid.value for kid in g) / len(g) if g else leaf.value)
         return roots, finals
 
     def select(self, root: Node) -> Node:

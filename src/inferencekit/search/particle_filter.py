@@ -1,33 +1,39 @@
 """Particle filtering (Puri et al. 2025, arXiv 2502.01618) and particle Gibbs over solution steps.
 
-Budget: `n` particles in all; with `pf_iterations` K sweeps of particle Gibbs, N = n // K particles per
-sweep. Each round every unfinished particle extends by one step (`expand`), the reward model scores its
-partial path (`score`, the run's aggregation: `last` reads the newest step's score), and N particles are
-resampled from the N current ones with probabilities softmax(logit(score)), the score clipped to
-[1e-7, 1 - 1e-7] (a NaN counts as the floor); finished particles keep their last weight and can be
-drawn again. A sweep ends when every particle is finished. `pf_resampling`: multinomial or systematic.
-`pf_tempering` (entropic particle filtering): when the effective sample size 1 / sum(p^2) falls below
-N/2 in the first half of the steps (depth / `max_steps` < 1/2), the log-weights are divided by
-T = max(1, (N / ESS) * (1 - depth / max_steps)).
+Budget: `n` particles in all; with `pf_iterations` K sweeps of particle Gibbs, N = n / K particles per sweep
+(n must be a multiple of K, as its_hub asserts). Each round every unfinished particle extends by one step
+(`expand`), the reward model scores its partial path (`score`, the run's aggregation: `last` reads the
+newest step's score), and N particles are resampled from the N current ones with probabilities
+softmax(logit(score)), the score clipped to [1e-7, 1 - 1e-7] (a NaN counts as the floor); finished particles
+keep their last weight and can be drawn again. A sweep ends when every particle is finished.
+`pf_resampling`: multinomial or systematic. `pf_tempering` (entropic particle filtering): when the effective
+sample size 1 / sum(p^2) falls below N/2 in the first half of the steps (depth / `max_steps` < 1/2), the
+log-weights are divided by T = max(1, (N / ESS) * (1 - depth / max_steps)).
 
 Particle Gibbs: after a sweep, one reference particle is drawn by weight; the next sweep runs N - 1 free
-particles beside it. At round t the reference stands at its depth-t prefix (or its end), is weighed
-with the others and may be drawn by free particles (which then branch off its prefix), and it always
-survives. The candidates are the final particles of every sweep (N per sweep, copies included, so
-votes count a particle's copies), each with its weight and sweep in `meta`. Resampling draws from a
-generator seeded by the problem's seed, sampling seeds come from tree positions (and the sweep), so a
-problem's particles do not depend on what else is in the batch.
+particles beside it. At round t the reference stands at its depth-t prefix (or its end), is weighed with the
+others and may be drawn by free particles (which then branch off its prefix), and it always survives. Its
+weight (`pf_reference_weight`): `final`, the score of its whole path, as its_hub
+(its_hub/core/algorithms/particle_gibbs.py @ 2d340bb: a finished particle weighs its last weight), or
+`prefix`, the score its depth-t prefix had. The candidates are the final particles of every sweep (N per
+sweep, copies included, so votes count a particle's copies), each with its weight and sweep in `meta`.
+Resampling draws from a generator seeded by the problem's seed, sampling seeds come from tree positions (and
+the sweep), so a problem's particles do not depend on what else is in the batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inferencekit.errors import UserError
 from inferencekit.search.base import Candidate, Problem, register_method
 from inferencekit.search.tree import Node, TreeSearch, node_seed, resample
+
+if TYPE_CHECKING:
+    from inferencekit.config import RunConfig
 
 CLIP = 1e-7
 
@@ -59,16 +65,33 @@ def prefix(node: Node, depth: int) -> Node:
     return node
 
 
+def weighed_pool(particles: list[Node], ref: Node | None, depth: int, weight: str = "final"
+                 ) -> tuple[list[Node], list[float]]:
+    """The nodes resampling draws from at round `depth` and their scores: the particles, then the reference
+    particle's depth-`depth` prefix weighed by its whole path's score (`final`, its_hub) or the prefix's."""
+    if ref is None:
+        return list(particles), [x.score for x in particles]
+    stand = prefix(ref, depth)
+    return [*particles, stand], [x.score for x in particles] + [ref.score if weight == "final" else stand.score]
+
+
 @register_method("particle_filter")
 class ParticleFilter(TreeSearch):
     """Particle filtering: extend N particles a step, weigh by reward, resample; particle Gibbs with sweeps."""
 
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        if (config.reward_model_args.get("format") or config.reward_model) == "self_certainty":
+            raise UserError("particle_filter weighs particles by logit(score), for scores in (0, 1); self_certainty's "
+                            "KL divergence is unbounded: use --reward-model mean_logprob (its_hub's signal) or a PRM")
+        k = config.pf_iterations
+        if k > 1 and (config.n % k or config.n < 2 * k):
+            raise UserError(f"particle Gibbs runs --n / --pf-iterations particles per sweep, 2 or more: --n {config.n} "
+                            f"does not fit --pf-iterations {k} (give --n >= {2 * k}, a multiple of {k})")
+
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         c = self.config
         n = c.n // c.pf_iterations
-        if n < (2 if c.pf_iterations > 1 else 1):
-            raise UserError(f"particle Gibbs needs 2 or more particles per sweep: --n {c.n} is too small for "
-                            f"--pf-iterations {c.pf_iterations} (give --n >= {2 * c.pf_iterations})")
         self.roots(problems)
         rngs = [np.random.default_rng(p.seed) for p in problems]
         refs: list[Node | None] = [None] * len(problems)
@@ -97,8 +120,8 @@ class ParticleFilter(TreeSearch):
             particles = [[x if x.terminal else next(grown[id(x)]) for x in ps] for ps in particles]
             self.score(problems, [x for ps in particles for x in ps])
             for i in live:  # a problem whose particles are all finished is done: never resampled again
-                pool = particles[i] + ([prefix(refs[i], depth)] if refs[i] is not None else [])
-                logw = log_weights([x.score for x in pool])
+                pool, scores = weighed_pool(particles[i], refs[i], depth, self.config.pf_reference_weight)
+                logw = log_weights(scores)
                 probs = tempered(logw, depth / self.config.max_steps) if self.config.pf_tempering else softmax(logw)
                 particles[i] = [pool[j] for j in resample(probs, free[i], rngs[i], self.config.pf_resampling)]
         return [ps + ([ref] if ref is not None else []) for ps, ref in zip(particles, refs, strict=True)]

@@ -4,10 +4,15 @@ Budget: width N = `n`, the number of finished solutions it may produce. The root
 At each depth the reward model scores the new nodes; each finished node (EOS, a final `\\boxed{}`, the
 token cap, `max_steps`) goes to the pool and uses up one unit of the width. The remaining width W is
 shared among the open nodes of that depth in proportion to exp(score / T) (`rebase_temperature`,
-default 0.2), and each node is expanded by its share. Rounding: every node first gets the floor of its
-exact share W * w_i / sum(w); the units left over go one each to the nodes with the largest fractional
-parts (ties to the better-ranked node), so the widths sum to W exactly. A node whose share rounds to
-zero is dropped. The search ends when the width is used up; the candidates are the pool, best first.
+default 0.2), and each node is expanded by its share. Rounding (`rebase_widths`):
+- `reference` (thu-wyz/inference_scaling rebase.py `select_softmax`): nodes best first, each gets
+  ceil(W' e_j / S') of what is left, W' and S' then lose its width and weight, so the widths sum to W and
+  the better nodes round up: [0.9, 0.8, 0.5], W = 16, T = 0.2 gives [10, 5, 1];
+- `largest_remainder`: every node first gets the floor of its exact share W * w_i / sum(w); the units left
+  over go one each to the nodes with the largest fractional parts (ties to the better-ranked node):
+  [9, 6, 1] on the same example.
+A node whose width is zero is dropped. The search ends when the width is used up; the candidates are the
+pool, best first.
 """
 
 from __future__ import annotations
@@ -18,14 +23,32 @@ from inferencekit.search.base import Candidate, Problem, register_method
 from inferencekit.search.tree import Node, TreeSearch, group, rank
 
 
-def widths(scores: list[float], width: int, temperature: float) -> list[int]:
-    """Split `width` among nodes in proportion to exp(score / T), largest remainders rounding, summing to it."""
+def softmax_weights(scores: list[float], temperature: float) -> list[float]:
+    """exp(score / T) up to a common factor (NaN: 0; all NaN: equal weights)."""
     finite = [s for s in scores if not math.isnan(s)]
     if not finite:
-        weights = [1.0] * len(scores)
-    else:
-        top = max(finite)
-        weights = [0.0 if math.isnan(s) else math.exp((s - top) / temperature) for s in scores]
+        return [1.0] * len(scores)
+    top = max(finite)
+    return [0.0 if math.isnan(s) else math.exp((s - top) / temperature) for s in scores]
+
+
+def reference_widths(scores: list[float], width: int, temperature: float) -> list[int]:
+    """Split `width` as REBASE's reference does: in score order, ceil(left * w_j / weight left), summing to it.
+
+    `scores` must be ranked best first (as `rank` gives them).
+    """
+    weights = softmax_weights(scores, temperature)
+    left, rest, out = width, sum(weights), []
+    for w in weights:
+        k = min(left, math.ceil(left * w / rest - 1e-12)) if rest > 0 else 0
+        out.append(k)
+        left, rest = left - k, rest - w
+    return out
+
+
+def widths(scores: list[float], width: int, temperature: float) -> list[int]:
+    """Split `width` among nodes in proportion to exp(score / T), largest remainders rounding, summing to it."""
+    weights = softmax_weights(scores, temperature)
     total = sum(weights)
     shares = [width * w / total for w in weights]
     out = [math.floor(x) for x in shares]
@@ -53,6 +76,7 @@ class Rebase(TreeSearch):
                 live = rank(x for x in level if not x.terminal)
                 if live and width[i] > 0:
                     nodes += live
-                    ks += widths([x.score for x in live], width[i], self.config.rebase_temperature)
+                    split = reference_widths if self.config.rebase_widths == "reference" else widths
+                    ks += split([x.score for x in live], width[i], self.config.rebase_temperature)
             frontier = [kid for kids in self.expand_each(problems, nodes, ks) for kid in kids]
         return [[self.to_candidate(x) for x in rank(pool)] for pool in pools]

@@ -4,12 +4,16 @@
 Budget: `n` is the most samples per problem. Sample j of a problem has its own seed (from the problem's
 seed and j), so every stopping rule reads the same stream of samples and stops at a prefix of it.
 - `esc`: samples come in windows of `esc_window`; after a window whose answers are all the same (and
-  not missing), sampling stops.
+  not missing), sampling stops. ESC answers with that window's answer: with `esc_answer=window` (the
+  default, as ESC's reference) the candidates are that window's samples (the earlier ones count in the
+  tokens and `meta.samples`, not in the vote); `all` votes over every sample drawn. Without a unanimous
+  window all n samples are the candidates either way.
 - `adaptive`: one sample at a time; with v1, v2 the counts of the two most frequent answers, sampling
   stops once P(p > 1/2) > `sc_confidence` (0.95) for p ~ Beta(v1 + 1, v2 + 1) (the Beta stopping rule).
 - `none`: all n samples (plain self-consistency on the same stream).
-The vote is the run's `--vote` (majority is self-consistency) over the samples drawn. The first
-candidate's `meta` records `samples` (how many were drawn) and `stopped_early`.
+The vote is the run's `--vote` (majority is self-consistency) over the candidates. Answers are grouped
+in the dataset's grading style (`answer_style`, e.g. GSM8K style for `arith`). The first candidate's
+`meta` records `samples` (how many were drawn) and `stopped_early`.
 """
 
 from __future__ import annotations
@@ -56,10 +60,14 @@ class SelfConsistency(SearchMethod):
                                             for i, j in asks])
             for (i, _), (out,) in zip(asks, outs, strict=True):
                 cands[i].append(Candidate(text=out.text, tokens=out.tokens, finish_reason=out.finish_reason))
-                answers[i].append(answer_key(out.text, c.dataset))
+                answers[i].append(answer_key(out.text, self.answer_style))
             live = [i for i in live
                     if len(cands[i]) < c.n and not should_stop(answers[i], c.sc_stop, c.esc_window, c.sc_confidence)]
-        for cs in cands:
-            cs[0].meta = {"samples": len(cs), "stopped_early": len(cs) < c.n}
+        self.generated = [sum(x.tokens for x in cs) for cs in cands]
+        for i, cs in enumerate(cands):
+            samples = len(cs)
+            if c.sc_stop == "esc" and c.esc_answer == "window" and should_stop(answers[i], "esc", c.esc_window, 0):
+                cands[i] = cs = cs[-c.esc_window:]  # the unanimous window answers
+            cs[0].meta = {"samples": samples, "stopped_early": samples < c.n}
         score_if_asked(self.reward_model, problems, cands)
         return cands

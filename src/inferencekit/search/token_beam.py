@@ -2,7 +2,8 @@
 
 N = `n`, M = `beam_width`. Each round every live beam is continued by each of its M likeliest next
 tokens (one generator call for all beams of all problems, asking for top-k log-probabilities), and
-the best N/M children by summed log-probability go on (fewer as the pool fills, as in beam_search).
+the best N/M children by summed log-probability go on (fewer as the pool fills, as `--beam-pool best` of
+beam_search). N must be a multiple of M (refused otherwise, rather than floored).
 With a reward model, every `token_beam_chunk` tokens the children are ranked by its score of the
 partial solution (its last step's score) instead. Finished paths (EOS, a stop string, a final
 `\\boxed{}`, the token cap) go to the pool; a problem stops at N finished paths. The pool is ranked by
@@ -13,9 +14,14 @@ prompt plus the path, which the backends' prefix caches make cheap.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, next_beams, rank
+from inferencekit.search.tree import Node, TreeSearch, next_beams, rank, require_multiple
 from inferencekit.voting import aggregate
+
+if TYPE_CHECKING:
+    from inferencekit.config import RunConfig
 
 
 @register_method("token_beam")
@@ -24,6 +30,10 @@ class TokenBeam(TreeSearch):
 
     needs_reward_model = False
     samples = False
+
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        require_multiple(config.n, config.beam_width, "token_beam keeps N/M beams of M next tokens each")
 
     def search(self, problems: list[Problem]) -> list[list[Candidate]]:
         n = self.config.n

@@ -276,6 +276,14 @@ def next_beams(
     return beams
 
 
+def require_multiple(n: int, beam_width: int, why: str) -> None:
+    """Refuse (one line) an N that is not a multiple of the width M (N < M means one group of N): no flooring."""
+    m = min(beam_width, n)
+    if n % m:
+        raise UserError(f"{why}: --n {n} is not a multiple of --beam-width {m}; "
+                        f"give --n {n - n % m} or {n + m - n % m}")
+
+
 def to_candidate(node: Node, separator: str | None = None, **meta: Any) -> Candidate:
     """A node as a candidate: its path's text (trailing separator dropped), tokens and step scores."""
     text = node.text.removesuffix(separator) if separator else node.text

@@ -26,6 +26,7 @@ from inferencekit.models.base import (
     UsageAccount,
     truncate_at_stop,
 )
+from inferencekit.models.certainty import kl_uniform
 from inferencekit.models.llamacpp.gguf import GGUFModel
 from inferencekit.models.llamacpp.kv_cache import StreamCache
 from inferencekit.models.llamacpp.sampler import logsumexp, next_token, top_k
@@ -450,11 +451,14 @@ class DecodeLoop:
 
     # ---------------------------------------------------------------- scoring given text
 
-    def score_items(self, items: list[ScoreItem]) -> tuple[list[list[list[float]]], int, int]:
-        """`score_text`'s work, run in the loop's thread: (log-probs per piece, tokens read, tokens computed).
+    def score_items(
+        self, items: list[ScoreItem], statistic: str = "logprob"
+    ) -> tuple[list[list[list[float]]], int, int]:
+        """`score_text`'s work, run in the loop's thread: (values per piece, tokens read, tokens computed).
 
-        Each item is read in a stream above the live sequences (generation fills streams from the
-        bottom) and stays cached there with its log-probabilities.
+        The value of a token: its log-probability (`logprob`), or the self-certainty of the distribution it
+        was read from (`certainty`, for `certainty_text`). Each item is read in a stream above the live
+        sequences (generation fills streams from the bottom) and stays cached there with its values.
         """
         out: list[list[list[float]]] = []
         total = computed = 0
@@ -464,7 +468,8 @@ class DecodeLoop:
                 out.append([[] for _ in tails])
                 continue
             seq = self._n_seq - 1 - k % free
-            scored, start = self.cache.reuse_scored(self._mem, tokens, seq, first_out=len(head) - 1)
+            scored, start = self.cache.reuse_scored(self._mem, tokens, seq, first_out=len(head) - 1,
+                                                    statistic=statistic)
             while start < len(tokens):
                 end = min(len(tokens), start + _BATCH)
                 end -= len(tokens) - end == 1  # no lone token in a chunk (see _feed)
@@ -472,10 +477,11 @@ class DecodeLoop:
                 self._decode([(tokens[i], i, seq, want[i - start]) for i in range(start, end)])
                 for i in (i for i in range(start, end) if want[i - start]):
                     x = self._logits(i - start)[0].astype(np.float64)
-                    scored[i] = x[tokens[i + 1]] - logsumexp(x)
+                    norm = logsumexp(x)
+                    scored[i] = x[tokens[i + 1]] - norm if statistic == "logprob" else kl_uniform(x, norm)
                 computed += end - start
                 start = end
-            self.cache.store_scored(seq, tokens, scored)
+            self.cache.store_scored(seq, tokens, scored, statistic)
             total += len(tokens)
             split, at = [], len(head) - 1
             for tail in tails:

@@ -40,6 +40,7 @@ class LlamaCppGenerator(Generator):
 
     name = "llamacpp"
     can_score_text = True  # score_text below
+    can_score_certainty = True  # certainty_text below: the decode loop reads every position's full logits
 
     @property
     def context_length(self) -> int:
@@ -176,7 +177,7 @@ class LlamaCppGenerator(Generator):
     def score_text(
         self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], usage: Usage | None = None
     ) -> list[list[list[float]]]:
-        """Log-probability of each token of each continuation given its prompt, per piece (for self_certainty).
+        """Log-probability of each token of each continuation given its prompt, per piece (for mean_logprob).
 
         A continuation is a list of pieces (a solution's steps and separators), each tokenised on its
         own (no BOS) and appended to the prompt's tokens, as a search method appends a step; all of
@@ -187,6 +188,18 @@ class LlamaCppGenerator(Generator):
         again. The numbers are the same either way (see the package docstring). The work is added to
         `usage` when given (a reward model's), else to this generator's.
         """
+        return self._score(prompts, continuations, usage, "logprob")
+
+    def certainty_text(
+        self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None
+    ) -> list[list[float]]:
+        """Per-token self-certainty of each response (see `Generator.certainty_text`), read as `score_text` reads
+        text (one pass, cached streams reused) from each position's full logits."""
+        return [pieces[0] for pieces in self._score(prompts, [[r] for r in responses], usage, "certainty")]
+
+    def _score(
+        self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], usage: Usage | None, statistic: str
+    ) -> list[list[list[float]]]:
         account = USAGE_ACCOUNT.get()
         items = []
         for prompt, pieces in zip(prompts, continuations, strict=True):
@@ -198,7 +211,7 @@ class LlamaCppGenerator(Generator):
             items.append((head, tails, tokens))
         per = max((len(tokens) for _, _, tokens in items), default=1)
         start = time.perf_counter()
-        out, total, computed = self._loop.run(lambda: self._loop.score_items(items), per, 2 * len(items))
+        out, total, computed = self._loop.run(lambda: self._loop.score_items(items, statistic), per, 2 * len(items))
         work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=computed,
                      seconds=time.perf_counter() - start)
         if usage is None:

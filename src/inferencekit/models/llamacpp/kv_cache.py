@@ -30,7 +30,8 @@ class StreamCache:
 
     def __init__(self) -> None:
         self.tokens: dict[int, np.ndarray] = {}  # sequence -> the tokens its stream holds
-        self.scored: dict[int, np.ndarray] = {}  # sequence -> log-prob of each of its tokens after the first
+        # sequence -> statistic ("logprob", "certainty") -> its value at each of its tokens after the first
+        self.scored: dict[int, dict[str, np.ndarray]] = {}
 
     def clear(self) -> None:
         """Forget every stream (the context is gone)."""
@@ -82,16 +83,18 @@ class StreamCache:
                 kept.add(tokens)
                 self.tokens[seq] = np.asarray(tokens)
 
-    def store_scored(self, seq: int, tokens: Sequence[int], scored: np.ndarray) -> None:
-        self.tokens[seq], self.scored[seq] = np.asarray(tokens), scored
+    def store_scored(self, seq: int, tokens: Sequence[int], scored: np.ndarray, statistic: str = "logprob") -> None:
+        self.tokens[seq], self.scored[seq] = np.asarray(tokens), {statistic: scored}
 
-    def reuse_scored(self, mem, tokens: list[int], seq: int, first_out: int) -> tuple[np.ndarray, int]:
+    def reuse_scored(
+        self, mem, tokens: list[int], seq: int, first_out: int, statistic: str = "logprob"
+    ) -> tuple[np.ndarray, int]:
         """Load into `seq` the longest cached prefix of `tokens` whose needed log-probabilities are known.
 
-        Returns the log-probabilities known so far (entry i: of token i + 1; NaN where unknown) and the
-        position where computing starts. Positions from `first_out` on need log-probabilities, so a
-        stream without them (a generation's prompt) lends at most `first_out` positions, one with them
-        as many as match; at least 2 tokens are always computed (see `DecodeLoop._feed`).
+        Returns the log-probabilities (or the `statistic` asked for) known so far (entry i: of token i + 1;
+        NaN where unknown) and the position where computing starts. Positions from `first_out` on need
+        values, so a stream without them (a generation's prompt) lends at most `first_out` positions, one
+        with them as many as match; at least 2 tokens are always computed (see `DecodeLoop._feed`).
         """
         t = np.asarray(tokens)
         scored = np.full(len(tokens) - 1, np.nan)
@@ -99,7 +102,7 @@ class StreamCache:
         for other, cached in self.tokens.items():
             match = common_prefix(t, cached)
             n = min(match, first_out, len(tokens) - 2)
-            known = self.scored.get(other)
+            known = self.scored.get(other, {}).get(statistic)
             if known is not None and match - 1 > first_out:  # entry i needs tokens up to i + 1 to match
                 reach = min(match - 1, len(known), len(tokens) - 2)
                 if not np.isnan(known[first_out:reach]).any():
@@ -109,8 +112,8 @@ class StreamCache:
         if src >= 0 and src != seq:
             lc.llama_memory_seq_rm(mem, seq, -1, -1)
             lc.llama_memory_seq_cp(mem, src, seq, -1, -1)
-        if src >= 0 and src in self.scored and best > first_out:
-            scored[first_out:best] = self.scored[src][first_out:best]
+        if src >= 0 and statistic in self.scored.get(src, {}) and best > first_out:
+            scored[first_out:best] = self.scored[src][statistic][first_out:best]
         self.forget(seq)
         lc.llama_memory_seq_rm(mem, seq, best, -1)  # best is 0 when nothing matched
         return scored, best
