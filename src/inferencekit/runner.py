@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -17,8 +15,7 @@ from typing import Any
 from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError, one_line
-from inferencekit.grading import Grader
-from inferencekit.models import Generator, executor_args, load_generator, resolve_model
+from inferencekit.models import resolve_model
 from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, usage_account
 from inferencekit.prompts import build_messages
 from inferencekit.results.accounting import attach_costs, parameter_counts
@@ -28,6 +25,7 @@ from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
+from inferencekit.session import Session, SharedClock
 
 log = logging.getLogger("inferencekit")
 
@@ -44,12 +42,27 @@ def problem_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2**31)
 
 
-def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> RunResult:
-    """Run `config` to completion in its run folder, resuming what an earlier invocation finished."""
+def check_run(config: RunConfig) -> None:
+    """Refuse, before anything loads, a method, vote or reward model setting that cannot run."""
     method_cls = get_method(config.method)
     check_votes(config.votes, has_scores=config.reward_model is not None or method_cls.provides_scores)
     if method_cls.needs_reward_model and config.reward_model is None:
         raise UserError(f"method {config.method} needs --reward-model")
+    _check_reward_model(config)
+
+
+def run(config: RunConfig, resume: bool = True, show_progress: bool = True, session: Session | None = None
+        ) -> RunResult:
+    """Run `config` to completion in its run folder, resuming what an earlier invocation finished.
+
+    With a `session` (several runs at once, `inferencekit sweep`), its engines, grader and clock are used and
+    left open; without one, the run loads its own and closes them at the end.
+    """
+    if session is None:
+        with Session() as own:
+            return run(config, resume, show_progress, own)
+    method_cls = get_method(config.method)
+    check_run(config)
     dataset = load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -77,17 +90,11 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
             finished = len(dataset.samples) - len(todo)
             log.info("resuming: %d of %d samples already finished", finished, len(dataset.samples))
         if todo:
-            generator, reward_model = load_generator(spec, **executor_args(config)), None
-            try:
-                reward_model = _load_reward_model(config, generator)
-                provenance.loaded(spec, generator, reward_model)
-                shared = None if reward_model is None else _shared(reward_model)
-                method = method_cls(config, generator, shared)
-                _generate(method, generator, reward_model, dataset, todo, store, config, show_progress)
-            finally:
-                if reward_model is not None:
-                    reward_model.close()
-                generator.close()
+            generator = session.generator(spec, config)
+            reward_model, shared = session.reward_model(config, generator)
+            provenance.loaded(spec, generator, reward_model)
+            method = method_cls(config, generator, shared)
+            _generate(method, generator, reward_model, dataset, todo, store, config, show_progress, session)
         records = _finish_records(store, dataset, config)
         metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)
         if failed := metrics["failed"]:
@@ -108,22 +115,6 @@ def _check_reward_model(config: RunConfig) -> str | None:
     spec = resolve_reward_model(config.reward_model, config.reward_model_args.get("format"))
     format_class(spec.format).split_arguments(config.reward_model_args)  # UserError naming the accepted keys
     return spec.name
-
-
-def _load_reward_model(config: RunConfig, generator: Generator):
-    if config.reward_model is None:
-        return None
-    from inferencekit.reward_models import load_reward_model
-
-    return load_reward_model(
-        config.reward_model, step_separator=config.step_separator, generator=generator, **config.reward_model_args
-    )
-
-
-def _shared(reward_model):
-    from inferencekit.reward_models.concurrent import SharedRewardModel
-
-    return SharedRewardModel(reward_model)
 
 
 def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
@@ -149,7 +140,8 @@ def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
     store.repair()
 
 
-def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Sample], store, config, show_progress):
+def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Sample], store, config, show_progress,
+              session: Session):
     """Search up to K problems at once, each on its own; grade and append each as soon as it finishes.
 
     Each problem's search runs in a worker thread with its own context (REQUEST_AFFINITY, a usage
@@ -162,9 +154,9 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
     total = len(dataset.samples)
     workers = config.concurrency or 2 * config.batch_size
     samples = iter(todo)
-    clock = _SharedClock()
+    clock = session.clock  # shared by every run of the session, so seconds add up to the wall time
     costs = parameter_counts(generator, reward_model)
-    with Grader(workers=config.grading_workers, timeout=config.grading_timeout) as grader, RunProgress(
+    with session.grader(config) as grader, RunProgress(
         total=total, done=total - len(todo), vote=config.votes[0], enabled=show_progress
     ) as progress, ThreadPoolExecutor(workers, thread_name_prefix="problem") as pool:
         running: dict[Future, tuple[Sample, Problem]] = {}
@@ -214,7 +206,7 @@ class _Outcome:
     error: str | None = None
 
 
-def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
+def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
     """One problem's search, in this worker's own context: its requests carry its index and usage account."""
     affinity = REQUEST_AFFINITY.set(problem.index)  # reset below: a caller's own context is left as it was
     error = None
@@ -238,45 +230,6 @@ def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
     return _Outcome(candidates, usage, error)
 
 
-class _SharedClock:
-    """Wall time shared among the problems in flight: each is charged dt / (problems running) for every dt.
-
-    So the problems' seconds add up to the run's wall time however many run at once, and throughput
-    (tokens per second) read from the records stays right.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-        self._last = time.perf_counter()
-        self._per_problem = 0.0  # seconds charged to each problem running since the start
-
-    def _tick(self) -> float:
-        now = time.perf_counter()
-        if self._running:
-            self._per_problem += (now - self._last) / self._running
-        self._last = now
-        return self._per_problem
-
-    @contextmanager
-    def share(self) -> Iterator[_Seconds]:
-        seconds = _Seconds()
-        with self._lock:
-            start = self._tick()
-            self._running += 1
-        try:
-            yield seconds
-        finally:
-            with self._lock:
-                seconds.value = self._tick() - start
-                self._running -= 1
-
-
-@dataclass
-class _Seconds:
-    value: float = 0.0
-
-
 def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> Record:
     candidates = [CandidateRecord(text=c.text, tokens=c.tokens, step_scores=list(c.step_scores),
                                   finish_reason=c.finish_reason, meta=dict(c.meta)) for c in cands]
@@ -293,14 +246,22 @@ def _finish_records(store: RunStore, dataset: Dataset, config: RunConfig) -> lis
     return records
 
 
+# The run whose log a message belongs to: several runs of one process (a sweep) each log to their own file.
+_CURRENT_RUN: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferencekit_run", default=None)
+
+
 @contextmanager
 def _run_log(path: Path) -> Iterator[None]:
+    """Messages of this run (its thread and its problems' workers) and of no run in particular go to `path`."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda _record: _CURRENT_RUN.get() in (None, path))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    token = _CURRENT_RUN.set(path)
     try:
         yield
     finally:
+        _CURRENT_RUN.reset(token)
         log.removeHandler(handler)
         handler.close()
