@@ -293,3 +293,28 @@ def test_the_page_escapes_every_value():
     page = render_html([row], "<b>", b"png", "x<y")
     assert "<script>" not in page and "<i>" not in page and "<b>" not in page
     assert "&lt;script&gt;" in page and "a&amp;b" in page and "x&lt;y" in page
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("name", ["frontier.yaml", "frontier-smoke.yaml"])
+def test_the_shipped_specs_are_valid(name, tmp_path):
+    from inferencekit.search import method_names
+    from inferencekit.sweep.execute import _configs
+    from inferencekit.sweep.spec import load_spec
+
+    spec = load_spec(BENCHMARKS / name)
+    configs = _configs(spec, tmp_path, {})  # every run's config resolved and checked, nothing loaded
+    assert {c.dataset for _, c in configs} == {"arith"}
+    if name == "frontier.yaml":  # what issue 23 asks of the published frontier
+        assert {c.method for _, c in configs} == set(method_names())
+        assert all(c.limit >= 120 for _, c in configs) and max(c.n for _, c in configs) >= 16
+        for cell in spec.cells:
+            mine = [(p, c) for p, c in configs if p.cell == cell.name]
+            assert len({repr(p.budget) for p, _ in mine}) >= 3, cell.name
+            if mine[0][1].temperature > 0:
+                assert len({p.seed for p, _ in mine}) >= 2, cell.name
+            if mine[0][1].reward_model is not None:
+                assert mine[0][1].reward_model == "self_certainty"
+        assert any(p.budget_key == "thinking_budget" for p, _ in configs)

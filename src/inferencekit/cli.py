@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--shard", help="I/K: only the I-th of K slices of the sweep's runs (report once all K ended)")
     sw.add_argument("--executor", help="local (default) | ray: in-process engines as Ray actors")
     sw.add_argument("--replicas", type=int, help="--executor ray: number of actors (default 1)")
+    sw.add_argument("--parallel-runs", type=int, default=4, metavar="R",
+                    help="runs in flight at once, each with its own --concurrency problems (default 4)")
     sw.add_argument("--no-progress", action="store_true", help="no line per finished run")
 
     rep = sub.add_parser("report", help="metrics table, accuracy plots and an HTML page across runs; for a sweep "
@@ -241,7 +243,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from inferencekit.sweep import sweep
 
     result = sweep(args.spec, work_dir=args.work_dir, shard=args.shard, executor=args.executor,
-                   replicas=args.replicas, show_progress=not args.no_progress)
+                   replicas=args.replicas, show_progress=not args.no_progress, parallel_runs=args.parallel_runs)
     generated = sum(r.generated for r in result.runs)
     print(f"sweep {result.folder}: {len(result.runs)} run(s), {generated} problem(s) generated, "
           f"{result.loads} model load(s), {result.seconds:.1f} s")

@@ -27,6 +27,9 @@ from inferencekit.session import Session
 from inferencekit.sweep.spec import PlannedRun, SweepSpec, changed_keys, load_spec, parse_spec, plan
 
 SPEC = "sweep.yaml"  # the spec a sweep folder was run with
+# Runs in flight at once: with each run's own `concurrency` (default 16 problems) enough to fill an engine, yet
+# few enough that each problem finishes soon (a stopped sweep loses only the problems in flight).
+PARALLEL_RUNS = 4
 log = logging.getLogger("inferencekit")
 
 
@@ -58,9 +61,11 @@ def sweep(
     executor: str | None = None,
     replicas: int | None = None,
     show_progress: bool = True,
+    parallel_runs: int = PARALLEL_RUNS,
 ) -> SweepResult:
     """Run (or resume) the sweep of `spec_path` in `<work_dir>/<name>/`; write the frontier files at the end.
 
+    `parallel_runs` runs go at once (the next starts as one ends), their problems all in flight together.
     `shard="I/K"` runs the I-th of K slices of the sweep's runs (every K-th, in spec order); the frontier is
     then left to `inferencekit report SWEEP_DIR` once all K have finished.
     """
@@ -71,7 +76,7 @@ def sweep(
     _record_spec(folder, spec)
     start = time.perf_counter()
     with Session() as session:
-        results = _run_all(planned, session, show_progress)
+        results = _run_all(planned, session, show_progress, parallel_runs)
         loads = session.loads
     result = SweepResult(folder, results, loads, time.perf_counter() - start)
     if shard is None:
@@ -110,7 +115,7 @@ def _record_spec(folder: Path, spec: SweepSpec) -> None:
             raise UserError(f"{folder} holds sweep {spec.name!r} run with another spec ({'; '.join(changed)}); "
                             "give the sweep another name or --work-dir to keep both")
     folder.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(spec.model_dump(exclude_none=True), sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(spec.model_dump(), sort_keys=False, allow_unicode=True)
     # a temporary file of its own: the K jobs of a sharded sweep write this file at the same time
     with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{SPEC}.", delete=False, encoding="utf-8") as f:
         f.write(text)
@@ -119,13 +124,17 @@ def _record_spec(folder: Path, spec: SweepSpec) -> None:
     os.replace(f.name, path)
 
 
-def _run_all(planned: list[tuple[PlannedRun, RunConfig]], session: Session, show_progress: bool) -> list[RunResult]:
-    """All runs at once, in threads sharing `session`; the first error is raised once the others are done."""
+def _run_all(planned: list[tuple[PlannedRun, RunConfig]], session: Session, show_progress: bool, parallel_runs: int
+             ) -> list[RunResult]:
+    """The runs, `parallel_runs` at once in threads sharing `session`; the first error is raised once the others
+    are done."""
     if not planned:
         return []
     results: list[RunResult] = []
     errors: list[BaseException] = []
-    with ThreadPoolExecutor(len(planned), thread_name_prefix="run") as pool:
+    if parallel_runs < 1:
+        raise UserError(f"--parallel-runs must be at least 1 (got {parallel_runs})")
+    with ThreadPoolExecutor(min(parallel_runs, len(planned)), thread_name_prefix="run") as pool:
         running: dict[Future, PlannedRun] = {pool.submit(run, c, True, False, session): p for p, c in planned}
         try:
             while running:
