@@ -285,13 +285,14 @@ def plot_frontier(rows: list[dict[str, Any]]) -> bytes:
                         fmt="-o", color=f"C{i % 10}", capsize=3, markersize=4, label=cell)
         flags = pareto_flags([r[key] for r in rows], [r["accuracy"] for r in rows])
         front = sorted((r[key], r["accuracy"]) for r, f in zip(rows, flags, strict=True) if f)
-        if front:
-            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linestyle="--",
-                    linewidth=1, label="frontier")
+        if front:  # hollow diamonds on the frontier's points: a frontier of one point shows too
+            ax.plot([x for x, _ in front], [y for _, y in front], drawstyle="steps-post", color="black",
+                    linestyle="--", linewidth=1, marker="D", markersize=9, markerfacecolor="none", label="frontier")
         if rows and all(r[key] > 0 for r in rows):
             ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_title(f"accuracy vs {label}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -116,12 +115,13 @@ def _record_spec(folder: Path, spec: SweepSpec) -> None:
                             "give the sweep another name or --work-dir to keep both")
     folder.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(spec.model_dump(), sort_keys=False, allow_unicode=True)
-    # a temporary file of its own: the K jobs of a sharded sweep write this file at the same time
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f".{SPEC}.", delete=False, encoding="utf-8") as f:
+    # a temporary file of its own: the K jobs of a sharded sweep may write this file at the same time
+    tmp = folder / f".{SPEC}.{os.getpid()}.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(f.name, path)
+    os.replace(tmp, path)
 
 
 def _run_all(planned: list[tuple[PlannedRun, RunConfig]], session: Session, show_progress: bool, parallel_runs: int
