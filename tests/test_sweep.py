@@ -198,6 +198,22 @@ def test_report_of_a_sweep_folder_rewrites_the_frontier_files(reference, capsys)
     assert (folder / "index.html").read_text().startswith("<!DOCTYPE html>")
 
 
+def test_shards_split_the_runs_and_report_joins_them(tmp_path, capsys):
+    spec = {"name": "sharded", "settings": {"dataset": "arith", "limit": 1, "max_new_tokens": 4,
+                                             "model_args": {"n_threads": 1}},
+            "cells": [{"name": "greedy", "method": "cot", "max_new_tokens": [4, 6]}]}
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    work = ["--work-dir", str(tmp_path), "--no-progress"]
+    assert main(["sweep", str(path), "--shard", "2/2", *work]) == 0
+    folder = tmp_path / "sharded"
+    assert sorted(run_folders(folder)) == ["greedy-max_new_tokens6-seed0"]
+    assert not (folder / "frontier.csv").exists() and "once every shard has finished" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--shard", "1/2", *work]) == 0
+    assert main(["report", str(folder)]) == 0
+    assert [(r["cell"], r["budget_key"], r["budget"]) for r in frontier(folder)] == [
+        ("greedy", "max_new_tokens", "4"), ("greedy", "max_new_tokens", "6")]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"cells": [{"name": "a", "method": "cot", "beam_widht": 4}], "baseline": None},
      "cell 'a': unknown setting 'beam_widht'"),
