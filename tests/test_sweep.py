@@ -198,6 +198,19 @@ def test_report_of_a_sweep_folder_rewrites_the_frontier_files(reference, capsys)
     assert (folder / "index.html").read_text().startswith("<!DOCTYPE html>")
 
 
+def test_a_reward_model_is_loaded_once_for_all_cells_that_use_it(tmp_path):
+    from inferencekit.sweep import sweep
+
+    spec = {"name": "rm", "settings": {"dataset": "arith", "limit": 1, "max_new_tokens": 4, "temperature": 0.8,
+                                        "reward_model": "self_certainty", "votes": ["weighted", "majority"],
+                                        "model_args": {"n_threads": 1}},
+            "cells": [{"name": "bon", "method": "best_of_n", "n": [1, 2]}, {"name": "pf", "method": "particle_filter",
+                                                                            "n": 2, "max_steps": 2}]}
+    result = sweep(write_spec(tmp_path / "spec.yaml", spec), work_dir=tmp_path, show_progress=False)
+    assert len(result.runs) == 3 and result.loads == 2  # the generator and the reward model, once each
+    assert all(r.metrics["votes"]["weighted"]["n"] == 1 for r in result.runs)
+
+
 def test_shards_split_the_runs_and_report_joins_them(tmp_path, capsys):
     spec = {"name": "sharded", "settings": {"dataset": "arith", "limit": 1, "max_new_tokens": 4,
                                              "model_args": {"n_threads": 1}},
