@@ -118,6 +118,10 @@ def _check(spec: SweepSpec, source: str) -> None:
             values = cell.settings[key]
             if not values or len({repr(v) for v in values}) < len(values):
                 raise fail(f"cell {cell.name!r}: {key} must list distinct values (got {values!r})")
+    runs = [r.exp_name for r in plan(spec)]
+    if twice := sorted({r for r in runs if runs.count(r) > 1}):
+        raise fail(f"run name(s) {', '.join(twice)} would be made twice (repeated seeds, or cell names that "
+                   "clash with another cell's budgets); rename a cell")
 
 
 def _axes(settings: dict[str, Any]) -> list[str]:
