@@ -95,8 +95,9 @@ def test_runner_records_declared_search_work_and_reward_usage():
     when there is a reward model, filled from the problem's own usage account."""
     from inferencekit.config import RunConfig
     from inferencekit.models.base import USAGE_ACCOUNT, Usage
-    from inferencekit.runner import _SharedClock, _solve
+    from inferencekit.runner import _solve
     from inferencekit.search import Candidate, Problem, SearchMethod
+    from inferencekit.session import SharedClock
 
     class Pruning(SearchMethod):
         def search(self, problems):
@@ -111,9 +112,9 @@ def test_runner_records_declared_search_work_and_reward_usage():
 
     problem = Problem(0, "q", "p", 0)
     config = RunConfig()
-    usage = _solve(Pruning(config, None, None), problem, _SharedClock()).usage
+    usage = _solve(Pruning(config, None, None), problem, SharedClock()).usage
     assert usage["completion_tokens"] == 99 and not any(k.startswith("reward_") for k in usage)
-    assert _solve(Plain(config, None, None), problem, _SharedClock()).usage["completion_tokens"] == 12
+    assert _solve(Plain(config, None, None), problem, SharedClock()).usage["completion_tokens"] == 12
     assert REQUEST_AFFINITY.get() is None  # the problem's affinity does not leak into the caller's context
-    usage = _solve(Pruning(config, None, object()), problem, _SharedClock()).usage
+    usage = _solve(Pruning(config, None, object()), problem, SharedClock()).usage
     assert usage["reward_calls"] == 2 and usage["reward_prompt_tokens"] == 30

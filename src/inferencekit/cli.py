@@ -163,9 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--format", choices=["md", "json"], default="md", help="output format (default md)")
     cmp.add_argument("--show", type=int, default=5, help="samples listed per disagreement cell (default 5)")
 
-    rep = sub.add_parser("report", help="metrics table, accuracy plots and an HTML page across runs")
+    sw = sub.add_parser("sweep", help="run every cell, budget and seed of a spec through one engine; write the "
+                        "compute frontier (README: What test-time compute buys)")
+    sw.add_argument("spec", metavar="SPEC.yaml")
+    sw.add_argument("--work-dir", default="results", help="the sweep's folder is WORK_DIR/<name> (default results)")
+    sw.add_argument("--shard", help="I/K: only the I-th of K slices of the sweep's runs (report once all K ended)")
+    sw.add_argument("--executor", help="local (default) | ray: in-process engines as Ray actors")
+    sw.add_argument("--replicas", type=int, help="--executor ray: number of actors (default 1)")
+    sw.add_argument("--parallel-runs", type=int, default=4, metavar="R",
+                    help="runs in flight at once, each with its own --concurrency problems (default 4)")
+    sw.add_argument("--no-progress", action="store_true", help="no line per finished run")
+
+    rep = sub.add_parser("report", help="metrics table, accuracy plots and an HTML page across runs; for a sweep "
+                         "folder, its frontier files")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    rep.add_argument("--out", default="report", help="folder for index.html, metrics.csv and plots (default report)")
+    rep.add_argument("--out", help="folder for index.html, metrics.csv and plots (default report; a sweep: its "
+                     "own folder)")
     rep.add_argument("--max-samples", type=int, default=200, help="samples listed per run in the page (default 200)")
 
     chat = sub.add_parser("chat", help="multi-turn chat with a model, replies scored by a reward model")
@@ -238,10 +251,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from inferencekit.sweep import sweep
+
+    result = sweep(args.spec, work_dir=args.work_dir, shard=args.shard, executor=args.executor,
+                   replicas=args.replicas, show_progress=not args.no_progress, parallel_runs=args.parallel_runs)
+    generated = sum(r.generated for r in result.runs)
+    print(f"sweep {result.folder}: {len(result.runs)} run(s), {generated} problem(s) generated, "
+          f"{result.loads} model load(s), {result.seconds:.1f} s")
+    if result.report:
+        print(result.report["frontier.md"].read_text(encoding="utf-8"))
+        print("frontier written: " + ", ".join(str(p) for p in result.report.values()))
+    else:
+        print(f"shard {args.shard} done; once every shard has finished: inferencekit report {result.folder}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from inferencekit.results.report import build_report
+    from inferencekit.sweep import is_sweep
 
-    files = build_report(args.run_dirs, args.out, max_samples=args.max_samples)
+    if len(args.run_dirs) == 1 and is_sweep(args.run_dirs[0]):
+        from inferencekit.results.frontier import write_frontier
+
+        files = write_frontier(args.run_dirs[0], args.out)
+        print(files["frontier.md"].read_text(encoding="utf-8"))
+        print("frontier written: " + ", ".join(str(p) for p in files.values()))
+        return 0
+    files = build_report(args.run_dirs, args.out or "report", max_samples=args.max_samples)
     print(f"report written: {files['index.html']}")
     for name, path in files.items():
         if name != "index.html":
@@ -304,7 +341,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "chat": cmd_chat,
-    "list": cmd_list, "merge": cmd_merge,
+    "list": cmd_list, "merge": cmd_merge, "sweep": cmd_sweep,
 }
 
 

@@ -224,17 +224,20 @@ def resolve_config(
     runtime: dict[str, Any] | None = None,
     generation: dict[str, Any] | None = None,
     model_args: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
+    config_file: str | Path | dict[str, Any] | None = None,
     preset_defaults: Any = None,
 ) -> RunConfig:
     """Merge the layers in precedence order and validate.
+
+    `config_file` is a YAML file's path, or its settings already read (a sweep spec's).
 
     `preset_defaults` is a callable `model_name -> dict` giving a model preset's defaults; the model
     name is decided first (runtime > config file > built-in) so its preset can slot in below the file.
     """
     runtime = {k: v for k, v in (runtime or {}).items() if v is not None}
     generation = {k: v for k, v in (generation or {}).items() if v is not None}
-    file_layer = load_config_file(config_file) if config_file else {}
+    file_layer = dict(config_file) if isinstance(config_file, dict) else load_config_file(config_file) if config_file \
+        else {}
     model_name = runtime.get("model") or file_layer.get("model") or RunConfig.model_fields["model"].default
     preset = dict(preset_defaults(model_name)) if preset_defaults else {}
 

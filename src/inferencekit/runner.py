@@ -7,8 +7,6 @@ import itertools
 import logging
 import signal
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -21,7 +19,7 @@ from inferencekit.config import RunConfig, config_from_dict
 from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError, one_line
 from inferencekit.grading import Grader
-from inferencekit.models import Generator, executor_args, load_generator, resolve_model
+from inferencekit.models import resolve_model
 from inferencekit.models.base import REQUEST_AFFINITY, Cancelled, GenerationError, PromptTooLong, usage_account
 from inferencekit.prompts import build_messages
 from inferencekit.redact import RedactingFormatter
@@ -33,6 +31,7 @@ from inferencekit.results.records import CandidateRecord, Record
 from inferencekit.results.shards import select_shard, shard_dir
 from inferencekit.results.store import LOG, RunStore, run_dir_for
 from inferencekit.search import Candidate, Problem, get_method
+from inferencekit.session import Session, SharedClock
 
 log = logging.getLogger("inferencekit")
 
@@ -49,13 +48,28 @@ def problem_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2**31)
 
 
-def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> RunResult:
-    """Run `config` to completion in its run folder, resuming what an earlier invocation finished."""
+def check_run(config: RunConfig) -> None:
+    """Refuse, before anything loads, a method, vote or reward model setting that cannot run."""
     method_cls = get_method(config.method)
     method_cls.check(config)
     check_votes(config.votes, has_scores=config.reward_model is not None or method_cls.provides_scores)
     if method_cls.needs_reward_model and config.reward_model is None:
         raise UserError(f"method {config.method} needs --reward-model")
+    _check_reward_model(config)
+
+
+def run(config: RunConfig, resume: bool = True, show_progress: bool = True, session: Session | None = None
+        ) -> RunResult:
+    """Run `config` to completion in its run folder, resuming what an earlier invocation finished.
+
+    With a `session` (several runs at once, `inferencekit sweep`), its engines, grader and clock are used and
+    left open; without one, the run loads its own and closes them at the end.
+    """
+    if session is None:
+        with Session() as own:
+            return run(config, resume, show_progress, own)
+    method_cls = get_method(config.method)
+    check_run(config)
     dataset = load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -72,11 +86,11 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True) -> R
     run_dir = run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name)
     store = RunStore(shard_dir(run_dir, config.shard))  # scale-out: <run>/shard-I-of-K/ for a shard
     with run_folder_lock(store.path, "run"):  # one writer per run folder (results/lock.py)
-        return _run_locked(store, config, spec, dataset, method_cls, resume, show_progress)
+        return _run_locked(store, config, spec, dataset, method_cls, resume, show_progress, session)
 
 
 def _run_locked(store: RunStore, config: RunConfig, spec: Any, dataset: Dataset, method_cls: Any, resume: bool,
-                show_progress: bool) -> RunResult:
+                show_progress: bool, session: Session) -> RunResult:
     provenance = begin_provenance(store.path, config, spec, dataset, resume)  # refuses a changed model/data hash
     _prepare_store(store, config, resume)
     provenance.write()
@@ -89,18 +103,12 @@ def _run_locked(store: RunStore, config: RunConfig, spec: Any, dataset: Dataset,
             finished = len(dataset.samples) - len(todo)
             log.info("resuming: %d of %d samples already finished", finished, len(dataset.samples))
         if todo:
-            generator, reward_model = load_generator(spec, **executor_args(config)), None
-            try:
-                reward_model = _load_reward_model(config, generator)
-                provenance.loaded(spec, generator, reward_model)
-                shared = None if reward_model is None else _shared(reward_model)
-                method = method_cls(config, generator, shared)
-                method.answer_style = dataset.style  # group answers as grading reads them
-                _generate(method, generator, reward_model, dataset, todo, store, config, show_progress)
-            finally:
-                if reward_model is not None:
-                    reward_model.close()
-                generator.close()
+            generator = session.generator(spec, config)
+            reward_model, shared = session.reward_model(config, generator)
+            provenance.loaded(spec, generator, reward_model)
+            method = method_cls(config, generator, shared)
+            method.answer_style = dataset.style  # group answers as grading reads them
+            _generate(method, generator, reward_model, dataset, todo, store, config, show_progress, session)
         records = _finish_records(store, dataset, config)
         metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)
         if failed := metrics["failed"]:
@@ -121,22 +129,6 @@ def _check_reward_model(config: RunConfig) -> str | None:
     spec = resolve_reward_model(config.reward_model, config.reward_model_args.get("format"))
     format_class(spec.format).split_arguments(config.reward_model_args)  # UserError naming the accepted keys
     return spec.name
-
-
-def _load_reward_model(config: RunConfig, generator: Generator):
-    if config.reward_model is None:
-        return None
-    from inferencekit.reward_models import load_reward_model
-
-    return load_reward_model(
-        config.reward_model, step_separator=config.step_separator, generator=generator, **config.reward_model_args
-    )
-
-
-def _shared(reward_model):
-    from inferencekit.reward_models.concurrent import SharedRewardModel
-
-    return SharedRewardModel(reward_model)
 
 
 def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
@@ -166,7 +158,8 @@ _POLL_S = 0.2  # how often the run looks at a stop request while problems run
 _CANCEL_GRACE_S = 5.0  # how long cancelled problems get to end before the run stops without them
 
 
-def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Sample], store, config, show_progress):
+def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Sample], store, config, show_progress,
+              session: Session):
     """Search up to K problems at once, each on its own; grade and append each as soon as it finishes.
 
     Each problem's search runs in a worker thread with its own context (REQUEST_AFFINITY, a usage
@@ -179,12 +172,11 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
 
     total = len(dataset.samples)
     workers = config.concurrency or 2 * config.batch_size
-    with interrupt.stop_request() as stop, Grader(
-        workers=config.grading_workers, timeout=config.grading_timeout
-    ) as grader, RunProgress(
+    with interrupt.stop_request() as stop, session.grader(config) as grader, RunProgress(
         total=total, done=total - len(todo), vote=config.votes[0], enabled=show_progress
     ) as progress:
-        problems = _Problems(method, generator, reward_model, dataset, todo, store, config, grader, progress, workers)
+        problems = _Problems(method, generator, reward_model, dataset, todo, store, config, grader, progress, workers,
+                             session.clock)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="problem")
         hook = interrupt.signal_hook()
         clean, finished = False, []
@@ -216,12 +208,12 @@ class _Problems:
     """The problems in flight of one invocation: admitted as slots free up, saved as each finishes."""
 
     def __init__(self, method, generator, reward_model, dataset: Dataset, todo: list[Sample], store: RunStore,
-                 config: RunConfig, grader: Grader, progress, workers: int) -> None:
+                 config: RunConfig, grader: Grader, progress, workers: int, clock: SharedClock) -> None:
         self.method, self.generator, self.dataset, self.store, self.config = method, generator, dataset, store, config
         self.grader, self.progress, self.workers = grader, progress, workers
         self.samples = iter(todo)
         self.todo = len(todo)
-        self.clock = _SharedClock()
+        self.clock = clock
         self.costs = parameter_counts(generator, reward_model)
         self.running: dict[Future, tuple[Sample, Problem]] = {}
         self.saved = self.succeeded = 0
@@ -310,7 +302,7 @@ class _Outcome:
     cancelled: bool = False  # abandoned: the run is stopping
 
 
-def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
+def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
     """One problem's search, in this worker's own context: its requests carry its index and usage account.
 
     Any failure but the user's own mistake about the whole run (`UserError`) fails this problem only.
@@ -345,45 +337,6 @@ def _solve(method, problem: Problem, clock: _SharedClock) -> _Outcome:
     return _Outcome(candidates, usage, error, too_long, cancelled)
 
 
-class _SharedClock:
-    """Wall time shared among the problems in flight: each is charged dt / (problems running) for every dt.
-
-    So the problems' seconds add up to the run's wall time however many run at once, and throughput
-    (tokens per second) read from the records stays right.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-        self._last = time.perf_counter()
-        self._per_problem = 0.0  # seconds charged to each problem running since the start
-
-    def _tick(self) -> float:
-        now = time.perf_counter()
-        if self._running:
-            self._per_problem += (now - self._last) / self._running
-        self._last = now
-        return self._per_problem
-
-    @contextmanager
-    def share(self) -> Iterator[_Seconds]:
-        seconds = _Seconds()
-        with self._lock:
-            start = self._tick()
-            self._running += 1
-        try:
-            yield seconds
-        finally:
-            with self._lock:
-                seconds.value = self._tick() - start
-                self._running -= 1
-
-
-@dataclass
-class _Seconds:
-    value: float = 0.0
-
-
 def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> Record:
     candidates = [CandidateRecord(text=c.text, tokens=c.tokens, step_scores=list(c.step_scores),
                                   finish_reason=c.finish_reason, meta=dict(c.meta)) for c in cands]
@@ -409,14 +362,22 @@ class _LogFile(logging.FileHandler):
         super().handleError(record)
 
 
+# The run whose log a message belongs to: several runs of one process (a sweep) each log to their own file.
+_CURRENT_RUN: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferencekit_run", default=None)
+
+
 @contextmanager
 def _run_log(path: Path) -> Iterator[None]:
+    """Messages of this run (its thread and its problems' workers) and of no run in particular go to `path`."""
     handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda _record: _CURRENT_RUN.get() in (None, path))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    token = _CURRENT_RUN.set(path)
     try:
         yield
     finally:
+        _CURRENT_RUN.reset(token)
         log.removeHandler(handler)
         handler.close()
