@@ -332,6 +332,10 @@ class GeneratorSpec:
     # and whether generated tokens' KV is cached too (faster tree search; results then differ in the last bits)
     kv_cache_mib: Annotated[int, Field(ge=1)] = 2048
     reuse_generated_kv: bool = False
+    # vllm backend: GPUs per model copy, model copies, and any other keyword of vLLM's AsyncEngineArgs
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    data_parallel_size: Annotated[int, Field(ge=1)] = 1
+    engine_args: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
