@@ -117,6 +117,8 @@ def test_top_logprobs_and_score_text(gen, prompts):
     (pieces,) = gen.score_text([prompts[1]], [[out.text, ""]])
     assert pieces[1] == [] and pieces[0] == pytest.approx(out.logprobs, abs=2e-3)
     assert gen.can_score_text and all(v <= 0 for v in pieces[0])
+    with pytest.raises(UserError, match="max_logprobs"):  # vLLM's cap (20 unless raised): one clear line
+        gen.generate([prompts[1]], GREEDY.replace(top_logprobs=21))
 
 
 def test_concurrent_threads_and_event_loops_share_the_engine(gen, prompts):

@@ -151,6 +151,10 @@ class VLLMGenerator(TokenizerText, Generator):
                 account: UsageAccount | None) -> concurrent.futures.Future:
         """Hand one call's requests to the engine; the future holds its completions, its work recorded."""
         plist = per_prompt_params(prompts, params)
+        most = self.engine.model_config.max_logprobs
+        if most >= 0 and any(p.top_logprobs > most for p in plist):
+            raise UserError(f"top_logprobs={max(p.top_logprobs for p in plist)} is more than vLLM's max_logprobs="
+                            f"{most}: raise it with --model-arg 'engine_args={{max_logprobs: N}}'")
         return self._run(self._call(list(prompts), plist, self._prompt_ids(prompts, plist), account))
 
     def generate(
