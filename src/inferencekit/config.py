@@ -41,7 +41,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str = "smollm2-135m"
-    backend: Literal["hf", "llamacpp", "openai"] | None = None
+    backend: Literal["hf", "llamacpp", "openai", "vllm"] | None = None
     model_args: dict[str, Any] = Field(default_factory=dict)
     step_separator: str = "\n\n"
 

@@ -56,6 +56,13 @@ def _openai() -> type[Generator]:
     return OpenAIGenerator
 
 
+@BACKEND_CLASSES.register("vllm")
+def _vllm() -> type[Generator]:
+    from inferencekit.models.vllm import VLLMGenerator
+
+    return VLLMGenerator
+
+
 BACKENDS = tuple(BACKEND_CLASSES)
 
 
@@ -141,10 +148,16 @@ def load_generator(
         if spec.backend == "openai":
             raise UserError("--executor ray runs in-process engines (llamacpp, hf); for servers list them "
                             "in --model-arg base_url=URL1,URL2")
+        if spec.backend == "vllm":
+            raise UserError("--executor ray runs llamacpp and hf engines; vLLM runs its own copies: "
+                            "--model-arg data_parallel_size=K")
         from inferencekit.models.ray_executor import RayPool
 
         return RayPool(spec, replicas=replicas, address=ray_address, num_gpus=ray_num_gpus)
-    generator_class = BACKEND_CLASSES.get(spec.backend)()
+    try:
+        generator_class = BACKEND_CLASSES.get(spec.backend)()
+    except ImportError as exc:  # an optional backend (vllm) whose packages are not installed
+        raise UserError(first_line(exc)) from None
     try:
         return generator_class(spec)
     except (OSError, ValueError, RuntimeError) as exc:

@@ -383,6 +383,10 @@ class GeneratorSpec:
     reuse_generated_kv: bool = False
     # llamacpp backend: llama.cpp's AMX weight buffers: auto (probed where the CPU advertises AMX), on or off
     amx: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
+    # vllm backend: GPUs per model copy, model copies, and any other keyword of vLLM's AsyncEngineArgs
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    data_parallel_size: Annotated[int, Field(ge=1)] = 1
+    engine_args: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

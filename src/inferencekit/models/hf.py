@@ -49,7 +49,6 @@ from .base import (
     Completion,
     Generator,
     GeneratorSpec,
-    Message,
     SamplingParams,
     Usage,
     UsageAccount,
@@ -58,6 +57,7 @@ from .base import (
 )
 from .certainty import kl_uniform_rows
 from .dequantised import dequantised_checkpoint
+from .hf_text import TokenizerText
 from .torch_options import attention_without_cudnn, model_context_length, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ class _Row:
     sample: int
 
 
-class HFGenerator(Generator):
+class HFGenerator(TokenizerText, Generator):
     """A causal LM run with transformers (`backend: hf`)."""
 
     can_score_certainty = True  # certainty_text below
@@ -291,19 +291,13 @@ class HFGenerator(Generator):
         self._generate_lock = threading.Lock()
         self._gather: Coalescer[_Request, list[list[Completion]]] = Coalescer(
             self._generate_many, self.max_batch_sequences, weight=_rows, linger=GATHER_LINGER_S)
-        self._warned_no_template = False
 
     # ----------------------------------------------------------------- setup
 
     def _setup_tokenizer(self) -> None:
         tok = self.tokenizer
         tok.padding_side = "left"
-        template = self.spec.chat_template
-        if template:
-            path = Path(template).expanduser()
-            if len(template) < 4096 and "{" not in template and path.is_file():
-                template = path.read_text()
-            tok.chat_template = template
+        self._setup_text(self.spec.chat_template)
         if tok.pad_token is None:
             if tok.eos_token is not None:
                 tok.pad_token = tok.eos_token
@@ -313,8 +307,6 @@ class HFGenerator(Generator):
                 tok.add_special_tokens({"pad_token": "<|pad|>"})
                 if len(tok) > self.model.get_input_embeddings().weight.shape[0]:
                     self.model.resize_token_embeddings(len(tok))
-        probe = tok("a")["input_ids"]
-        self._adds_bos = tok.bos_token_id is not None and len(probe) > 0 and probe[0] == tok.bos_token_id
 
     def _setup_generation_config(self) -> None:
         """Replace the model's generation config by one holding only the special token ids.
@@ -341,23 +333,6 @@ class HFGenerator(Generator):
         return self.model.get_input_embeddings().weight.device
 
     # ------------------------------------------------------------ interface
-
-    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        if not self._warned_no_template:
-            logger.warning("%s has no chat template; using a plain 'User: ... Assistant:' format", self.name)
-            self._warned_no_template = True
-        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        if add_generation_prompt:
-            lines.append("Assistant:")
-        return "\n".join(lines)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` alone (no BOS added)."""
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property
     def context_length(self) -> int:
@@ -391,18 +366,6 @@ class HFGenerator(Generator):
         else:
             usage.add(work)
         return out
-
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids of a prompt, with the tokenizer's BOS unless the text already starts with it."""
-        bos = self.tokenizer.bos_token
-        add_special = not (self._adds_bos and bos and prompt.startswith(bos))
-        ids = list(self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
-        if not ids:  # an empty prompt: condition on BOS (or EOS) rather than on nothing
-            fallback = self.tokenizer.bos_token_id
-            if fallback is None:
-                fallback = self.eos_token_ids[0] if self.eos_token_ids else self.pad_token_id
-            ids = [fallback]
-        return ids
 
     def generate(
         self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
@@ -683,10 +646,6 @@ class HFGenerator(Generator):
         self._prefix = (list(prefix), copy.deepcopy(cache))
         return cache, len(prefix) - kept
 
-    def _top_pairs(self, ids: list[int], values: list[float], k: int) -> list[tuple[str, float]]:
-        eos = set(self.eos_token_ids)
-        return [("" if t in eos else self._decode([t]), v) for t, v in zip(ids[:k], values[:k], strict=True)]
-
     def _attention_backends(self) -> AbstractContextManager:
         """On CUDA, keep torch's SDPA off its cuDNN backend during generation.
 
@@ -695,9 +654,6 @@ class HFGenerator(Generator):
         500 vs 3000-4700 at batch 32 on a fresh model. Flash / memory-efficient kernels have no such cost.
         """
         return attention_without_cudnn(self.input_device)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def _completion(self, ids: list[int], logprobs: list[float] | None, params: SamplingParams) -> Completion:
         """Turn one row's generated ids (padded after its end) into a Completion."""
