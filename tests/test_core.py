@@ -93,7 +93,7 @@ def test_every_registry_refuses_unknown_names_in_one_line():
     from inferencekit.reward_models.registry import format_class
     from inferencekit.search import get_method
 
-    assert BACKENDS == ("hf", "llamacpp", "openai")
+    assert BACKENDS == ("hf", "llamacpp", "openai", "vllm")
     for lookup, kind in [(get_method, "method"), (format_class, "reward model format"),
                          (lambda name: resolve_model("smollm2-135m", name), "backend"),
                          (lambda name: load_dataset(name), "dataset")]:
