@@ -482,7 +482,7 @@ def test_scoring_text_is_a_declared_capability():
         score_text = Generator.score_text  # the base class's refusal
 
     gen = CannotScore()
-    with pytest.raises(UserError, match=r"^backend 'fake' cannot score text; backends that can: llamacpp$"):
+    with pytest.raises(UserError, match=r"^backend 'fake' cannot score text; backends that can: llamacpp, vllm$"):
         gen.score_text(["p"], [["x"]])
     with pytest.raises(UserError, match="mean_logprob needs a causal LM.*got backend 'fake'"):
         load_reward_model("mean_logprob", generator=gen)

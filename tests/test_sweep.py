@@ -202,7 +202,7 @@ def test_a_reward_model_is_loaded_once_for_all_cells_that_use_it(tmp_path):
     from inferencekit.sweep import sweep
 
     spec = {"name": "rm", "settings": {"dataset": "arith", "limit": 1, "max_new_tokens": 4, "temperature": 0.8,
-                                        "reward_model": "self_certainty", "votes": ["weighted", "majority"],
+                                        "reward_model": "mean_logprob", "votes": ["weighted", "majority"],
                                         "model_args": {"n_threads": 1}},
             "cells": [{"name": "bon", "method": "best_of_n", "n": [1, 2]}, {"name": "pf", "method": "particle_filter",
                                                                             "n": 2, "max_steps": 2}]}
@@ -347,6 +347,7 @@ def test_the_shipped_specs_are_valid(name, tmp_path):
             assert len({repr(p.budget) for p, _ in mine}) >= 3, cell.name
             if mine[0][1].temperature > 0:
                 assert len({p.seed for p, _ in mine}) >= 2, cell.name
-            if mine[0][1].reward_model is not None:
-                assert mine[0][1].reward_model == "self_certainty"
+            if mine[0][1].reward_model is not None:  # particle filtering needs scores in (0, 1)
+                expected = "mean_logprob" if mine[0][1].method == "particle_filter" else "self_certainty"
+                assert mine[0][1].reward_model == expected
         assert any(p.budget_key == "thinking_budget" for p, _ in configs)

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="the vllm backend needs vLLM (pip install 'inferencekit[vllm]', see the README)")
 
-from inferencekit import runner  # noqa: E402
+from inferencekit import session as session_module  # noqa: E402
 from inferencekit.cli import main  # noqa: E402
 from inferencekit.errors import UserError  # noqa: E402
 from inferencekit.models import load_generator, resolve_model  # noqa: E402
@@ -165,7 +165,7 @@ def _run(work: Path, *args: str) -> Path:
 def test_inferencekit_run_with_the_vllm_backend_then_resume(gen, method, tmp_path, monkeypatch):
     """The CLI's run end to end on the session's engine (one more engine start would cost minutes)."""
     monkeypatch.setattr(gen, "close", lambda: None)  # the run closes its generator: keep the session's
-    monkeypatch.setattr(runner, "load_generator", lambda spec, **_: gen)
+    monkeypatch.setattr(session_module, "load_generator", lambda spec, **_: gen)
     path = _run(tmp_path, *method)
     rows = [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in rows) == [0, 1]
