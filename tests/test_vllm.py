@@ -161,7 +161,7 @@ def _run(work: Path, *args: str) -> Path:
 
 @pytest.mark.parametrize("method", [["--method", "best_of_n", "--n", "3", "--temperature", "0.8"],
                                     ["--method", "beam_search", "--n", "4", "--beam-width", "2", "--temperature", "0.8",
-                                     "--reward-model", "self_certainty"]])
+                                     "--reward-model", "mean_logprob"]])
 def test_inferencekit_run_with_the_vllm_backend_then_resume(gen, method, tmp_path, monkeypatch):
     """The CLI's run end to end on the session's engine (one more engine start would cost minutes)."""
     monkeypatch.setattr(gen, "close", lambda: None)  # the run closes its generator: keep the session's
