@@ -162,7 +162,7 @@ CASES: list[tuple[str, str, str, bool]] = [
 
 @pytest.mark.parametrize(("text", "gold", "dataset", "expected"), CASES)
 def test_grade_table(text: str, gold: str, dataset: str, expected: bool) -> None:
-    assert grade(text, gold, dataset) is expected
+    assert grade(text, gold, answer_style(dataset)) is expected
 
 
 def test_table_is_large_and_mixed() -> None:
@@ -177,6 +177,13 @@ def test_answer_style() -> None:
     assert answer_style("../shared/data/gsm8k/test.jsonl") == "gsm8k"
     for name in ("math", "math500", "aime24", "amc23", "something-new"):
         assert answer_style(name) == "math"
+
+
+def test_grading_takes_a_style_not_a_dataset_name() -> None:
+    """A data set's name goes through `answer_style` first: passed as a style it is refused, not read as MATH."""
+    with pytest.raises(ValueError, match="unknown answer style 'gsm8k_main'"):
+        extract_answer("The answer is 0.5", "gsm8k_main")  # type: ignore[arg-type]
+    assert grade("The answer is 0.5", "0.50", answer_style("gsm8k_main"))
 
 
 @pytest.mark.parametrize(
@@ -344,7 +351,7 @@ def grader():
 
 
 def test_grader_matches_serial_and_keeps_order(grader: Grader) -> None:
-    items = [(text, gold, dataset) for text, gold, dataset, _ in CASES]
+    items = [(text, gold, answer_style(dataset)) for text, gold, dataset, _ in CASES]
     expected = [ok for *_, ok in CASES]
     assert grader.grade_many(items) == expected
     assert grader.grade_many(items) == [grade(*item) for item in items]
@@ -444,7 +451,7 @@ def _math500() -> list[dict]:
 def test_math500_gold_answers_grade_against_themselves(grader: Grader) -> None:
     golds = [row["answer"] for row in _math500()]
     assert len(golds) == 500
-    items = [("... so the answer is \\boxed{" + a + "}", a, "math500") for a in golds]
+    items = [("... so the answer is \\boxed{" + a + "}", a, "math") for a in golds]
     verdicts = grader.grade_many(items)
     failing = [a for a, ok in zip(golds, verdicts, strict=True) if not ok]
     assert sum(verdicts) >= 0.99 * len(golds), failing

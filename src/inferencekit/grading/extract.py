@@ -37,7 +37,7 @@ from inferencekit.grading.boxes import Box, box_runs, boxed_contents, find_boxes
 from inferencekit.grading.engine import engine_extract
 from inferencekit.grading.equivalence import GradingTimeout, time_limit
 from inferencekit.grading.normalize import strip_math_delimiters
-from inferencekit.grading.style import answer_style
+from inferencekit.grading.style import AnswerStyle, is_gsm8k
 
 __all__ = ["BOX_MATCHES", "boxed_contents", "extract_all_answers", "extract_answer", "extract_candidates"]
 
@@ -182,25 +182,25 @@ def _last_mark_answer(body: str, marks: list[_Mark], gsm8k: bool) -> str | None:
 
 
 def extract_answer(
-    text: str, dataset: str = "math", box_match: str = "last", timeout: float | None = 5.0
+    text: str, style: AnswerStyle = "math", box_match: str = "last", timeout: float | None = 5.0
 ) -> str | None:
     """The final answer in ``text``, or ``None`` when there is none (see the module's order of precedence).
 
-    ``dataset`` is a style ("math", "gsm8k") or a dataset name (see ``answer_style``).
+    ``style``: the answer style, ``"math"`` or ``"gsm8k"`` (``style.answer_style`` gives a data set's).
     ``box_match``: ``"last"`` (default) or ``"first"`` box; ``"any"`` behaves like ``"last"`` here
     (``extract_candidates`` lists what ``grade`` tries under ``"any"``).
     ``None`` also when reading the text takes over ``timeout`` seconds (in any thread; see ``time_limit``).
     """
     try:
         with time_limit(timeout):
-            return _extract(text, dataset, box_match)
+            return _extract(text, style, box_match)
     except GradingTimeout:
         return None
 
 
-def _extract(text: str, dataset: str, box_match: str) -> str | None:
+def _extract(text: str, style: AnswerStyle, box_match: str) -> str | None:
     _check_box_match(box_match)
-    gsm8k = answer_style(dataset) == "gsm8k"
+    gsm8k = is_gsm8k(style)
     body = strip_think(text or "")
     runs = box_runs(body, find_boxes(body))
     if box_match == "first" and runs:
@@ -208,14 +208,14 @@ def _extract(text: str, dataset: str, box_match: str) -> str | None:
     return _last_mark_answer(body, _marks(body, runs), gsm8k)
 
 
-def extract_candidates(text: str, dataset: str = "math", box_match: str = "last") -> list[str]:
+def extract_candidates(text: str, style: AnswerStyle = "math", box_match: str = "last") -> list[str]:
     """The answers ``grade`` tries: one under ``"last"``/``"first"``; under ``"any"`` also every box and run."""
-    answer = _extract(text, dataset, "last" if box_match == "any" else box_match)
+    answer = _extract(text, style, "last" if box_match == "any" else box_match)
     found = [] if answer is None else [answer]
     if box_match == "any":
         body = strip_think(text or "")
         boxes = find_boxes(body)
-        found = _with_every_box(found, box_runs(body, boxes), boxes, answer_style(dataset) == "gsm8k")
+        found = _with_every_box(found, box_runs(body, boxes), boxes, is_gsm8k(style))
     return found
 
 
@@ -229,7 +229,7 @@ def _with_every_box(found: list[str], runs: list[list[Box]], boxes: list[Box], g
     return found
 
 
-def quick_extract(text: str, dataset: str = "math", box_match: str = "last") -> tuple[bool, list[str]]:
+def quick_extract(text: str, style: AnswerStyle = "math", box_match: str = "last") -> tuple[bool, list[str]]:
     """Cheap extraction, no math-verify: ``(True, candidates)`` when a box or ``####`` settles the answer
     (always in GSM8K style, which needs no math-verify to extract).
 
@@ -237,8 +237,8 @@ def quick_extract(text: str, dataset: str = "math", box_match: str = "last") -> 
     after the last box, or no mark at all): the worker processes must extract it.
     """
     _check_box_match(box_match)
-    if answer_style(dataset) == "gsm8k":  # GSM8K style reads numbers with regular expressions only
-        return True, extract_candidates(text, dataset, box_match)
+    if is_gsm8k(style):  # GSM8K style reads numbers with regular expressions only
+        return True, extract_candidates(text, style, box_match)
     gsm8k = False
     body = strip_think(text or "")
     boxes = find_boxes(body)
@@ -252,19 +252,19 @@ def quick_extract(text: str, dataset: str = "math", box_match: str = "last") -> 
     return True, (_with_every_box(found, runs, boxes, gsm8k) if box_match == "any" else found)
 
 
-def gold_answer(gold: str, dataset: str = "math") -> str:
+def gold_answer(gold: str, style: AnswerStyle = "math") -> str:
     """A gold written as a whole solution (with a box or a ``####`` line) gives its final answer."""
     gold = str(gold)
     if "\\boxed" in gold or "\\fbox" in gold or "####" in gold:
-        return _extract(gold, dataset, "last") or gold
+        return _extract(gold, style, "last") or gold
     return gold
 
 
-def extract_all_answers(text: str, dataset: str = "math") -> list[str]:
+def extract_all_answers(text: str, style: AnswerStyle = "math") -> list[str]:
     """Every boxed answer in order; without boxes, ``[extract_answer(text)]`` (or ``[]``)."""
-    gsm8k = answer_style(dataset) == "gsm8k"
+    gsm8k = is_gsm8k(style)
     boxes = boxed_contents(strip_think(text or ""))
     if boxes:
         return [_gsm8k_clean(b) for b in boxes] if gsm8k else boxes
-    answer = extract_answer(text, dataset)
+    answer = extract_answer(text, style)
     return [] if answer is None else [answer]

@@ -12,6 +12,7 @@ from inferencekit.grading.engine import ENGINES, choice_extract, plain_extract, 
 from inferencekit.grading.equivalence import GradingTimeout, is_equiv, time_limit
 from inferencekit.grading.extract import extract_candidates, gold_answer, strip_think
 from inferencekit.grading.normalize import choice_letter
+from inferencekit.grading.style import AnswerStyle
 
 
 def check_engine(engine: str) -> None:
@@ -20,14 +21,14 @@ def check_engine(engine: str) -> None:
 
 
 def grade_answer(
-    text: str, gold: str, dataset: str = "math", box_match: str = "last", engine: str = "inferencekit"
+    text: str, gold: str, style: AnswerStyle = "math", box_match: str = "last", engine: str = "inferencekit"
 ) -> tuple[str | None, bool]:
     """The extracted answer and whether it is right, with no time limit (callers set one)."""
     check_engine(engine)
     if engine == "math-verify":
         return plain_extract(text), plain_grade(text, str(gold))
-    gold = gold_answer(str(gold), dataset)
-    candidates = extract_candidates(text, dataset, box_match)
+    gold = gold_answer(str(gold), style)
+    candidates = extract_candidates(text, style, box_match)
     if needs_letter_search(candidates, str(gold)):
         gold_letter = choice_letter(str(gold))[0] or "E"
         letter = choice_extract(strip_think(text), "ABCDEFGHIJ"[: max(5, "ABCDEFGHIJ".index(gold_letter) + 1)])
@@ -51,7 +52,7 @@ def needs_letter_search(candidates: list[str], gold: str) -> bool:
 def grade(
     text: str,
     gold: str,
-    dataset: str = "math",
+    style: AnswerStyle = "math",
     box_match: str = "last",
     timeout: float = 5.0,
     engine: str = "inferencekit",
@@ -64,6 +65,6 @@ def grade(
     """
     try:
         with time_limit(timeout):
-            return grade_answer(text, gold, dataset, box_match, engine)[1]
+            return grade_answer(text, gold, style, box_match, engine)[1]
     except GradingTimeout:
         return False

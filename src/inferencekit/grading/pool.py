@@ -17,7 +17,7 @@ from inferencekit.grading.extract import gold_answer, quick_extract
 from inferencekit.grading.grade import check_engine, grade_answer, needs_letter_search
 from inferencekit.interrupt import on_hard_exit
 
-# A job for a worker: ("equiv", pred, gold) compares two answers; ("grade", text, gold, dataset,
+# A job for a worker: ("equiv", pred, gold) compares two answers; ("grade", text, gold, style,
 # box_match, engine) extracts the answer too. Either gives (answer or None, verdict).
 Job = tuple
 Outcome = tuple[str | None, bool]
@@ -143,7 +143,7 @@ class Grader:
     def grade_many(
         self, items: list[tuple[str, str, str]], box_match: str = "last", engine: str = "inferencekit"
     ) -> list[bool]:
-        """``grade`` over ``(text, gold, dataset)`` items, in parallel, in input order.
+        """``grade`` over ``(text, gold, style)`` items, in parallel, in input order.
 
         ``engine="math-verify"`` grades with plain math-verify (same workers and time limits).
         """
@@ -152,7 +152,7 @@ class Grader:
     def extract_and_grade_many(
         self, items: list[tuple[str, str, str]], box_match: str = "last", engine: str = "inferencekit"
     ) -> list[tuple[str | None, bool]]:
-        """``(extracted answer, verdict)`` per ``(text, gold, dataset)`` item, in input order.
+        """``(extracted answer, verdict)`` per ``(text, gold, style)`` item, in input order.
 
         Answers settled by a box or ``####`` are compared here when string rules decide (no worker);
         the rest, and every item under ``engine="math-verify"``, is extracted and graded in the workers.
@@ -162,16 +162,16 @@ class Grader:
         results: list[tuple[str | None, bool]] = []
         jobs: list[Job] = []
         owners: list[tuple[int, int]] = []  # (item, candidate number) of each job
-        for i, (text, gold, dataset) in enumerate(items):
+        for i, (text, gold, style) in enumerate(items):
             if engine == "inferencekit":
-                gold = gold_answer(str(gold), dataset)
-                settled, answers = quick_extract(text, dataset, box_match)
+                gold = gold_answer(str(gold), style)
+                settled, answers = quick_extract(text, style, box_match)
                 settled = settled and not needs_letter_search(answers, gold)
             else:  # plain math-verify reads the gold and extracts the answer itself, in a worker
                 gold, settled, answers = str(gold), False, []
             results.append((answers[0] if answers else None, False))
             if not settled:
-                jobs.append(("grade", text, gold, dataset, box_match, engine))
+                jobs.append(("grade", text, gold, style, box_match, engine))
                 owners.append((i, -1))
                 continue
             for k, answer in enumerate(answers):

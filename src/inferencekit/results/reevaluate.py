@@ -69,7 +69,7 @@ def reevaluate(
     votes: str | list[str] | None = None,
     aggregation: str | None = None,
     box_match: str | None = None,
-    grader: str | None = None,
+    grader: str | None = None,  # the grading engine, as the run-config key and `--grader` name it
     *,
     name: str | None = None,
     in_place: bool = False,
@@ -92,10 +92,10 @@ def reevaluate(
         return _reevaluate(store, votes, aggregation, box_match, grader, name, in_place, settings)
 
 
-def _reevaluate(store: RunStore, votes: Any, aggregation: str | None, box_match: str | None, grader: str | None,
+def _reevaluate(store: RunStore, votes: Any, aggregation: str | None, box_match: str | None, engine: str | None,
                 name: str | None, in_place: bool, settings: dict[str, Any]) -> Evaluation:
     old = config_from_dict(store.read_config(), f"{store.path}/{CONFIG}")
-    asked = {"votes": votes, "aggregation": aggregation, "box_match": box_match, "grader": grader,
+    asked = {"votes": votes, "aggregation": aggregation, "box_match": box_match, "grader": engine,
              **settings}
     config = config_from_dict({**old.model_dump(), **{k: v for k, v in asked.items() if v is not None}},
                               "evaluation settings")
@@ -105,7 +105,7 @@ def _reevaluate(store: RunStore, votes: Any, aggregation: str | None, box_match:
         raise UserError(f"{store.path} has no finished samples to evaluate")
     check_votes(config.votes, has_scores=all(r.has_scores for r in records))
     style = graded_style(records, config.dataset)
-    with make_grader(config) as grader:
+    with make_grader(config) as grader:  # the worker pool; `config.grader` names the engine
         grade_records(records, grader, style=style, votes=config.votes, aggregation=config.aggregation,
                       box_match=config.box_match, engine=config.grader)
     metrics = compute_metrics(records, config.votes, config.aggregation, seed=config.seed)

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from inferencekit.grading import canonical_form, extract_answer
+from inferencekit.grading.style import AnswerStyle
 from inferencekit.search.base import Candidate, Problem
 
 
-def answer_key(text: str, dataset: str) -> str | None:
+def answer_key(text: str, style: AnswerStyle) -> str | None:
     """The sample's answer in canonical form (equivalent answers compare equal), None when it has none."""
-    answer = extract_answer(text, dataset)
+    answer = extract_answer(text, style)
     return None if answer is None else canonical_form(answer)
 
 
