@@ -26,7 +26,7 @@ CHAT = [sys.executable, "-m", "inferencekit.cli", "chat", "--max-new-tokens", "1
 class FakeGenerator(Generator):
     """Replies from a script: `replies` in turn for single samples, `samples` for best-of-N."""
 
-    name = "fake"
+    backend = "fake"
 
     def __init__(self, replies: Sequence[str] = ("hello",), samples: Sequence[str] = ()) -> None:
         super().__init__()

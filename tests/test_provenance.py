@@ -124,3 +124,20 @@ def test_rerunning_config_yaml_reproduces_predictions(tmp_path, sampling):
     prov = [json.loads((p / "provenance.json").read_text()) for p in (original, copy)]
     assert prov[0]["model"]["sha256"] == prov[1]["model"]["sha256"]
     assert prov[0]["dataset"]["sha256"] == prov[1]["dataset"]["sha256"]
+
+
+def test_a_data_dir_reached_through_a_symlink_is_hashed(tmp_path):
+    """`--data-dir` through a symlink: the files' common root is resolved, so their names must be too
+    (this raised ValueError: a path through the link is not relative to the real folder)."""
+    from inferencekit.datasets import Dataset
+    from inferencekit.results.identity import dataset_identity
+
+    real = tmp_path / "real" / "mini"
+    real.mkdir(parents=True)
+    (real / "test.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    (real / "train.jsonl").write_text('{"problem": "2+2", "answer": "4"}\n')
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    through_link = [tmp_path / "link" / "mini" / name for name in ("test.jsonl", "train.jsonl")]
+    ident = dataset_identity(Dataset("mini", [], files=through_link), "mini")
+    direct = dataset_identity(Dataset("mini", [], files=[real / "test.jsonl", real / "train.jsonl"]), "mini")
+    assert set(ident["files"]) == {"test.jsonl", "train.jsonl"} and ident == direct

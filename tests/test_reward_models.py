@@ -385,7 +385,7 @@ def test_mean_logprob_chunked_logits_and_generator_model(load, causal_dir, monke
 class FakeGenerator(Generator):
     """Answers from a script; offers score_text like a backend that can score given text."""
 
-    name = "fake"
+    backend = "fake"
     can_score_text = True
 
     def __init__(self, answers: list[tuple[str, float]] | None = None) -> None:

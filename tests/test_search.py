@@ -32,7 +32,7 @@ class ScriptedGenerator(Generator):
     ((text, logprob) pairs, best first; "" is EOS; EOS alone for unknown prompts).
     """
 
-    name = "scripted"
+    backend = "scripted"
 
     def __init__(self, script: dict[str, list[str]], default: str = "\\boxed{0}", tokens=None) -> None:
         super().__init__()

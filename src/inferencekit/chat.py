@@ -2,7 +2,7 @@
 
 Lines starting with `/` are commands (see HELP); everything else is a user message. With a terminal,
 input comes from `input()` (with readline history when available); piped input is read line by line
-without prompts. Replies stream as they are generated (`inferencekit.models.base.stream`).
+without prompts. Replies stream as they are generated (`Generator.stream`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from inferencekit.errors import UserError, first_line
 from inferencekit.files import write_atomic
-from inferencekit.models.base import Generator, Message, SamplingParams, stream
+from inferencekit.models.base import Generator, Message, SamplingParams
+
+if TYPE_CHECKING:
+    from inferencekit.reward_models.base import RewardModel
 
 HELP = ("commands: /bon N (answer the last message again by best-of-N), /system TEXT, /reset, /save FILE, "
         "/load FILE, /help, /exit")
@@ -26,9 +29,9 @@ BON_TEMPERATURE = 0.8  # best-of-N needs different samples: used when the chat i
 class ChatSession:
     """The conversation and what it talks to: a generator, an optional reward model, sampling settings."""
 
-    def __init__(self, generator: Generator, reward_model: Any = None, *, params: SamplingParams | None = None,
-                 system: str | None = None, aggregation: str = "last", out: TextIO | None = None,
-                 stream: bool = True, label: str | None = None) -> None:
+    def __init__(self, generator: Generator, reward_model: RewardModel | None = None, *,
+                 params: SamplingParams | None = None, system: str | None = None, aggregation: str = "last",
+                 out: TextIO | None = None, stream: bool = True, label: str | None = None) -> None:
         self.generator, self.reward_model = generator, reward_model
         self.label = label or getattr(generator, "name", "model")
         self.params = params or SamplingParams(max_new_tokens=512)
@@ -79,7 +82,7 @@ class ChatSession:
             start = time.perf_counter()
             if self.stream:
                 pieces = []
-                for piece in stream(self.generator, prompt, params):
+                for piece in self.generator.stream(prompt, params):
                     pieces.append(piece)
                     self.out.write(piece)
                     self.out.flush()

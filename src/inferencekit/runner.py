@@ -114,7 +114,7 @@ def _run_locked(store: RunStore, config: RunConfig, spec: Any, dataset: Dataset,
         if failed := metrics["failed"]:
             log.warning("%d problem(s) failed (generation errors); rerun the same command to retry them", failed)
         store.write_metrics(metrics)
-        provenance.finish(metrics, generated=len(todo))
+        provenance.finish(metrics, problems=len(todo))
         log.info("metrics: %s", {v: m["accuracy"] for v, m in metrics["votes"].items()})
     return RunResult(run_dir=store.path, metrics=metrics, generated=len(todo))
 

@@ -15,10 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferencekit.grading import Grader
 from inferencekit.models import Generator, GeneratorSpec, executor_args, load_generator
+
+if TYPE_CHECKING:
+    from inferencekit.reward_models.base import RewardModel
+    from inferencekit.reward_models.concurrent import SharedRewardModel
 
 log = logging.getLogger("inferencekit")
 
@@ -48,7 +52,9 @@ class Session:
                 self.loads += 1
             return self._generators[key]
 
-    def reward_model(self, config: Any, generator: Generator) -> tuple[Any, Any]:
+    def reward_model(
+        self, config: Any, generator: Generator
+    ) -> tuple[RewardModel, SharedRewardModel] | tuple[None, None]:
         """(reward model, its thread-safe batching wrapper) for `config`, scoring with `generator` where its
         format reads the policy; (None, None) without one."""
         if config.reward_model is None:

@@ -37,7 +37,7 @@ from inferencekit.grading.boxes import Box, box_runs, boxed_contents, find_boxes
 from inferencekit.grading.engine import engine_extract
 from inferencekit.grading.equivalence import GradingTimeout, time_limit
 from inferencekit.grading.normalize import strip_math_delimiters
-from inferencekit.grading.style import AnswerStyle, is_gsm8k
+from inferencekit.grading.style import AnswerStyle, answer_style, is_gsm8k
 
 __all__ = ["BOX_MATCHES", "boxed_contents", "extract_all_answers", "extract_answer", "extract_candidates"]
 
@@ -186,14 +186,15 @@ def extract_answer(
 ) -> str | None:
     """The final answer in ``text``, or ``None`` when there is none (see the module's order of precedence).
 
-    ``style``: the answer style, ``"math"`` or ``"gsm8k"`` (``style.answer_style`` gives a data set's).
+    ``style``: the answer style, ``"math"`` or ``"gsm8k"``; a data set's name (this entry point's documented
+    ``dataset`` argument) is read as ``style.answer_style`` reads it.
     ``box_match``: ``"last"`` (default) or ``"first"`` box; ``"any"`` behaves like ``"last"`` here
     (``extract_candidates`` lists what ``grade`` tries under ``"any"``).
     ``None`` also when reading the text takes over ``timeout`` seconds (in any thread; see ``time_limit``).
     """
     try:
         with time_limit(timeout):
-            return _extract(text, style, box_match)
+            return _extract(text, answer_style(style), box_match)
     except GradingTimeout:
         return None
 

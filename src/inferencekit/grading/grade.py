@@ -12,7 +12,7 @@ from inferencekit.grading.engine import ENGINES, choice_extract, plain_extract, 
 from inferencekit.grading.equivalence import GradingTimeout, is_equiv, time_limit
 from inferencekit.grading.extract import extract_candidates, gold_answer, strip_think
 from inferencekit.grading.normalize import choice_letter
-from inferencekit.grading.style import AnswerStyle
+from inferencekit.grading.style import AnswerStyle, answer_style
 
 
 def check_engine(engine: str) -> None:
@@ -62,9 +62,10 @@ def grade(
     ``box_match="any"``: true when any boxed answer (or the single extracted one) is equivalent.
     ``engine="math-verify"`` grades with plain math-verify instead (see ``engine.plain_grade``).
     In the main thread extraction and comparison together get ``timeout`` seconds (``False`` past it).
+    ``style`` as ``extract_answer`` takes it (a data set's name is read as its answer style).
     """
     try:
         with time_limit(timeout):
-            return grade_answer(text, gold, style, box_match, engine)[1]
+            return grade_answer(text, gold, answer_style(style), box_match, engine)[1]
     except GradingTimeout:
         return False

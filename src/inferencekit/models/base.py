@@ -168,15 +168,21 @@ class Cancelled(GenerationError):
 class Generator(ABC):
     """A language model that continues prompts.
 
-    Subclasses set `name` and implement the three abstract methods. `usage` accumulates over the
+    Subclasses set `backend` and implement the three abstract methods. `usage` accumulates over the
     generator's life; `usage_account()` measures one block of calls. A backend that can score given
     text sets `can_score_text = True` and implements `score_text`; one that knows its context window
     overrides `context_length`.
+
+    What a run records about the engine (`results/`) is declared here, with defaults, and read as
+    attributes: `spec` (what it was built from), `engine_settings()` (settings that can change the bits
+    it computes), `parameter_count()` (for FLOPs estimates) and `stream()` (text as it is produced).
     """
 
-    name: str = "generator"
+    backend: ClassVar[str] = "generator"  # the backend's registry name ("llamacpp", "hf", "openai", ...)
+    spec: GeneratorSpec | None = None  # what it was built from; None for one built in code (a test's)
     can_score_text: ClassVar[bool] = False  # True: `score_text` is implemented (ask this, never probe)
     cancelled: bool = False  # set by `cancel`
+    stream_chunk_tokens: ClassVar[int] = 8  # the default `stream`'s tokens per generate call
     can_score_certainty: ClassVar[bool] = False  # True: `certainty_text` is implemented (full distributions)
 
     def __init__(self) -> None:
@@ -206,6 +212,40 @@ class Generator(ABC):
         """Most tokens of prompt plus completion the model takes at once; None when the backend cannot tell."""
         return None
 
+    def engine_settings(self) -> dict[str, Any]:
+        """Settings that can change the bits this engine computes (threads, dtype, KV layout, attention...),
+        for the run's provenance record beside the spec's; this default knows none."""
+        return {}
+
+    def parameter_count(self) -> int | None:
+        """The model's parameter count as the loaded engine knows it (FLOPs estimates); None when it cannot
+        tell (a served model). `results.accounting` tries `spec.n_params` and a GGUF header first."""
+        return None
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Yield the text of one completion (of `params` with `n=1`) as it is produced.
+
+        This default generates `stream_chunk_tokens` at a time, each chunk continuing the prompt plus the text so
+        far (backends with a prefix cache, like llama.cpp's, recompute only the new tokens); a backend with a
+        decode loop overrides it to yield each token's text.
+        """
+        text, left, step = "", params.max_new_tokens, 0
+        while left > 0:
+            size = min(self.stream_chunk_tokens, left)
+            chunk = params.replace(n=1, max_new_tokens=size, seed=params.seed + step, stop=())
+            completion = self.generate([prompt + text], chunk)[0][0]
+            piece, stop = truncate_at_stop(text + completion.text, params.stop)
+            piece = piece[len(text) :]
+            if completion.finish_reason == "length" and stop is None:
+                piece = piece.rstrip("\ufffd")  # a character cut between chunks: the next chunk redoes it
+            text += piece
+            left -= completion.tokens
+            step += 1
+            if piece:
+                yield piece
+            if stop is not None or completion.finish_reason == "stop" or completion.tokens == 0:
+                return
+
     def torch_model(self) -> tuple[Any, Any] | None:
         """(transformers model, tokenizer) when this backend runs one in this process, for reward models
         that read its logits directly (self_certainty on the hf backend); None otherwise."""
@@ -230,7 +270,7 @@ class Generator(ABC):
 
         This default refuses: `UserError` naming the backends that can.
         """
-        raise UserError(f"backend {self.name!r} cannot score text; backends that can: "
+        raise UserError(f"backend {self.backend!r} cannot score text; backends that can: "
                         f"{', '.join(_able('can_score_text'))}")
 
     def certainty_text(
@@ -245,7 +285,7 @@ class Generator(ABC):
         token (`[]` for an empty response). No sampling; the work is counted as `score_text` counts it.
         This default refuses: `UserError` naming the backends that can.
         """
-        raise UserError(f"backend {self.name!r} cannot give full next-token distributions (self_certainty needs "
+        raise UserError(f"backend {self.backend!r} cannot give full next-token distributions (self_certainty needs "
                         f"them); backends that can: {', '.join(_able('can_score_certainty'))}; "
                         "mean_logprob needs only sampled-token log-probabilities")
 
@@ -397,29 +437,6 @@ class GeneratorSpec:
                 self.extra = extra
 
 
-def stream(generator: Generator, prompt: str, params: SamplingParams, chunk_tokens: int = 8) -> Iterator[str]:
-    """Yield the text of one completion as it is produced.
-
-    A backend with its own `stream(prompt, params)` is used as is; otherwise the completion is
-    generated `chunk_tokens` at a time, each chunk continuing the prompt plus the text so far (backends
-    with a prefix cache, like llama.cpp's, recompute only the new tokens).
-    """
-    own = getattr(generator, "stream", None)
-    if callable(own):
-        yield from own(prompt, params)
-        return
-    text, left, step = "", params.max_new_tokens, 0
-    while left > 0:
-        chunk = params.replace(n=1, max_new_tokens=min(chunk_tokens, left), seed=params.seed + step, stop=())
-        completion = generator.generate([prompt + text], chunk)[0][0]
-        piece, stop = truncate_at_stop(text + completion.text, params.stop)
-        piece = piece[len(text) :]
-        if completion.finish_reason == "length" and stop is None:
-            piece = piece.rstrip("\ufffd")  # a character cut between chunks: the next chunk redoes it
-        text += piece
-        left -= completion.tokens
-        step += 1
-        if piece:
-            yield piece
-        if stop is not None or completion.finish_reason == "stop" or completion.tokens == 0:
-            return
+def stream(generator: Generator, prompt: str, params: SamplingParams) -> Iterator[str]:
+    """`generator.stream(prompt, params)`: the text of one completion as it is produced."""
+    return generator.stream(prompt, params)

@@ -248,12 +248,13 @@ class _Row:
 class HFGenerator(TokenizerText, Generator):
     """A causal LM run with transformers (`backend: hf`)."""
 
+    backend = "hf"
     can_score_certainty = True  # certainty_text below
 
     def __init__(self, spec: GeneratorSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.name = spec.name
+        self.model_name = spec.name
         self.max_batch_sequences = max(1, int(spec.max_batch_sequences))
         self._share_prompts = True  # compute what rows share once (see _prefill)
         self._prefix: tuple[list[int], DynamicCache] | None = None
@@ -340,6 +341,21 @@ class HFGenerator(TokenizerText, Generator):
 
     def torch_model(self) -> tuple[torch.nn.Module, Any]:
         return self.model, self.tokenizer
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The settings that can change the bits this engine computes, for the run's provenance record."""
+        if self.model is None:  # closed
+            return {}
+        out: dict[str, Any] = {"torch_dtype": str(self.model.dtype), "device": str(self.model.device)}
+        attention = getattr(self.model.config, "_attn_implementation", None)  # transformers' private field
+        if attention:
+            out["attention"] = attention
+        out["torch_threads"] = torch.get_num_threads()
+        out["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        return out
+
+    def parameter_count(self) -> int | None:
+        return None if self.model is None else int(self.model.num_parameters())
 
     def certainty_text(
         self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None

@@ -16,12 +16,12 @@ logger = logging.getLogger(__name__)
 class TokenizerText:
     """Mixin: `encode`, `chat_prompt`, `count_tokens` and token text over `self.tokenizer`.
 
-    The class using it sets `tokenizer`, `name`, `eos_token_ids` and `pad_token_id`, and calls
+    The class using it sets `tokenizer`, `model_name`, `eos_token_ids` and `pad_token_id`, and calls
     `_setup_text(chat_template)` once the tokenizer is loaded.
     """
 
     tokenizer: Any
-    name: str
+    model_name: str
     eos_token_ids: list[int]
     pad_token_id: int | None
 
@@ -43,7 +43,7 @@ class TokenizerText:
                 list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
             )
         if not self._warned_no_template:
-            logger.warning("%s has no chat template; using a plain 'User: ... Assistant:' format", self.name)
+            logger.warning("%s has no chat template; using a plain 'User: ... Assistant:' format", self.model_name)
             self._warned_no_template = True
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
         if add_generation_prompt:

@@ -109,7 +109,7 @@ class OpenAIEndpoint(Replica):
 
         self.extra_body = dict(extra_body or {})
         self.name = base_url
-        self.model = model
+        self.model_name = model
         self.key = key
         self.info = ServerInfo(base_url)  # its kind, found by `check`
         self.reports_stop = False  # vLLM and SGLang say which stop string ended a completion
@@ -138,7 +138,7 @@ class OpenAIEndpoint(Replica):
 
     async def request(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
         response = await self._call(self.client.completions.create(
-            model=self.model,
+            model=self.model_name,
             prompt=prompt,
             n=params.n,
             temperature=params.temperature,
@@ -169,7 +169,7 @@ class OpenAIEndpoint(Replica):
     async def count_tokens(self, text: str) -> int:
         # The completions API has no tokenizer endpoint; ask for one new token and read the usage.
         response = await self._call(
-            self.client.completions.create(model=self.model, prompt=text, max_tokens=1, temperature=0)
+            self.client.completions.create(model=self.model_name, prompt=text, max_tokens=1, temperature=0)
         )
         _check_completion(response)
         return response.usage.prompt_tokens if response.usage else len(text.split())
@@ -183,8 +183,8 @@ class OpenAIEndpoint(Replica):
         if not isinstance(data, list):
             return f"does not answer with a model list ({_snippet(page)})"
         ids = [m.id for m in data]
-        if ids and not any(_same_model(self.model, i) for i in ids):
-            return f"serves {', '.join(ids)}, not {self.model}"
+        if ids and not any(_same_model(self.model_name, i) for i in ids):
+            return f"serves {', '.join(ids)}, not {self.model_name}"
         self.info = await asyncio.to_thread(inspect_server, self.name, self.key)
         return None
 
@@ -199,7 +199,7 @@ def _same_model(wanted: str, served: str) -> bool:
 
 
 class OpenAIGenerator(ReplicaPool):
-    name = "openai"
+    backend = "openai"
 
     def __init__(self, spec: GeneratorSpec) -> None:
         urls = base_urls(spec)
@@ -208,7 +208,7 @@ class OpenAIGenerator(ReplicaPool):
                      for url in urls]
         super().__init__(endpoints, max_in_flight=spec.max_batch_sequences, policy=RetryPolicy.of(spec))
         self.spec = spec
-        self.model = spec.path
+        self.model_name = spec.path  # the id sent with every request
         try:
             bad = self.check_replicas()
             if bad:

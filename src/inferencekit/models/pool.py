@@ -187,7 +187,7 @@ class _State:
 class ReplicaPool(Generator):
     """Spreads requests over replicas; see the module docstring. Subclasses supply the chat template."""
 
-    name = "pool"
+    backend = "pool"
 
     def __init__(
         self,
@@ -213,7 +213,7 @@ class ReplicaPool(Generator):
         self._fan_out = not all(r.honours_n for r in self.replicas)
         self.requests_per_replica = [0] * len(self.replicas)  # attempts sent, for logs and tests
         self.failures_per_replica = [0] * len(self.replicas)
-        self._loop = BackgroundLoop(f"inferencekit-{self.name}")
+        self._loop = BackgroundLoop(f"inferencekit-{self.backend}")
         self._changed = asyncio.Event()  # replaced each time a slot frees or a replica's state changes
 
     # -- health ---------------------------------------------------------------------------------------

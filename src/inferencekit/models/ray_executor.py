@@ -75,6 +75,9 @@ class EngineActor:
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
 
+    def engine_settings(self) -> dict[str, Any]:
+        return self.engine.engine_settings()
+
 
 class RayActorReplica(Replica):
     def __init__(self, actor: Any, name: str) -> None:
@@ -108,7 +111,7 @@ class RayActorReplica(Replica):
 class RayPool(ReplicaPool):
     """K actors, each with its own engine, as one generator."""
 
-    name = "ray"
+    backend = "ray"
 
     def __init__(self, spec: GeneratorSpec, replicas: int = 1, address: str | None = None,
                  num_gpus: float = 0.0) -> None:
@@ -141,6 +144,10 @@ class RayPool(ReplicaPool):
 
     def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         return self._loop.run(self._call(lambda r: r.chat_prompt(list(messages), add_generation_prompt), None))
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The first actor's engine's settings (every actor loads the same spec)."""
+        return {**self._ray.get(self.actors[0].engine_settings.remote()), "replicas": len(self.actors)}
 
     def close(self) -> None:
         super().close()

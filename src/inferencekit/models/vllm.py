@@ -67,13 +67,13 @@ ENGINE_FIELDS = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
 class VLLMGenerator(TokenizerText, Generator):
     """A model run by vLLM's engine in this process (`backend: vllm`)."""
 
-    name = "vllm"
+    backend = "vllm"
     can_score_text = True  # score_text below, from prompt log-probabilities
 
     def __init__(self, spec: GeneratorSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.name = spec.name
+        self.model_name = spec.name
         source, gguf_file, is_local = resolve_source(spec.path, spec.gguf_file)
         if gguf_file is not None and is_local:
             source, gguf_file = _plain_checkpoint(Path(source) / gguf_file, spec)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from inferencekit.models.base import Generator, GeneratorSpec
     from inferencekit.results.records import Record
+    from inferencekit.reward_models.base import RewardModel
 
 # Usage keys split evenly among a problem's candidates (generated tokens are the candidates' own).
 SHARED_KEYS = ("seconds", "calls", "prompt_tokens", "computed_prompt_tokens", "reward_calls", "reward_prompt_tokens",
@@ -37,9 +39,9 @@ def _gguf_parameters(path: str, size: int, mtime_ns: int) -> int | None:
         return None
 
 
-def generator_parameters(spec: Any, generator: Any = None) -> int | None:
+def generator_parameters(spec: GeneratorSpec, generator: Generator | None = None) -> int | None:
     """The generator's parameter count: given (`n_params`), from a GGUF header, or from the loaded model."""
-    given = getattr(spec, "n_params", None) or (getattr(spec, "extra", None) or {}).get("n_params")
+    given = spec.n_params or spec.extra.get("n_params")
     if given:
         return int(given)
     if spec.backend == "llamacpp":
@@ -49,35 +51,21 @@ def generator_parameters(spec: Any, generator: Any = None) -> int | None:
             return gguf_parameters(resolve_gguf(spec))
         except (OSError, ValueError):
             return None
-    return _module_parameters(getattr(generator, "model", None))
+    return generator.parameter_count() if generator is not None else None
 
 
-def reward_model_parameters(reward_model: Any, generator_params: int | None) -> int | None:
+def reward_model_parameters(reward_model: RewardModel, generator_params: int | None) -> int | None:
     """A reward model's parameter count; one that scores with the policy model counts the policy's."""
-    own = _module_parameters(getattr(reward_model, "model", None))
+    own = reward_model.parameter_count()
     if own is not None:
         return own
-    settings = getattr(reward_model, "settings", None)
-    if getattr(settings, "generator", None) is not None:
-        return generator_params
-    return None
+    return generator_params if reward_model.uses_policy_model else None
 
 
-def _module_parameters(model: Any) -> int | None:
-    count = getattr(model, "num_parameters", None)
-    if callable(count):
-        try:
-            return int(count())
-        except (TypeError, ValueError, RuntimeError):
-            return None
-    return None
-
-
-def parameter_counts(generator: Any, reward_model: Any = None) -> tuple[int | None, int | None]:
+def parameter_counts(generator: Generator, reward_model: RewardModel | None = None) -> tuple[int | None, int | None]:
     """(generator, reward model) parameter counts of loaded models (cheap: a GGUF header is read once)."""
-    spec = getattr(generator, "spec", None)
-    gen = generator_parameters(spec, generator) if spec is not None else _module_parameters(
-        getattr(generator, "model", None))
+    spec = generator.spec
+    gen = generator_parameters(spec, generator) if spec is not None else generator.parameter_count()
     return gen, reward_model_parameters(reward_model, gen) if reward_model is not None else None
 
 

@@ -1,7 +1,8 @@
 """What every reward model shares: settings, format options, step splitting and the `score` entry point.
 
-A format class implements `score_items` on a flat list of (question, steps) pairs; `score` splits the
-solutions into steps and puts the flat scores back into the per-question nesting users see.
+A format class implements `score_items` on a flat list of `ScoreItem`s (a question, a solution's steps and,
+for formats that read it, the policy's prompt); `score` splits the solutions into steps and puts the flat
+scores back into the per-question nesting users see.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ class RewardModelSettings:
             raise UserError(validation_message(exc, "reward model argument", cls.USER_KEYS)) from None
 
 
+@dataclass(frozen=True)
+class ScoreItem:
+    """One solution to score: its question, its steps, and the policy's prompt for the question where the
+    caller gave it and the format reads it (`RewardModel.uses_prompts`; else None)."""
+
+    question: str
+    steps: list[str]
+    prompt: str | None = None
+
+
 def split_steps(solution: str, separator: str) -> list[str]:
     """The steps of a solution: its pieces between separators, whitespace-only pieces dropped."""
     return [piece for piece in solution.split(separator) if piece.strip()]
@@ -69,8 +80,9 @@ class RewardModel(ABC):
 
     format_name: ClassVar[str] = ""
     needs_weights: ClassVar[bool] = True  # False: works from a generator alone (name = format name)
-    # True: `score(..., prompts=)` reads each step after the policy's own prompt; False: `prompts` is ignored
-    # (the format scores the question in its own layout: a PRM's template, a judge's instruction)
+    # True: `score(..., prompts=)` hands the policy's prompts to `score_items` (each step is read after it);
+    # False: they are dropped there (the format scores the question in its own layout: a PRM's template, a
+    # judge's instruction)
     uses_prompts: ClassVar[bool] = False
 
     def __init__(self, settings: RewardModelSettings, **options: Any) -> None:
@@ -121,6 +133,16 @@ class RewardModel(ABC):
         """First line of the class docstring."""
         return first_line(cls.__doc__ or "")
 
+    def parameter_count(self) -> int | None:
+        """Parameters of the model this format runs itself (FLOPs estimates); None when it runs none."""
+        return None
+
+    @property
+    def uses_policy_model(self) -> bool:
+        """Whether the policy's generator is at hand to score with (a judge, mean_logprob without a path):
+        its work then costs the policy's parameters where the format has none of its own."""
+        return self.settings.generator is not None
+
     def load(self) -> None:  # noqa: B027 - optional hook
         """Load weights (called before `configure`)."""
 
@@ -142,13 +164,21 @@ class RewardModel(ABC):
             raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")
         if any(isinstance(sols, str) for sols in solutions):
             raise ValueError("solutions must hold one list of solution texts per question")
-        items = [
-            (question, split_steps(solution, self.step_separator))
-            for question, sols in zip(questions, solutions, strict=True)
+        flat = iter(self.score_items(self.score_items_of(questions, solutions, prompts)))
+        return [[next(flat) for _ in sols] for sols in solutions]
+
+    def score_items_of(
+        self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None
+    ) -> list[ScoreItem]:
+        """The flat items `score` hands to `score_items`: prompts only to a format that reads them."""
+        if prompts is not None and len(prompts) != len(questions):
+            raise ValueError(f"got {len(prompts)} prompts for {len(questions)} questions")
+        given = list(prompts) if prompts is not None and self.uses_prompts else [None] * len(questions)
+        return [
+            ScoreItem(question, split_steps(solution, self.step_separator), prompt)
+            for question, prompt, sols in zip(questions, given, solutions, strict=True)
             for solution in sols
         ]
-        flat = iter(self.score_items(items))
-        return [[next(flat) for _ in sols] for sols in solutions]
 
     async def ascore(self, question: str, solutions: Sequence[str], prompt: str | None = None) -> list[list[float]]:
         """Step scores of one question's solutions, awaited (the batch `score` in a worker thread).
@@ -161,8 +191,8 @@ class RewardModel(ABC):
         return (await asyncio.to_thread(self.score, [question], [list(solutions)], prompts))[0]
 
     @abstractmethod
-    def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
-        """Scores of each (question, steps) pair, one float per step, in order."""
+    def score_items(self, items: list[ScoreItem]) -> list[list[float]]:
+        """Scores of each item, one float per step, in order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""

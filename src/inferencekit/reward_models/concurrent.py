@@ -11,25 +11,44 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
 
 from inferencekit.coalesce import Coalescer
 from inferencekit.models.base import USAGE_ACCOUNT, Timer, Usage, UsageAccount, usage_account
+from inferencekit.reward_models.base import RewardModel, ScoreItem
 
 _Request = tuple[list[str], list[list[str]], list[str] | None, UsageAccount | None]
 
 
-class SharedRewardModel:
-    """`reward_model` behind a gatherer: same `score` signature and attributes, safe from many threads."""
+class SharedRewardModel(RewardModel):
+    """`reward_model` behind a gatherer: a `RewardModel` whose `score` is safe from many threads.
 
-    def __init__(self, reward_model: Any, max_items: int | None = None) -> None:
+    Every other declared member is the wrapped model's: its settings, name, step separator, format, `usage`
+    (the work is counted there), parameter count and `close`. It loads nothing itself.
+    """
+
+    def __init__(self, reward_model: RewardModel, max_items: int | None = None) -> None:
         self.inner = reward_model
+        self.settings = reward_model.settings
+        self.name = reward_model.name
+        self.step_separator = reward_model.step_separator
+        self.format_name = reward_model.format_name
+        self.needs_weights = reward_model.needs_weights
+        self.uses_prompts = reward_model.uses_prompts
         self._gather: Coalescer[_Request, list[list[list[float]]]] = Coalescer(self._score_many, max_items)
 
-    def __getattr__(self, name: str) -> Any:  # usage, name, step_separator, close, ...
-        if name == "inner":  # not set yet (a copy being built): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property  # type: ignore[override]
+    def usage(self) -> Usage:
+        return self.inner.usage
+
+    def parameter_count(self) -> int | None:
+        return self.inner.parameter_count()
+
+    def score_items(self, items: list[ScoreItem]) -> list[list[float]]:
+        """The wrapped model's, unbatched (`score` is the shared entry point)."""
+        return self.inner.score_items(items)
+
+    def close(self) -> None:
+        self.inner.close()
 
     def score(
         self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None

@@ -6,7 +6,7 @@ import math
 
 from inferencekit.errors import UserError
 from inferencekit.models.base import Completion, SamplingParams, Timer, usage_account
-from inferencekit.reward_models.base import RewardModel
+from inferencekit.reward_models.base import RewardModel, ScoreItem
 from inferencekit.reward_models.registry import register_format
 
 JUDGE_TEMPLATE = (
@@ -57,8 +57,9 @@ class LLMJudge(RewardModel):
         messages.append({"role": "user", "content": self.template.format(question=question, previous=shown, step=step)})
         return self.generator.chat_prompt(messages)
 
-    def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
-        prompts = [self.prompt(q, steps[:i], step) for q, steps in items for i, step in enumerate(steps)]
+    def score_items(self, items: list[ScoreItem]) -> list[list[float]]:
+        prompts = [self.prompt(item.question, item.steps[:i], step) for item in items
+                   for i, step in enumerate(item.steps)]
         if not prompts:
             return [[] for _ in items]
         params = SamplingParams(temperature=0.0, max_new_tokens=1, logprobs=True)
@@ -70,4 +71,4 @@ class LLMJudge(RewardModel):
         work.calls, work.seconds = 1, timer.seconds
         self.usage.add(work)
         flat = iter(p_yes(c[0]) for c in completions)
-        return [[next(flat) for _ in steps] for _, steps in items]
+        return [[next(flat) for _ in item.steps] for item in items]

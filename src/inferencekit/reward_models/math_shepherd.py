@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import Encoded, Marker, encode_marked, last_token_id
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -28,7 +29,8 @@ class MathShepherdPRM(TransformersRewardModel):
             self.tokenizer.encode(step_tag.strip(), add_special_tokens=False)[-1],
         }
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
+    def encode(self, item: ScoreItem) -> Encoded:
+        question, steps = item.question, item.steps
         pieces: list[str | Marker] = [f"{question} "]
         for i, step in enumerate(steps):
             pieces += [self.step_separator + step if i else step, Marker(self.step_tag)]

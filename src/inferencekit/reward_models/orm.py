@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import Encoded
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -32,7 +33,8 @@ class OutcomeRM(TransformersRewardModel):
         self.use_chat = chat_template and bool(getattr(self.tokenizer, "chat_template", None))
         self.sigmoid = sigmoid
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
+    def encode(self, item: ScoreItem) -> Encoded:
+        question, steps = item.question, item.steps
         solution = self.step_separator.join(steps)
         if self.use_chat:
             messages = [{"role": "user", "content": question}, {"role": "assistant", "content": solution}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from inferencekit.errors import UserError
+from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import SENTINEL, Encoded, chat_pieces, encode_marked
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -39,7 +40,8 @@ class QwenPRM(TransformersRewardModel):
         self.step_token_ids = {token_id}
         self.system_prompt = system_prompt
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
+    def encode(self, item: ScoreItem) -> Encoded:
+        question, steps = item.question, item.steps
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
         messages = [
             *system,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import SENTINEL, Encoded, chat_pieces, encode_marked
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -20,7 +21,8 @@ class RLHFlowPRM(TransformersRewardModel):
         self.good_token = good_token
         self.candidates = [self.tokenizer.encode(t, add_special_tokens=False)[-1] for t in (good_token, bad_token)]
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
+    def encode(self, item: ScoreItem) -> Encoded:
+        question, steps = item.question, item.steps
         messages = []
         for i, step in enumerate(steps):
             messages.append({"role": "user", "content": f"{question} {step}" if i == 0 else step})

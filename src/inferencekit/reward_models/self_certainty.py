@@ -18,6 +18,7 @@ import torch
 
 from inferencekit.errors import UserError
 from inferencekit.models.certainty import kl_uniform_rows
+from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import Encoded
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -45,7 +46,6 @@ class MeanLogprob(TransformersRewardModel):
 
     needs_weights = False
     uses_prompts = True  # with the policy itself (no `path`): steps are read after the policy's prompt
-    policy_prompts: dict[str, str] = {}  # question -> the policy's prompt during one score() call (replaced)
 
     def load(self) -> None:
         gen = self.settings.generator
@@ -58,7 +58,7 @@ class MeanLogprob(TransformersRewardModel):
             self.model, self.tokenizer = own
             self.setup_model()
         else:
-            backend = "no generator" if gen is None else f"backend {gen.name!r}"
+            backend = "no generator" if gen is None else f"backend {gen.backend!r}"
             raise UserError(
                 f"{self.format_name} needs a causal LM: a path to one, or a generator that can score text or runs "
                 f"a transformers model (llamacpp, hf); got {backend}"
@@ -68,24 +68,15 @@ class MeanLogprob(TransformersRewardModel):
         self.system_prompt = system_prompt
         self.chat_template = chat_template
 
-    def score(
-        self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
-    ) -> list[list[list[float]]]:
-        """As `RewardModel.score`; scoring with the policy itself, a step is read after the policy's own prompt."""
-        own = prompts is not None and not self.settings.path  # another model's template would not fit
-        self.policy_prompts = dict(zip(questions, prompts, strict=True)) if own else {}
-        try:
-            return super().score(questions, solutions)
-        finally:
-            self.policy_prompts = {}
-
-    def prompt(self, question: str) -> tuple[str, bool]:
+    def prompt(self, item: ScoreItem) -> tuple[str, bool]:
         """The text before the first step, and whether it is a rendered chat (which holds its own BOS).
 
-        The policy's prompt for this question when the caller gave it, else the question as a user turn.
+        The policy's prompt for the item when the caller gave it and this scores with the policy itself
+        (another model's template would not fit it), else the question as a user turn.
         """
-        if question in self.policy_prompts:
-            return self.policy_prompts[question], True
+        if item.prompt is not None and not self.settings.path:
+            return item.prompt, True
+        question = item.question
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": question})
         gen = self.settings.generator
@@ -96,8 +87,9 @@ class MeanLogprob(TransformersRewardModel):
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
         return question + self.step_separator, False
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
-        prompt, chat = self.prompt(question)
+    def encode(self, item: ScoreItem) -> Encoded:
+        prompt, chat = self.prompt(item)
+        steps = item.steps
         ids = self.tokenizer.encode(prompt, add_special_tokens=not chat)
         separator = self.tokenizer.encode(self.step_separator, add_special_tokens=False)
         spans = []
@@ -131,18 +123,18 @@ class MeanLogprob(TransformersRewardModel):
     def reduce(self, values: torch.Tensor) -> float:
         return math.exp(float(values.mean()))
 
-    def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+    def score_items(self, items: list[ScoreItem]) -> list[list[float]]:
         if self.text_scorer is None:
             return super().score_items(items)
         # each solution in one pass: its steps and separators as pieces, as encode() lays them out
-        prompts = [self.prompt(question)[0] for question, _ in items]
+        prompts = [self.prompt(item)[0] for item in items]
         continuations = [
-            [piece for i, step in enumerate(steps) for piece in ([self.step_separator] if i else []) + [step]]
-            for _, steps in items
+            [piece for i, step in enumerate(item.steps) for piece in ([self.step_separator] if i else []) + [step]]
+            for item in items
         ]
         logprobs = self.text_scorer(prompts, continuations, usage=self.usage)  # the work counts as ours
-        return [[mean_prob(list(per_piece[2 * i])) for i in range(len(steps))]
-                for (_, steps), per_piece in zip(items, logprobs, strict=True)]
+        return [[mean_prob(list(per_piece[2 * i])) for i in range(len(item.steps))]
+                for item, per_piece in zip(items, logprobs, strict=True)]
 
     def close(self) -> None:
         if self.settings.path:  # a generator's model belongs to the generator
@@ -166,7 +158,7 @@ class SelfCertainty(MeanLogprob):
         elif gen is not None and gen.can_score_certainty:
             self.certainty = gen.certainty_text
         else:
-            backend = "no generator" if gen is None else f"backend {gen.name!r}"
+            backend = "no generator" if gen is None else f"backend {gen.backend!r}"
             raise UserError(
                 f"self_certainty reads the full next-token distribution: give a causal LM path, or run on a backend "
                 f"that exposes it (llamacpp, hf); got {backend} (--reward-model mean_logprob needs only log-probs)"
@@ -178,20 +170,19 @@ class SelfCertainty(MeanLogprob):
         """One score per solution (a list of one), from the whole solution text: step splits do not matter."""
         if isinstance(questions, str) or len(questions) != len(solutions):
             raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")
-        own = prompts is not None and not self.settings.path
-        self.policy_prompts = dict(zip(questions, prompts, strict=True)) if own else {}
-        try:
-            flat = iter(self.score_items([(q, [s]) for q, sols in zip(questions, solutions, strict=True)
-                                          for s in sols]))
-            return [[next(flat) for _ in sols] for sols in solutions]
-        finally:
-            self.policy_prompts = {}
+        if prompts is not None and len(prompts) != len(questions):
+            raise ValueError(f"got {len(prompts)} prompts for {len(questions)} questions")
+        given = list(prompts) if prompts is not None else [None] * len(questions)
+        items = [ScoreItem(q, [s], prompt) for q, prompt, sols in zip(questions, given, solutions, strict=True)
+                 for s in sols]
+        flat = iter(self.score_items(items))
+        return [[next(flat) for _ in sols] for sols in solutions]
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
-        prompt, chat = self.prompt(question)
+    def encode(self, item: ScoreItem) -> Encoded:
+        prompt, chat = self.prompt(item)
         ids = self.tokenizer.encode(prompt, add_special_tokens=not chat)
         start = len(ids)
-        ids += self.tokenizer.encode(steps[0], add_special_tokens=False)
+        ids += self.tokenizer.encode(item.steps[0], add_special_tokens=False)
         return Encoded(ids, [(start, len(ids))])
 
     def token_scores(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
@@ -215,6 +206,6 @@ class SelfCertainty(MeanLogprob):
     def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
         if self.settings.path:
             return super().score_items(items)
-        per_token = self.certainty([self.prompt(q)[0] for q, _ in items], [steps[0] for _, steps in items],
+        per_token = self.certainty([self.prompt(item)[0] for item in items], [item.steps[0] for item in items],
                                    usage=self.usage)  # the work counts as ours
         return [[sum(values) / len(values) if values else math.nan] for values in per_token]

@@ -7,6 +7,7 @@ import json
 import torch
 
 from inferencekit.errors import UserError
+from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import Encoded
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -66,7 +67,8 @@ class SkyworkPRM(TransformersRewardModel):
         self.step_token_id = self.tokenizer.encode(step_token, add_special_tokens=False)[-1]
         self.bos = self.tokenizer.bos_token or ""
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
+    def encode(self, item: ScoreItem) -> Encoded:
+        question, steps = item.question, item.steps
         ids = self.tokenizer.encode(self.bos + question + "\n", add_special_tokens=False)
         spans = []
         for step in steps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import Encoded
 from inferencekit.reward_models.registry import register_format
 from inferencekit.reward_models.transformers_base import TransformersRewardModel
@@ -24,7 +25,8 @@ class TokenClassificationPRM(TransformersRewardModel):
         bos = self.tokenizer.bos_token_id
         self.prefix = [bos] if add_bos and bos is not None else []
 
-    def encode(self, question: str, steps: list[str]) -> Encoded:
+    def encode(self, item: ScoreItem) -> Encoded:
+        question, steps = item.question, item.steps
         ids = self.prefix + self.tokenizer.encode(question, add_special_tokens=False)
         spans = []
         for step in steps:

@@ -19,7 +19,7 @@ from inferencekit.errors import UserError, first_line
 from inferencekit.models.base import Timer, Usage
 from inferencekit.models.torch_options import attention_without_cudnn, torch_dtype
 from inferencekit.models.torch_options import model_context_length as context_length
-from inferencekit.reward_models.base import RewardModel
+from inferencekit.reward_models.base import RewardModel, ScoreItem
 from inferencekit.reward_models.batching import pack_batches, pad_batch, round_up
 from inferencekit.reward_models.encoding import Encoded
 
@@ -63,6 +63,10 @@ class TransformersRewardModel(RewardModel):
 
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     padding_side: ClassVar[str] = "right"
+    model: Any = None  # the transformers model, once loaded (or handed over by a generator); None after close
+
+    def parameter_count(self) -> int | None:
+        return None if self.model is None else int(self.model.num_parameters())
 
     def load(self) -> None:
         s = self.settings
@@ -96,7 +100,7 @@ class TransformersRewardModel(RewardModel):
         return self.model.get_input_embeddings().weight.device
 
     @abstractmethod
-    def encode(self, question: str, steps: list[str]) -> Encoded:
+    def encode(self, item: ScoreItem) -> Encoded:
         """Token ids of one input and each step's read-out span."""
 
     @abstractmethod
@@ -107,10 +111,10 @@ class TransformersRewardModel(RewardModel):
         """A step's score from its span's token scores (one value for marker formats)."""
         return float(values[-1])
 
-    def score_items(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+    def score_items(self, items: list[ScoreItem]) -> list[list[float]]:
         with Timer() as timer:
-            results: list[list[float]] = [[math.nan] * len(steps) for _, steps in items]
-            encoded = {i: self.encode(q, steps) for i, (q, steps) in enumerate(items) if steps}
+            results: list[list[float]] = [[math.nan] * len(item.steps) for item in items]
+            encoded = {i: self.encode(item) for i, item in enumerate(items) if item.steps}
             too_long = [i for i, enc in encoded.items() if len(enc.ids) > self.max_length]
             if too_long:
                 warnings.warn(

@@ -13,6 +13,7 @@ from inferencekit.registry import Registry
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
+    from inferencekit.reward_models.base import RewardModel
 
 
 @dataclass
@@ -57,7 +58,7 @@ class SearchMethod(ABC):
         """Refuse settings this method cannot run with (`UserError`, one line); called before any model loads."""
         return None
 
-    def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
+    def __init__(self, config: RunConfig, generator: Generator, reward_model: RewardModel | None = None) -> None:
         self.check(config)
         self.config = config
         self.generator = generator

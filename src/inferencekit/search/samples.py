@@ -4,11 +4,14 @@ self_refine): the answer a sample gives, and reward scores for finished candidat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from inferencekit.grading import canonical_form, extract_answer
 from inferencekit.grading.style import AnswerStyle
 from inferencekit.search.base import Candidate, Problem
+
+if TYPE_CHECKING:
+    from inferencekit.reward_models.base import RewardModel
 
 
 def answer_key(text: str, style: AnswerStyle) -> str | None:
@@ -17,7 +20,9 @@ def answer_key(text: str, style: AnswerStyle) -> str | None:
     return None if answer is None else canonical_form(answer)
 
 
-def score_if_asked(reward_model: Any, problems: Sequence[Problem], candidates: list[list[Candidate]]) -> None:
+def score_if_asked(
+    reward_model: RewardModel | None, problems: Sequence[Problem], candidates: list[list[Candidate]]
+) -> None:
     """With a reward model, fill every candidate's step scores in one call (as best_of_n does)."""
     if reward_model is not None:
         from inferencekit.search.sampling import score_candidates

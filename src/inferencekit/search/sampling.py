@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
+
+if TYPE_CHECKING:
+    from inferencekit.reward_models.base import RewardModel
 
 
 @register_method("best_of_n")
@@ -26,7 +31,7 @@ class ChainOfThought(BestOfN):
     """One solution per problem (greedy at temperature 0); with --n N it is self-consistency."""
 
 
-def score_candidates(reward_model, problems: list[Problem], candidates: list[list[Candidate]]) -> None:
+def score_candidates(reward_model: RewardModel, problems: list[Problem], candidates: list[list[Candidate]]) -> None:
     """Fill each candidate's step scores with one batched reward-model call.
 
     The reward model splits solutions into steps at its step separator (the policy model's setting).

@@ -32,6 +32,7 @@ from inferencekit.voting import aggregate
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
+    from inferencekit.reward_models.base import RewardModel
 
 log = logging.getLogger("inferencekit")
 
@@ -168,7 +169,7 @@ def expand_tokens(
     for node, (c,) in zip(todo, outputs, strict=True):
         if c.top_logprobs is None:
             raise UserError(f"token-level search needs the top-k token log-probabilities, which the "
-                            f"{generator.name} backend did not return")
+                            f"{generator.backend} backend did not return")
         kids = []
         for j, (piece, logprob) in enumerate(c.top_logprobs[0] if c.top_logprobs else []):
             if "\ufffd" in piece:
@@ -187,7 +188,7 @@ def expand_tokens(
 
 
 def score(
-    reward_model: Any, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str = "last"
+    reward_model: RewardModel, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str = "last"
 ) -> None:
     """Fill `step_scores` and `score` of the nodes not scored yet, in ONE reward-model call for all."""
     todo = [node for node in nodes if node.step_scores is None]
@@ -310,7 +311,7 @@ class TreeSearch(SearchMethod):
     needs_reward_model = True
     samples = True  # False: the method asks for top-k tokens instead of sampling
 
-    def __init__(self, config: RunConfig, generator: Generator, reward_model: Any = None) -> None:
+    def __init__(self, config: RunConfig, generator: Generator, reward_model: RewardModel | None = None) -> None:
         super().__init__(config, generator, reward_model)
         if config.temperature == 0 and self.samples:
             log.warning("%s samples several continuations per node: at temperature 0 they are all equal", self.name)

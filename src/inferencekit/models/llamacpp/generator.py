@@ -38,7 +38,7 @@ class LlamaCppGenerator(Generator):
     A completion's `tokens` include the EOS token that ended it, as do its `logprobs`.
     """
 
-    name = "llamacpp"
+    backend = "llamacpp"
     can_score_text = True  # score_text below
     can_score_certainty = True  # certainty_text below: the decode loop reads every position's full logits
 
