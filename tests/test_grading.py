@@ -530,7 +530,7 @@ def test_grader_many_with_the_math_verify_engine(grader: Grader) -> None:
 
 
 def test_grader_disagreements_lists_index_answers_and_gold(grader: Grader) -> None:
-    from inferencekit.grading.disagreements import format_disagreements, grader_disagreements
+    from inferencekit.results.disagreements import format_disagreements, grader_disagreements
     from inferencekit.results.records import CandidateRecord, Record
 
     records = [Record(i, reference=gold, candidates=[CandidateRecord(text)])

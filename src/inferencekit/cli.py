@@ -237,7 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print_summary(result.metrics, result.path)
     print(f"{'re-graded in place' if result.name is None else 'evaluation written to'}: {result.path}")
     if args.grader is not None:
-        from inferencekit.grading.disagreements import report_disagreements
+        from inferencekit.results.disagreements import report_disagreements
 
         print(report_disagreements(args.run_dir, box_match=args.box_match))
     return 0

@@ -7,6 +7,7 @@ The resolved `RunConfig` is what a run folder's `config.yaml` records.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,14 @@ MAX_SAMPLES = 4096  # n, beam width, traces per problem
 MAX_STEPS = 100_000  # search iterations and steps, retries of a method
 MAX_TOKENS = 1 << 20  # tokens per generation
 MAX_WORKERS = 4096  # problems in flight, batch size, processes and actors
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"I/K"` -> (I, K) with 1 <= I <= K; anything else is a `UserError`."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise UserError(f"--shard must be I/K with 1 <= I <= K, e.g. 2/4 (got {text!r})")
+    return int(match[1]), int(match[2])
 
 
 class RunConfig(BaseModel):
@@ -134,8 +143,6 @@ class RunConfig(BaseModel):
     def _shard_form(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        from inferencekit.results.shards import parse_shard
-
         try:
             i, k = parse_shard(value)
         except UserError as exc:

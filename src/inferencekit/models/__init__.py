@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from inferencekit.errors import UserError, first_line, validation_message
+from inferencekit.errors import UserError, validation_message
 from inferencekit.hub import is_hub_id
+from inferencekit.models.backends import BACKEND_CLASSES, BACKENDS, load_engine
 from inferencekit.models.base import Completion, Generator, GeneratorSpec, SamplingParams, Usage
 from inferencekit.models.embedded import embedded_gguf_path
 from inferencekit.presets import load_preset, preset_names
-from inferencekit.registry import Registry
 
 __all__ = [
     "BACKENDS",
@@ -31,41 +30,6 @@ __all__ = [
 ]
 
 _SPEC_FIELDS = set(GeneratorSpec.__dataclass_fields__) - {"name", "path", "backend", "extra"}
-# backend name -> the generator class, imported only when that backend is used (each needs its own packages)
-BACKEND_CLASSES: Registry[Callable[[], type[Generator]]] = Registry("backend")
-
-
-@BACKEND_CLASSES.register("hf")
-def _hf() -> type[Generator]:
-    from inferencekit.models.hf import HFGenerator
-
-    return HFGenerator
-
-
-@BACKEND_CLASSES.register("llamacpp")
-def _llamacpp() -> type[Generator]:
-    from inferencekit.models.llamacpp import LlamaCppGenerator
-
-    return LlamaCppGenerator
-
-
-@BACKEND_CLASSES.register("openai")
-def _openai() -> type[Generator]:
-    from inferencekit.models.openai import OpenAIGenerator
-
-    return OpenAIGenerator
-
-
-@BACKEND_CLASSES.register("vllm")
-def _vllm() -> type[Generator]:
-    from inferencekit.models.vllm import VLLMGenerator
-
-    return VLLMGenerator
-
-
-BACKENDS = tuple(BACKEND_CLASSES)
-
-
 def model_defaults(name: str) -> dict[str, Any]:
     """Run-config defaults of a model preset (backend, step separator, generation settings)."""
     preset = load_preset("models", name)
@@ -154,11 +118,4 @@ def load_generator(
         from inferencekit.models.ray_executor import RayPool
 
         return RayPool(spec, replicas=replicas, address=ray_address, num_gpus=ray_num_gpus)
-    try:
-        generator_class = BACKEND_CLASSES.get(spec.backend)()
-    except ImportError as exc:  # an optional backend (vllm) whose packages are not installed
-        raise UserError(first_line(exc)) from None
-    try:
-        return generator_class(spec)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"could not load model {spec.path!r} ({spec.backend}): {first_line(exc)}") from None
+    return load_engine(spec)

@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
@@ -183,6 +183,10 @@ class Generator(ABC):
     can_score_text: ClassVar[bool] = False  # True: `score_text` is implemented (ask this, never probe)
     cancelled: bool = False  # set by `cancel`
     stream_chunk_tokens: ClassVar[int] = 8  # the default `stream`'s tokens per generate call
+    # The registered backends whose generator declares a capability ("can_score_text"), for refusals that
+    # name them. The backend registry (`inferencekit.models`, always imported before this module is used)
+    # installs its lookup here, so that this module does not import the registry that imports it.
+    capable_backends: ClassVar[Callable[[str], list[str]]] = staticmethod(lambda capability: [])
     can_score_certainty: ClassVar[bool] = False  # True: `certainty_text` is implemented (full distributions)
 
     def __init__(self) -> None:
@@ -271,7 +275,7 @@ class Generator(ABC):
         This default refuses: `UserError` naming the backends that can.
         """
         raise UserError(f"backend {self.backend!r} cannot score text; backends that can: "
-                        f"{', '.join(_able('can_score_text'))}")
+                        f"{', '.join(self.capable_backends('can_score_text'))}")
 
     def certainty_text(
         self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None
@@ -286,7 +290,7 @@ class Generator(ABC):
         This default refuses: `UserError` naming the backends that can.
         """
         raise UserError(f"backend {self.backend!r} cannot give full next-token distributions (self_certainty needs "
-                        f"them); backends that can: {', '.join(_able('can_score_certainty'))}; "
+                        f"them); backends that can: {', '.join(self.capable_backends('can_score_certainty'))}; "
                         "mean_logprob needs only sampled-token log-probabilities")
 
     async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
@@ -325,20 +329,6 @@ class Generator(ABC):
         """Take work off the total (work done for someone else, e.g. a reward model using this generator)."""
         with self._lock:
             self.usage.add(Usage(**{k: -v for k, v in asdict(usage).items()}))
-
-
-def _able(capability: str) -> list[str]:
-    """Names of the registered backends whose generator declares `capability` (each imported to ask it)."""
-    from inferencekit.models import BACKEND_CLASSES
-
-    able = []
-    for name in BACKEND_CLASSES.names():
-        try:
-            if getattr(BACKEND_CLASSES.get(name)(), capability):
-                able.append(name)
-        except ImportError:  # its packages are not installed here: it cannot score here either
-            continue
-    return able
 
 
 def per_prompt_params(

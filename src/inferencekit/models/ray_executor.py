@@ -26,9 +26,9 @@ class EngineActor:
     """Holds one engine; requests arriving while a batch runs form the next batch."""
 
     def __init__(self, spec: GeneratorSpec) -> None:
-        from inferencekit.models import load_generator
+        from inferencekit.models.backends import load_engine
 
-        self.engine = load_generator(spec)
+        self.engine = load_engine(spec)
         self._pending: list[tuple[str, SamplingParams, asyncio.Future]] = []
         self._draining = False
 

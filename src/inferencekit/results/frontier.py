@@ -140,7 +140,7 @@ def frontier_rows(points: list[Point], baseline: str | None) -> list[dict[str, A
 def load_points(folder: str | Path) -> tuple[list[Point], str | None]:
     """The sweep's (cell, budget) points from its run folders (runs not started yet are left out), and its
     baseline cell."""
-    from inferencekit.sweep import plan, read_spec
+    from inferencekit.sweep.spec import plan, read_spec
 
     folder = Path(folder)
     spec = read_spec(folder)
@@ -177,7 +177,7 @@ def _run_folder(folder: Path, exp_name: str) -> Path | None:
 def write_frontier(folder: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write frontier.csv, frontier.md, frontier.png and index.html for the sweep in `folder` (into `out`,
     default the sweep folder); return the files by name."""
-    from inferencekit.sweep import read_spec
+    from inferencekit.sweep.spec import read_spec
 
     folder = Path(folder)
     out = Path(out) if out is not None else folder

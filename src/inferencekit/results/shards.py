@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from inferencekit.config import RunConfig, config_from_dict
+from inferencekit.config import RunConfig, config_from_dict, parse_shard
 from inferencekit.errors import UserError
 from inferencekit.files import write_together
 from inferencekit.results.lock import run_folder_lock
@@ -24,14 +24,6 @@ from inferencekit.results.records import Record, lines
 from inferencekit.results.store import CONFIG, MERGED, METRICS, PREDICTIONS, RunStore
 
 _FOLDER = re.compile(r"^shard-(\d+)-of-(\d+)$")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """`"I/K"` -> (I, K) with 1 <= I <= K; anything else is a `UserError`."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise UserError(f"--shard must be I/K with 1 <= I <= K, e.g. 2/4 (got {text!r})")
-    return int(match[1]), int(match[2])
 
 
 def shard_dir(run_dir: Path, shard: str | None) -> Path:

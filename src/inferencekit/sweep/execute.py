@@ -18,14 +18,12 @@ from typing import Any
 
 import yaml
 
-from inferencekit.config import RunConfig
+from inferencekit.config import RunConfig, parse_shard
 from inferencekit.errors import UserError
-from inferencekit.results.shards import parse_shard
 from inferencekit.runner import RunResult, check_run, run
 from inferencekit.session import Session
-from inferencekit.sweep.spec import PlannedRun, SweepSpec, changed_keys, load_spec, parse_spec, plan
+from inferencekit.sweep.spec import SPEC, PlannedRun, SweepSpec, changed_keys, load_spec, plan, read_spec
 
-SPEC = "sweep.yaml"  # the spec a sweep folder was run with
 # Runs in flight at once: with each run's own `concurrency` (default 16 problems) enough to fill an engine, yet
 # few enough that each problem finishes soon (a stopped sweep loses only the problems in flight).
 PARALLEL_RUNS = 4
@@ -43,14 +41,6 @@ class SweepResult:
 
 def is_sweep(path: str | Path) -> bool:
     return (Path(path) / SPEC).is_file()
-
-
-def read_spec(folder: str | Path) -> SweepSpec:
-    """The spec a sweep folder was run with."""
-    path = Path(folder) / SPEC
-    if not path.is_file():
-        raise UserError(f"{folder} is not a sweep folder (no {SPEC})")
-    return parse_spec(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
 
 
 def sweep(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferencekit import errors
@@ -26,6 +27,7 @@ RESERVED = ("seed", "work_dir", "exp_name", "shard")
 LIST_SETTINGS = frozenset(k for k, f in RunConfig.model_fields.items() if "list[" in str(f.annotation))
 # Spec keys that change neither generation nor grading: a resumed sweep may differ in these.
 SPEC_RUNTIME_KEYS = ("baseline",)
+SPEC = "sweep.yaml"  # the spec a sweep folder was run with
 
 
 class Cell(BaseModel):
@@ -182,3 +184,11 @@ def _result_view(spec: SweepSpec) -> dict[str, Any]:
     for cell in spec.cells:
         add(f"cells.{cell.name}", {**cell.settings, "seeds": cell.seeds})
     return out
+
+
+def read_spec(folder: str | Path) -> SweepSpec:
+    """The spec a sweep folder was run with."""
+    path = Path(folder) / SPEC
+    if not path.is_file():
+        raise UserError(f"{folder} is not a sweep folder (no {SPEC})")
+    return parse_spec(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))

@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from inferencekit.config import config_from_dict
 from inferencekit.grading.pool import Grader
-
-if TYPE_CHECKING:
-    from inferencekit.results.records import Record
+from inferencekit.results.records import Record, graded_style
+from inferencekit.results.store import CONFIG, RunStore
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,8 @@ def format_disagreements(found: Sequence[Disagreement], n_samples: int, show: in
 
 def report_disagreements(run_dir: str | Path, box_match: str | None = None, show: int = 5) -> str:
     """Read a run folder, grade its candidates both ways, and format where the graders differ."""
-    from inferencekit.config import config_from_dict
-    from inferencekit.results.records import graded_style
-    from inferencekit.results.store import RunStore
-
     store = RunStore(run_dir)
-    config = config_from_dict(store.read_config(), f"{store.path}/config.yaml")
+    config = config_from_dict(store.read_config(), f"{store.path}/{CONFIG}")
     records = [r for r in store.records() if not r.failed]
     style = graded_style(records, config.dataset)
     with Grader(workers=config.grading_workers, timeout=config.grading_timeout) as grader:
