@@ -82,7 +82,7 @@ def test_a_changed_vote_list_on_resume_revotes_the_stored_candidates(tmp_path):
     before = store.predictions_path.read_bytes()
 
     result = run(old.model_copy(update={"votes": ["majority", "weighted"]}), show_progress=False)
-    assert result.generated == 0 and store.predictions_path.read_bytes() == before
+    assert result.problems_generated == 0 and store.predictions_path.read_bytes() == before
     votes = result.metrics["votes"]
     assert (votes["majority"]["correct"], votes["weighted"]["correct"]) == (1, 1)
     assert json.loads((path / "metrics.json").read_text())["votes"]["weighted"]["correct"] == 1

@@ -26,6 +26,7 @@ from inferencekit.models.base import Completion, Generator, SamplingParams, Usag
 from inferencekit.presets import load_preset, preset_names
 from inferencekit.reward_models import (
     FORMATS,
+    RewardModel,
     RewardModelSettings,
     infer_format,
     list_reward_models,
@@ -448,6 +449,35 @@ def test_mean_logprob_uses_generator_score_text():
     assert gen.scored[-1][0] == "<policy prompt>" and rm.score([Q], [[SOLUTION]]) and gen.scored[-1][0] == prompt
     with pytest.raises(UserError, match="mean_logprob needs a causal LM"):
         load_reward_model("mean_logprob")
+
+
+def test_the_policys_prompt_is_part_of_each_scored_item():
+    """Prompts travel with the items, not in a table keyed by question text: one question asked under two
+    prompts (two problems with equal text, say) is read after each its own; a format that does not read
+    prompts never sees them."""
+    gen = FakeGenerator()
+    rm = load_reward_model("mean_logprob", generator=gen)
+    assert not hasattr(rm, "policy_prompts")
+    rm.score([Q, Q], [[SOLUTION], ["4 5"]], prompts=["<policy A>", "<policy B>"])
+    assert [prompt for prompt, _ in gen.scored] == ["<policy A>", "<policy B>"]
+    items = rm.score_items_of([Q, Q], [[SOLUTION], ["4 5"]], ["<policy A>", "<policy B>"])
+    assert [(i.question, i.prompt, len(i.steps)) for i in items] == [(Q, "<policy A>", 3), (Q, "<policy B>", 1)]
+    judge = load_reward_model("llm_judge", generator=FakeGenerator([("Yes", -0.1)]))
+    assert {i.prompt for i in judge.score_items_of([Q], [[SOLUTION]], ["<policy A>"])} == {None}
+    with pytest.raises(ValueError, match="got 1 prompts for 2 questions"):
+        rm.score([Q, Q], [[SOLUTION], [SOLUTION]], prompts=["<policy A>"])
+
+
+def test_shared_reward_model_is_a_reward_model():
+    """The batching wrapper is a `RewardModel`: its declared members are the wrapped model's."""
+    rm = load_reward_model("mean_logprob", generator=FakeGenerator())
+    shared = SharedRewardModel(rm)
+    assert isinstance(shared, RewardModel) and shared.usage is rm.usage
+    assert (shared.name, shared.step_separator, shared.format_name, shared.uses_prompts) == (
+        rm.name, rm.step_separator, "mean_logprob", True)
+    assert shared.parameter_count() is None and shared.uses_policy_model
+    asked = ([Q], [[SOLUTION]])
+    assert shared.score(*asked, prompts=["<policy A>"]) == rm.score(*asked, prompts=["<policy A>"])
 
 
 class CertaintyGenerator(FakeGenerator):

@@ -381,6 +381,6 @@ def test_a_failed_problem_is_recorded_and_redone_without_stopping_the_others(tmp
     assert failed["error"] == "server at 127.0.0.1:1 gave up after 3 tries"  # one line
     assert all(r["candidates"] for r in lines if not r.get("failed"))  # the others ran beside it
     assert first.metrics["votes"]["majority"]["n"] == 2  # the failed problem counts in no accuracy
-    assert again.generated == 1  # resuming redid only the failed problem
+    assert again.problems_generated == 1  # resuming redid only the failed problem
     assert lines[-1]["index"] == 1 and not lines[-1].get("failed")
     assert again.metrics["votes"]["majority"]["n"] == 3

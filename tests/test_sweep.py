@@ -169,7 +169,7 @@ def test_a_finished_sweep_reruns_without_loading_anything(reference):
 
     folder, _, spec = reference
     result = sweep(spec, work_dir=folder.parent, show_progress=False)
-    assert result.loads == 0 and sum(r.generated for r in result.runs) == 0
+    assert result.loads == 0 and sum(r.problems_generated for r in result.runs) == 0
 
 
 def test_a_changed_spec_is_refused_naming_the_keys(reference, tmp_path, capsys):

@@ -256,8 +256,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     result = sweep(args.spec, work_dir=args.work_dir, shard=args.shard, executor=args.executor,
                    replicas=args.replicas, show_progress=not args.no_progress, parallel_runs=args.parallel_runs)
-    generated = sum(r.generated for r in result.runs)
-    print(f"sweep {result.folder}: {len(result.runs)} run(s), {generated} problem(s) generated, "
+    problems = sum(r.problems_generated for r in result.runs)
+    print(f"sweep {result.folder}: {len(result.runs)} run(s), {problems} problem(s) generated, "
           f"{result.loads} model load(s), {result.seconds:.1f} s")
     if result.report:
         print(result.report["frontier.md"].read_text(encoding="utf-8"))

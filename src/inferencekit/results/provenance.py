@@ -69,10 +69,10 @@ class Provenance:
             self.identity["reward_model"]["n_params"] = rm_params
         self.write()
 
-    def finish(self, metrics: dict[str, Any] | None = None, problems: int = 0) -> None:
-        """Close this invocation: when it finished, how many `problems` it searched (key `generated`)."""
+    def finish(self, metrics: dict[str, Any] | None = None, problems_generated: int = 0) -> None:
+        """Close this invocation: when it finished and how many problems it searched (key `generated`)."""
         self.current["finished"] = _now()
-        self.current["generated"] = problems
+        self.current["generated"] = problems_generated
         if metrics is not None:
             self.current["failed"] = metrics.get("failed", 0)
         self.write()

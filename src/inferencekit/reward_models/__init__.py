@@ -17,7 +17,7 @@ from inferencekit.reward_models import (  # noqa: F401
     skywork_prm,
     token_classification,
 )
-from inferencekit.reward_models.base import RewardModel, RewardModelSettings, split_steps
+from inferencekit.reward_models.base import RewardModel, RewardModelSettings, ScoreItem, split_steps
 from inferencekit.reward_models.loading import (
     RewardModelSpec,
     infer_format,
@@ -32,6 +32,7 @@ __all__ = [
     "RewardModel",
     "RewardModelSettings",
     "RewardModelSpec",
+    "ScoreItem",
     "format_names",
     "infer_format",
     "list_reward_models",
