@@ -89,6 +89,32 @@ def test_openai_parameter_count_only_when_given():
     assert generator_parameters(spec) == 7_000_000_000
 
 
+def test_parameter_counts_read_declared_members(embedded_gguf):
+    """`results/` asks the models what they declare (`spec`, `parameter_count()`, `uses_policy_model`): a
+    generator built in code has no spec and says its own count; a judge scores with the policy's parameters."""
+    from inferencekit.models import resolve_model
+    from inferencekit.models.base import Generator
+    from inferencekit.results.accounting import parameter_counts
+    from inferencekit.results.environment import engine_settings
+    from inferencekit.reward_models import load_reward_model
+    from test_reward_models import FakeGenerator
+
+    class Counted(FakeGenerator):
+        def parameter_count(self) -> int:
+            return 1234
+
+    gen = Counted()
+    assert gen.spec is None and Generator.engine_settings(gen) == {}
+    judge = load_reward_model("llm_judge", generator=gen)
+    assert judge.parameter_count() is None and judge.uses_policy_model
+    assert parameter_counts(gen, judge) == (1234, 1234)
+    assert parameter_counts(FakeGenerator()) == (None, None)
+    spec = resolve_model(str(embedded_gguf), model_args={"n_threads": 1})
+    assert engine_settings(spec, gen) == {"dtype": "auto", "n_ctx": spec.n_ctx, "n_threads": 1,
+                                          "max_batch_sequences": spec.max_batch_sequences}
+    assert parameter_counts(type("Gguf", (Counted,), {"spec": spec})())[0] == gguf_parameters(embedded_gguf)
+
+
 
 def test_runner_records_declared_search_work_and_reward_usage():
     """A problem's usage: the method's declared `generated` count (pruned work), and reward_* keys only
