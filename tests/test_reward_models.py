@@ -28,6 +28,7 @@ from inferencekit.reward_models import (
     FORMATS,
     RewardModel,
     RewardModelSettings,
+    ScoreItem,
     infer_format,
     list_reward_models,
     load_reward_model,
@@ -557,7 +558,7 @@ def test_truncation_warns_and_gives_nan_for_cut_steps(load, fmt):
     full = load(fmt)
     long_steps = ["One.", "Step two is a rather long step with many words in it, " * 3, "Step three, long too. " * 4]
     long_solution = "\n\n".join(long_steps)
-    encoded = full.encode(Q, long_steps)
+    encoded = full.encode(ScoreItem(Q, long_steps))
     limit = len(encoded.ids) - encoded.spans[0][0] - 1  # cuts exactly the first step's read-out position
     rm = load(fmt, max_length=limit)
     with warnings.catch_warnings(record=True) as caught:
