@@ -583,3 +583,24 @@ def test_extract_answer_has_a_time_limit_of_its_own() -> None:
     text = "Answer " * 150_000 + "$1$"  # math-verify's answer patterns grind on this for a long time
     assert extract_answer(text, timeout=0.5) in (None, "1")
     assert extract_answer("so the answer is $\\frac{1}{2}$.", timeout=5.0) == "\\frac{1}{2}"
+
+
+@pytest.mark.timeout(120)  # a hang guard
+def test_extract_answer_keeps_its_time_limit_in_a_worker_thread() -> None:
+    """A search groups answers in its worker threads, where SIGALRM cannot reach: the limit still holds
+    (about 9 s without one on 2 shared cores; well under 5 s with it)."""
+    import threading
+    import time
+
+    text = "Answer " * 150_000 + "$1$"
+    outcome: dict[str, object] = {}
+
+    def worker() -> None:
+        start = time.monotonic()
+        outcome["answer"] = extract_answer(text, timeout=0.5)
+        outcome["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(100)
+    assert outcome["answer"] in (None, "1") and outcome["seconds"] < 5
