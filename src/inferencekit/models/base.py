@@ -184,8 +184,8 @@ class Generator(ABC):
     cancelled: bool = False  # set by `cancel`
     stream_chunk_tokens: ClassVar[int] = 8  # the default `stream`'s tokens per generate call
     # The registered backends whose generator declares a capability ("can_score_text"), for refusals that
-    # name them. The backend registry (`inferencekit.models`, always imported before this module is used)
-    # installs its lookup here, so that this module does not import the registry that imports it.
+    # name them. The backend registry (`models/backends.py`, which the `inferencekit.models` package imports
+    # before any of its modules is used) installs its lookup here: this module does not import the registry.
     capable_backends: ClassVar[Callable[[str], list[str]]] = staticmethod(lambda capability: [])
     can_score_certainty: ClassVar[bool] = False  # True: `certainty_text` is implemented (full distributions)
 
