@@ -1,7 +1,10 @@
 """The generator interface every backend implements, and the objects it exchanges.
 
-A backend implements three methods: `generate` (N completions for each of a batch of prompts),
-`chat_prompt` (render messages with the model's chat template) and `count_tokens`. It declares what
+A backend implements three methods: `submit` (N completions for each of a list of `Request`s: a prompt,
+its `SamplingParams`, and as data whose account its work is counted in and which problem it serves),
+`chat_prompt` (render messages with the model's chat template) and `count_tokens`. Callers use `generate`
+(prompts in, completions out), which builds the requests; `bind(account, affinity)` gives a view of the
+generator whose requests carry that account and affinity (the runner binds one per problem). It declares what
 more it offers: `context_length` (prompt plus completion tokens it takes, None when unknown) and
 `can_score_text` with `score_text` (the log-probabilities of given text, lm-eval's `loglikelihood`).
 Everything a generation needs travels in one `SamplingParams`, as in vLLM.
@@ -9,13 +12,10 @@ Everything a generation needs travels in one `SamplingParams`, as in vLLM.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -120,10 +120,6 @@ class Usage:
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
-# Which problem the current request serves (set by the runner around each problem's search). A pool of
-# replicas keeps one problem's requests on one replica while it is healthy, for its prefix cache.
-REQUEST_AFFINITY: ContextVar[Hashable | None] = ContextVar("inferencekit_request_affinity", default=None)
-
 
 @dataclass
 class UsageAccount:
@@ -133,21 +129,16 @@ class UsageAccount:
     reward_model: Usage = field(default_factory=Usage)
 
 
-# Where the current request's work is counted besides the model's own total (set by the runner per problem,
-# like REQUEST_AFFINITY). Engines that batch many callers capture it when a request is submitted and add
-# that request's own share, so per-problem usage stays exact however many problems run at once.
-USAGE_ACCOUNT: ContextVar[UsageAccount | None] = ContextVar("inferencekit_usage_account", default=None)
+@dataclass
+class Request:
+    """One prompt to complete, with who asks as data: the backend adds the work done for it to its engine's
+    total and to `account.generator` (when given); a pool of replicas keeps requests of one `affinity` (one
+    problem's samples and search tree) on one replica while it is healthy, for its prefix cache."""
 
-
-@contextmanager
-def usage_account() -> Iterator[UsageAccount]:
-    """Count the work of the calls made in this block (in this context) into a fresh `UsageAccount`."""
-    account = UsageAccount()
-    token = USAGE_ACCOUNT.set(account)
-    try:
-        yield account
-    finally:
-        USAGE_ACCOUNT.reset(token)
+    prompt: str
+    params: SamplingParams
+    account: UsageAccount | None = None
+    affinity: Hashable | None = None
 
 
 class GenerationError(RuntimeError):
@@ -169,9 +160,9 @@ class Generator(ABC):
     """A language model that continues prompts.
 
     Subclasses set `name` and implement the three abstract methods. `usage` accumulates over the
-    generator's life; `usage_account()` measures one block of calls. A backend that can score given
-    text sets `can_score_text = True` and implements `score_text`; one that knows its context window
-    overrides `context_length`.
+    generator's life; `bind(account)` gives a view whose calls are also counted in `account`. A backend
+    that can score given text sets `can_score_text = True` and implements `score_text`; one that knows
+    its context window overrides `context_length`.
     """
 
     name: str = "generator"
@@ -183,15 +174,45 @@ class Generator(ABC):
         self.usage = Usage()
         self._lock = threading.Lock()
 
-    @abstractmethod
     def generate(
         self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
     ) -> list[list[Completion]]:
         """Return `params.n` completions for each prompt, in prompt order.
 
         `params` is one object for all prompts or one per prompt (different seeds, say).
-        Prompts are raw text: apply `chat_prompt` first for chat models.
+        Prompts are raw text: apply `chat_prompt` first for chat models. Safe from many threads.
         """
+        return self._generate(prompts, params, None, None)
+
+    def bind(self, account: UsageAccount | None = None, affinity: Hashable | None = None) -> Generator:
+        """A view of this generator whose requests carry `account` (the work is counted there too) and
+        `affinity`; everything else (the engine, its total `usage`) is this generator's."""
+        return BoundGenerator(self, account, affinity)
+
+    def _generate(
+        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams],
+        account: UsageAccount | None, affinity: Hashable | None,
+    ) -> list[list[Completion]]:
+        """One `generate` call: its requests submitted together, counted as one call (with its wall seconds)
+        in the total and `account`; the backend counts each request's tokens."""
+        requests = [Request(prompt, sp, account, affinity)
+                    for prompt, sp in zip(prompts, per_prompt_params(prompts, params), strict=True)]
+        if not requests:
+            return []
+        with Timer() as timer:
+            out = self.submit(requests)
+        self._record(Usage(calls=1, seconds=timer.seconds), account)
+        return out
+
+    def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """`request.params.n` completions for each request, in order; blocks until all are done.
+
+        Every backend implements it (a test double may override `generate` instead). Each request's work
+        (its prompt tokens sent and computed, its completion tokens; not `calls` or `seconds`, which
+        `generate` counts per call) goes to this generator's total and to `request.account.generator`
+        where there is one, exactly per request. Safe from many threads.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement submit")
 
     @abstractmethod
     def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
@@ -225,7 +246,7 @@ class Generator(ABC):
         `calls=1`, `prompt_tokens` = all tokens read (prompt and continuation), `computed_prompt_tokens` =
         those actually run (fewer where a cached prefix is reused), `completion_tokens=0` and the seconds;
         added to `usage` when given (a reward model's own account, so the work is not counted as
-        generation), else to this generator's total and the caller's usage account like `generate`.
+        generation), else to this generator's total (and a bound view's account, like `generate`).
         A prompt plus continuation longer than `context_length` raises `ValueError`.
 
         This default refuses: `UserError` naming the backends that can.
@@ -249,15 +270,6 @@ class Generator(ABC):
                         f"them); backends that can: {', '.join(_able('can_score_certainty'))}; "
                         "mean_logprob needs only sampled-token log-probabilities")
 
-    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        """`params.n` completions of one prompt, awaited.
-
-        Engines with a decode loop batch concurrent calls (continuous batching); this default runs
-        the batch method for one prompt in a worker thread (the request's context, with its
-        `REQUEST_AFFINITY`, goes along).
-        """
-        return (await asyncio.to_thread(self.generate, [prompt], params))[0]
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""
 
@@ -273,9 +285,8 @@ class Generator(ABC):
         if self.cancelled:
             raise Cancelled("the run is stopping")
 
-    def _record(self, usage: Usage, account: UsageAccount | None = None) -> None:
-        """Add one request's work to the total and to its caller's account (default: the current context's)."""
-        account = account if account is not None else USAGE_ACCOUNT.get()
+    def _record(self, usage: Usage, account: UsageAccount | None) -> None:
+        """Add one request's work to the total and to its caller's account (None: the total only)."""
         with self._lock:
             self.usage.add(usage)
             if account is not None:
@@ -285,6 +296,66 @@ class Generator(ABC):
         """Take work off the total (work done for someone else, e.g. a reward model using this generator)."""
         with self._lock:
             self.usage.add(Usage(**{k: -v for k, v in asdict(usage).items()}))
+
+
+class BoundGenerator(Generator):
+    """`Generator.bind`'s view: the same engine, its requests carrying an account and an affinity as data."""
+
+    def __init__(self, inner: Generator, account: UsageAccount | None, affinity: Hashable | None) -> None:
+        self.inner, self.account, self.affinity = inner, account, affinity
+        self.name = inner.name
+        self.can_score_text = inner.can_score_text  # type: ignore[misc] - the engine's capabilities
+        self.can_score_certainty = inner.can_score_certainty  # type: ignore[misc]
+
+    usage = property(lambda self: self.inner.usage)  # type: ignore[assignment] - the engine's
+    cancelled = property(lambda self: self.inner.cancelled)  # type: ignore[assignment]
+    context_length = property(lambda self: self.inner.context_length)  # type: ignore[assignment]
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[list[Completion]]:
+        return self.inner._generate(prompts, params, self.account, self.affinity)
+
+    def bind(self, account: UsageAccount | None = None, affinity: Hashable | None = None) -> Generator:
+        return self.inner.bind(account, affinity)
+
+    def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        return self.inner.submit([replace(r, account=r.account or self.account, affinity=r.affinity if
+                                          r.affinity is not None else self.affinity) for r in requests])
+
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        return self.inner.chat_prompt(messages, add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def torch_model(self) -> tuple[Any, Any] | None:
+        return self.inner.torch_model()
+
+    def score_text(
+        self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], usage: Usage | None = None
+    ) -> list[list[list[float]]]:
+        return self._scored(self.inner.score_text, prompts, continuations, usage)
+
+    def certainty_text(
+        self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None
+    ) -> list[list[float]]:
+        return self._scored(self.inner.certainty_text, prompts, responses, usage)
+
+    def _scored(self, score: Any, prompts: Sequence[str], texts: Sequence[Any], usage: Usage | None) -> Any:
+        """`score`'s result, its work counted in `usage` when given, else in the total and this view's account."""
+        if usage is not None:
+            return score(prompts, texts, usage=usage)
+        work = Usage()
+        out = score(prompts, texts, usage=work)
+        self.inner._record(work, self.account)
+        return out
+
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+    def close(self) -> None:
+        """The engine is the owner's to close, not a view's."""
 
 
 def _able(capability: str) -> list[str]:
@@ -400,13 +471,14 @@ class GeneratorSpec:
 def stream(generator: Generator, prompt: str, params: SamplingParams, chunk_tokens: int = 8) -> Iterator[str]:
     """Yield the text of one completion as it is produced.
 
-    A backend with its own `stream(prompt, params)` is used as is; otherwise the completion is
-    generated `chunk_tokens` at a time, each chunk continuing the prompt plus the text so far (backends
-    with a prefix cache, like llama.cpp's, recompute only the new tokens).
+    A backend with its own `stream(prompt, params, account=None)` is used as is (a bound view's account
+    passed on); otherwise the completion is generated `chunk_tokens` at a time, each chunk continuing the
+    prompt plus the text so far (backends with a prefix cache, like llama.cpp's, recompute only the new tokens).
     """
-    own = getattr(generator, "stream", None)
+    bound = isinstance(generator, BoundGenerator) and generator.account is not None
+    own = getattr(generator.inner if bound else generator, "stream", None)
     if callable(own):
-        yield from own(prompt, params)
+        yield from (own(prompt, params, account=generator.account) if bound else own(prompt, params))
         return
     text, left, step = "", params.max_new_tokens, 0
     while left > 0:
