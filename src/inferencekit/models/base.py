@@ -159,8 +159,8 @@ class Cancelled(GenerationError):
 class Generator(ABC):
     """A language model that continues prompts.
 
-    Subclasses set `name` and implement the three abstract methods. `usage` accumulates over the
-    generator's life; `bind(account)` gives a view whose calls are also counted in `account`. A backend
+    Subclasses set `name` and implement `submit`, `chat_prompt` and `count_tokens`. `usage` accumulates over
+    the generator's life; `bind(account)` gives a view whose calls are also counted in `account`. A backend
     that can score given text sets `can_score_text = True` and implements `score_text`; one that knows
     its context window overrides `context_length`.
     """
