@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from inferencekit.models.base import REQUEST_AFFINITY
 from inferencekit.results.accounting import attach_costs, flops, gguf_parameters
 from inferencekit.results.records import CandidateRecord, Record
 
@@ -120,16 +119,27 @@ def test_runner_records_declared_search_work_and_reward_usage():
     """A problem's usage: the method's declared `generated` count (pruned work), and reward_* keys only
     when there is a reward model, filled from the problem's own usage account."""
     from inferencekit.config import RunConfig
-    from inferencekit.models.base import USAGE_ACCOUNT, Usage
+    from inferencekit.models.base import Usage
     from inferencekit.runner import _solve
     from inferencekit.search import Candidate, Problem, SearchMethod
     from inferencekit.session import SharedClock
+
+    class Scorer:  # a reward model: `bind(account)` gives a view counting its work in that account
+        account = None
+
+        def bind(self, account):
+            bound = Scorer()
+            bound.account = account
+            return bound
+
+        def score(self):
+            self.account.reward_model.add(Usage(calls=2, prompt_tokens=30))
 
     class Pruning(SearchMethod):
         def search(self, problems):
             self.generated = [99]  # 99 tokens generated, most of them in pruned branches
             if self.reward_model is not None:
-                USAGE_ACCOUNT.get().reward_model.add(Usage(calls=2, prompt_tokens=30))
+                self.reward_model.score()
             return [[Candidate("a", tokens=5), Candidate("b", tokens=7)]]
 
     class Plain(Pruning):
@@ -141,6 +151,7 @@ def test_runner_records_declared_search_work_and_reward_usage():
     usage = _solve(Pruning(config, None, None), problem, SharedClock()).usage
     assert usage["completion_tokens"] == 99 and not any(k.startswith("reward_") for k in usage)
     assert _solve(Plain(config, None, None), problem, SharedClock()).usage["completion_tokens"] == 12
-    assert REQUEST_AFFINITY.get() is None  # the problem's affinity does not leak into the caller's context
-    usage = _solve(Pruning(config, None, object()), problem, SharedClock()).usage
+    method = Pruning(config, None, Scorer())
+    usage = _solve(method, problem, SharedClock()).usage
     assert usage["reward_calls"] == 2 and usage["reward_prompt_tokens"] == 30
+    assert method.reward_model.account is None  # the problem's binding does not leak into the shared method

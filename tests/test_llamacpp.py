@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import math
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from inferencekit.models import load_generator, resolve_model
-from inferencekit.models.base import GeneratorSpec, SamplingParams, stream, usage_account
+from inferencekit.models.base import GeneratorSpec, SamplingParams, UsageAccount, stream
 from inferencekit.models.llamacpp import LlamaCppGenerator
 from inferencekit.models.llamacpp.sampler import next_token, sample
 
@@ -80,25 +79,23 @@ def test_seeded_samples_do_not_depend_on_the_batch(gen, prompts):
 
 
 def test_concurrent_callers_share_the_decode_loop(gen, prompts):
-    """Many threads and coroutines at once: each gets what it would alone, and its own usage."""
+    """Many threads at once: each gets what it would alone, and its own usage."""
     alone = [gen.generate([p], SAMPLED)[0] for p in prompts]
 
-    def one(prompt):
-        with usage_account() as account:
-            return gen.generate([prompt], SAMPLED)[0], account.generator
+    start = threading.Barrier(len(prompts))
 
+    def one(prompt):
+        account = UsageAccount()
+        start.wait()
+        return gen.bind(account).generate([prompt], SAMPLED)[0], account.generator
+
+    gen.max_live = 0
     with ThreadPoolExecutor(len(prompts)) as pool:
-        outcomes = list(pool.map(lambda p: contextvars.copy_context().run(one, p), prompts))
+        outcomes = list(pool.map(one, prompts))
     assert [[c.text for c in cs] for cs, _ in outcomes] == [[c.text for c in cs] for cs in alone]
     for prompt, (completions, usage) in zip(prompts, outcomes, strict=True):
         assert usage.calls == 1 and usage.prompt_tokens == 3 * gen.count_tokens(prompt)
         assert usage.completion_tokens == sum(c.tokens for c in completions)
-
-    async def together():
-        return await asyncio.gather(*(gen.agenerate(p, SAMPLED) for p in prompts))
-
-    gen.max_live = 0
-    assert [[c.text for c in cs] for cs in asyncio.run(together())] == [[c.text for c in cs] for cs in alone]
     assert gen.max_live > SAMPLED.n  # several requests decoded in the same steps
 
 
@@ -259,8 +256,8 @@ def streamed(gen, prompt: str, params: SamplingParams) -> list[str]:
 
 def test_stream_holds_back_a_character_split_across_tokens(gen):
     prompt = gen.chat_prompt([{"role": "user", "content": "Write 日本語 and 🙂 again."}])
-    with usage_account() as account:
-        pieces = streamed(gen, prompt, SamplingParams(max_new_tokens=31))
+    account = UsageAccount()
+    pieces = streamed(gen.bind(account), prompt, SamplingParams(max_new_tokens=31))
     text = "".join(pieces).rstrip("\ufffd")  # 31 tokens may end inside a character: generate's text shows that too
     tokens = gen._tokenize(text, add_bos=False)
     assert len(pieces) > 3 and any(len(ch.encode()) > 1 for ch in text)

@@ -6,8 +6,6 @@ input ids built as the checkpoint's reference code builds them, and the read-out
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import math
 import os
@@ -22,7 +20,7 @@ from transformers import AutoTokenizer
 
 from inferencekit.coalesce import Coalescer
 from inferencekit.errors import UserError
-from inferencekit.models.base import Completion, Generator, SamplingParams, Usage, usage_account
+from inferencekit.models.base import Completion, Generator, SamplingParams, Usage, UsageAccount
 from inferencekit.presets import load_preset, preset_names
 from inferencekit.reward_models import (
     FORMATS,
@@ -396,10 +394,13 @@ class FakeGenerator(Generator):
         self.prompts: list[str] = []
         self.scored: list[tuple[str, str]] = []
 
-    def generate(self, prompts, params):
-        assert isinstance(params, SamplingParams) and params.greedy and params.max_new_tokens == 1 and params.logprobs
+    def submit(self, requests):
+        prompts = [r.prompt for r in requests]
+        for r in requests:
+            p = r.params
+            assert isinstance(p, SamplingParams) and p.greedy and p.max_new_tokens == 1 and p.logprobs
+            self._record(Usage(prompt_tokens=10, completion_tokens=1), r.account)
         self.prompts += list(prompts)
-        self._record(Usage(calls=1, prompt_tokens=10 * len(prompts), completion_tokens=len(prompts)))
         out = []
         for i in range(len(prompts)):
             text, logprob = self.answers[i % len(self.answers)]
@@ -415,7 +416,7 @@ class FakeGenerator(Generator):
     def score_text(self, prompts, continuations, usage=None):
         self.scored += list(zip(prompts, continuations, strict=True))
         work = Usage(calls=1, prompt_tokens=len(prompts))
-        usage.add(work) if usage is not None else self._record(work)
+        usage.add(work) if usage is not None else self._record(work, None)
         return [[[-0.5, -1.5] for _ in pieces] for pieces in continuations]
 
 
@@ -666,12 +667,11 @@ def test_shared_reward_model_gathers_concurrent_callers(load):
 
     def one(question, solutions):
         start.wait()
-        with usage_account() as account:
-            return shared.score([question], [solutions])[0], account.reward_model
+        account = UsageAccount()
+        return shared.bind(account).score([question], [solutions])[0], account.reward_model
 
     with ThreadPoolExecutor(len(MIXED_QUESTIONS)) as pool:
-        futures = [pool.submit(contextvars.copy_context().run, one, q, s)
-                   for q, s in zip(MIXED_QUESTIONS, MIXED_SOLUTIONS, strict=True)]
+        futures = [pool.submit(one, q, s) for q, s in zip(MIXED_QUESTIONS, MIXED_SOLUTIONS, strict=True)]
         outcomes = [f.result() for f in futures]
     for (got, _), want in zip(outcomes, expected, strict=True):
         for g, w in zip(got, want, strict=True):
@@ -680,12 +680,8 @@ def test_shared_reward_model_gathers_concurrent_callers(load):
     assert 1 <= calls <= len(MIXED_QUESTIONS)
     assert sum(u.calls for _, u in outcomes) == pytest.approx(calls)  # the work is shared out, none lost
     assert shared.usage is rm.usage and shared.step_separator == rm.step_separator
-    (async_scores,) = asyncio.run(_gather_ascore(shared, MIXED_QUESTIONS[:1], MIXED_SOLUTIONS[:1]))
-    assert all(approx(g, w) for g, w in zip(async_scores, expected[0], strict=True))
-
-
-async def _gather_ascore(rm, questions, solutions):
-    return await asyncio.gather(*(rm.ascore(q, s) for q, s in zip(questions, solutions, strict=True)))
+    (bound_scores,) = rm.bind(UsageAccount()).score(MIXED_QUESTIONS[:1], MIXED_SOLUTIONS[:1])  # the model's own batcher
+    assert all(approx(g, w) for g, w in zip(bound_scores, expected[0], strict=True))
 
 
 def test_coalescer_runs_whatever_is_pending_together():

@@ -25,7 +25,7 @@ pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
 from inferencekit.config import RunConfig  # noqa: E402
 from inferencekit.errors import UserError  # noqa: E402
 from inferencekit.models import load_generator, resolve_model  # noqa: E402
-from inferencekit.models.base import REQUEST_AFFINITY, GenerationError, SamplingParams  # noqa: E402
+from inferencekit.models.base import GenerationError, SamplingParams  # noqa: E402
 from inferencekit.runner import run  # noqa: E402
 from llama_servers import GGUF, Server, free_port  # noqa: E402
 
@@ -140,11 +140,7 @@ def test_affinity_keeps_a_problem_on_one_server_and_spreads_the_rest(two_servers
         prompts = [f"Say {k}." for k in range(8)]
         for key in ("problem-a", "problem-b"):
             before = list(gen.requests_per_replica)
-            token = REQUEST_AFFINITY.set(key)
-            try:
-                gen.generate(prompts, params)
-            finally:
-                REQUEST_AFFINITY.reset(token)
+            gen.bind(affinity=key).generate(prompts, params)
             sent = [a - b for a, b in zip(gen.requests_per_replica, before, strict=True)]
             assert sorted(sent) == [0, 8]  # all eight on one server
         before = list(gen.requests_per_replica)
@@ -426,6 +422,19 @@ def test_ray_actor_killed_mid_run_same_result_as_one_process(ray_cluster, tmp_pa
     assert killed and pools[0].failures_per_replica[1] >= 1
     assert outcome(result) == outcome(local)
     assert sorted(r["index"] for r in lines(result.run_dir / "predictions.jsonl")) == list(range(6))
+
+
+def test_ray_per_problem_usage_is_exactly_the_in_process_engines(ray_cluster, tmp_path):
+    """Each actor returns the work done for each request, so a problem's usage is the same under Ray."""
+    same = dict(method="best_of_n", n=2, temperature=0.8, limit=3, max_new_tokens=24, concurrency=1,
+                model_args={"n_threads": 1})
+    local = run(config(tmp_path / "local", **same), show_progress=False)
+    result = run(config(tmp_path / "ray", executor="ray", replicas=1, **same), show_progress=False)
+    assert outcome(result) == outcome(local)
+    keys = ("calls", "prompt_tokens", "computed_prompt_tokens", "completion_tokens")
+    usage = {r["index"]: {k: r["usage"][k] for k in keys} for r in lines(local.run_dir / "predictions.jsonl")}
+    assert {r["index"]: {k: r["usage"][k] for k in keys} for r in lines(result.run_dir / "predictions.jsonl")} == usage
+    assert all(u["calls"] == 1 and u["computed_prompt_tokens"] < u["prompt_tokens"] for u in usage.values())
 
 
 def test_a_client_error_is_not_retried_and_frees_the_batch_slots(two_servers):

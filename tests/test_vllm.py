@@ -6,7 +6,6 @@ engine, built the way users build it (`resolve_model` + `load_generator`) and cl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from inferencekit import session as session_module  # noqa: E402
 from inferencekit.cli import main  # noqa: E402
 from inferencekit.errors import UserError  # noqa: E402
 from inferencekit.models import load_generator, resolve_model  # noqa: E402
-from inferencekit.models.base import GeneratorSpec, SamplingParams, usage_account  # noqa: E402
+from inferencekit.models.base import GeneratorSpec, SamplingParams, UsageAccount  # noqa: E402
 from inferencekit.models.hf import HFGenerator  # noqa: E402
 
 QUESTIONS = ["What is 2+3?", "Name a color.", "Write a haiku about the sea in winter, please."]
@@ -74,8 +73,8 @@ def test_seeded_samples_depend_only_on_prompt_seed_and_index(gen, prompts):
 
 
 def test_greedy_n_copies_and_usage(gen, prompts):
-    with usage_account() as account:
-        out = gen.generate(prompts[:2], GREEDY.replace(n=3))
+    account = UsageAccount()
+    out = gen.bind(account).generate(prompts[:2], GREEDY.replace(n=3))
     assert all(len(set(cs)) == 1 and len(cs) == 3 for cs in texts(out))
     used = account.generator
     assert used.calls == 1
@@ -87,8 +86,8 @@ def test_prefix_cache_hits_are_counted(gen):
     long = gen.chat_prompt([{"role": "user", "content": "Count the waves. " * 60}])
     assert len(gen.encode(long)) > 2 * gen.engine.vllm_config.cache_config.block_size
     gen.generate([long], GREEDY.replace(max_new_tokens=2))
-    with usage_account() as account:
-        gen.generate([long + " More."], GREEDY.replace(max_new_tokens=2))
+    account = UsageAccount()
+    gen.bind(account).generate([long + " More."], GREEDY.replace(max_new_tokens=2))
     used = account.generator
     assert used.computed_prompt_tokens < used.prompt_tokens // 2  # the shared blocks came from the cache
 
@@ -121,21 +120,16 @@ def test_top_logprobs_and_score_text(gen, prompts):
         gen.generate([prompts[1]], GREEDY.replace(top_logprobs=21))
 
 
-def test_concurrent_threads_and_event_loops_share_the_engine(gen, prompts):
+def test_concurrent_threads_share_the_engine(gen, prompts):
     alone = texts(gen.generate(prompts, SAMPLED))
 
     def one(i: int):
-        with usage_account() as account:
-            return texts(gen.generate([prompts[i]], SAMPLED))[0], account.generator.calls
+        account = UsageAccount()
+        return texts(gen.bind(account).generate([prompts[i]], SAMPLED))[0], account.generator.calls
 
     with ThreadPoolExecutor(3) as pool:
         threaded = list(pool.map(one, range(3)))
     assert [t for t, _ in threaded] == alone and all(calls == 1 for _, calls in threaded)
-
-    async def gathered():
-        return await asyncio.gather(*(gen.agenerate(p, SAMPLED) for p in prompts))
-
-    assert texts(asyncio.run(gathered())) == alone
 
 
 def test_provenance_settings(gen):

@@ -1,4 +1,7 @@
-"""Gather concurrent calls into one batched call: whatever is pending when the worker is free goes together.
+"""The batcher: gather concurrent calls into one batched call, whatever is pending when the worker is free.
+
+The one batcher type of the request path (ARCHITECTURE.md): the hf backend's generation and the shared
+reward model (`reward_models/concurrent.py`) sit behind one; Ray actors hand requests to their engine's.
 
 Many problems' searches run at once, each asking for one thing at a time; a model works best on
 batches. A `Coalescer` wraps a batch function: the first caller to find it idle runs every request

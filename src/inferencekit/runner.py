@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import copy
 import itertools
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from inferencekit.datasets import Dataset, Sample, dataset_label, load_dataset
 from inferencekit.errors import UserError, one_line
 from inferencekit.grading import Grader
 from inferencekit.models import resolve_model
-from inferencekit.models.base import REQUEST_AFFINITY, Cancelled, GenerationError, PromptTooLong, usage_account
+from inferencekit.models.base import Cancelled, GenerationError, PromptTooLong, UsageAccount
 from inferencekit.prompts import build_messages
 from inferencekit.redact import RedactingFormatter
 from inferencekit.results.accounting import attach_costs, parameter_counts
@@ -162,8 +163,8 @@ def _generate(method, generator, reward_model, dataset: Dataset, todo: list[Samp
               session: Session):
     """Search up to K problems at once, each on its own; grade and append each as soon as it finishes.
 
-    Each problem's search runs in a worker thread with its own context (REQUEST_AFFINITY, a usage
-    account), so the engines batch the requests of all problems in flight. Problems are taken from
+    Each problem's search runs in a worker thread with models bound to its own usage account and affinity
+    (see `_solve`), so the engines batch the requests of all problems in flight. Problems are taken from
     `todo` only as slots free up (memory stays flat on a huge dataset), and this thread is the only
     writer of the run folder. A stop request (Ctrl-C, SIGTERM: see `inferencekit.interrupt`) saves what
     finished, cancels the rest and raises `Interrupted`.
@@ -232,6 +233,7 @@ class _Problems:
                 ),
                 seed=problem_seed(self.config.seed, sample.index),
             )
+            # in this thread's context: the problem's log lines go to this run's log (_CURRENT_RUN)
             future = pool.submit(contextvars.copy_context().run, _solve, self.method, problem, self.clock)
             self.running[future] = (sample, problem)
 
@@ -303,16 +305,17 @@ class _Outcome:
 
 
 def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
-    """One problem's search, in this worker's own context: its requests carry its index and usage account.
+    """One problem's search with the models bound to its own usage account (affinity: its index).
 
     Any failure but the user's own mistake about the whole run (`UserError`) fails this problem only.
     """
-    affinity = REQUEST_AFFINITY.set(problem.index)  # reset below: a caller's own context is left as it was
+    account = UsageAccount()
+    searching = _bound_method(method, account, problem.index)
     candidates: list[Candidate] = []
     error, too_long, cancelled = None, False, False
-    with usage_account() as account, clock.share() as seconds:
+    with clock.share() as seconds:
         try:
-            (candidates,) = method.search([problem])
+            (candidates,) = searching.search([problem])
         except Cancelled:
             cancelled = True
         except GenerationError as exc:
@@ -322,10 +325,8 @@ def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
         except Exception as exc:  # noqa: BLE001 - an engine's or a method's failure on this problem
             log.warning("problem %d failed", problem.index, exc_info=True)  # the traceback goes to run.log
             error = f"{type(exc).__name__}: {one_line(exc)}"
-        finally:
-            REQUEST_AFFINITY.reset(affinity)
     # Tree searches count every generated token, pruned branches included; else the candidates' own.
-    generated = method.generated_tokens(0, candidates)
+    generated = searching.generated_tokens(0, candidates)
     usage: dict[str, Any] = {"seconds": round(seconds.value, 4), "completion_tokens": generated}
     accounts = [("", account.generator)]
     if method.reward_model is not None:  # every reward model keeps a `usage` (RewardModel's contract)
@@ -335,6 +336,17 @@ def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
         usage[f"{prefix}prompt_tokens"] = round(work.prompt_tokens, 2)
         usage[f"{prefix}computed_prompt_tokens"] = round(work.computed_prompt_tokens, 2)
     return _Outcome(candidates, usage, error, too_long, cancelled)
+
+
+def _bound_method(method: Any, account: UsageAccount, affinity: Hashable) -> Any:
+    """`method` searching with its generator bound to `account` and `affinity`, its reward model to `account`:
+    a shallow copy (the problems in flight share the engines, each counts its own work)."""
+    bound = copy.copy(method)
+    if method.generator is not None:
+        bound.generator = method.generator.bind(account, affinity)
+    if method.reward_model is not None:
+        bound.reward_model = method.reward_model.bind(account)
+    return bound
 
 
 def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> Record:

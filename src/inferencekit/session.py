@@ -60,7 +60,6 @@ class Session:
         if config.reward_model is None:
             return None, None
         from inferencekit.reward_models import load_reward_model
-        from inferencekit.reward_models.concurrent import SharedRewardModel
 
         key = _key(config.reward_model, config.reward_model_args, config.step_separator, id(generator))
         with self._lock:
@@ -68,7 +67,7 @@ class Session:
                 log.info("loading reward model %s", config.reward_model)
                 model = load_reward_model(config.reward_model, step_separator=config.step_separator,
                                           generator=generator, **config.reward_model_args)
-                self._reward_models[key] = (model, SharedRewardModel(model))
+                self._reward_models[key] = (model, model.shared())
                 self.loads += 1
             return self._reward_models[key]
 

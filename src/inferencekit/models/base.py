@@ -1,7 +1,10 @@
 """The generator interface every backend implements, and the objects it exchanges.
 
-A backend implements three methods: `generate` (N completions for each of a batch of prompts),
-`chat_prompt` (render messages with the model's chat template) and `count_tokens`. It declares what
+A backend implements three methods: `submit` (N completions for each of a list of `Request`s: a prompt,
+its `SamplingParams`, and as data whose account its work is counted in and which problem it serves),
+`chat_prompt` (render messages with the model's chat template) and `count_tokens`. Callers use `generate`
+(prompts in, completions out), which builds the requests; `bind(account, affinity)` gives a view of the
+generator whose requests carry that account and affinity (the runner binds one per problem). It declares what
 more it offers: `context_length` (prompt plus completion tokens it takes, None when unknown) and
 `can_score_text` with `score_text` (the log-probabilities of given text, lm-eval's `loglikelihood`).
 Everything a generation needs travels in one `SamplingParams`, as in vLLM.
@@ -9,19 +12,15 @@ Everything a generation needs travels in one `SamplingParams`, as in vLLM.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
-from typing import Annotated, Any, ClassVar, Literal
-
-from pydantic import BeforeValidator, Field
+from typing import Any, ClassVar
 
 from inferencekit.errors import UserError
+from inferencekit.models.spec import GeneratorSpec  # noqa: F401 - re-exported: `models.base.GeneratorSpec`
 
 
 @dataclass(frozen=True)
@@ -120,10 +119,6 @@ class Usage:
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
-# Which problem the current request serves (set by the runner around each problem's search). A pool of
-# replicas keeps one problem's requests on one replica while it is healthy, for its prefix cache.
-REQUEST_AFFINITY: ContextVar[Hashable | None] = ContextVar("inferencekit_request_affinity", default=None)
-
 
 @dataclass
 class UsageAccount:
@@ -133,21 +128,16 @@ class UsageAccount:
     reward_model: Usage = field(default_factory=Usage)
 
 
-# Where the current request's work is counted besides the model's own total (set by the runner per problem,
-# like REQUEST_AFFINITY). Engines that batch many callers capture it when a request is submitted and add
-# that request's own share, so per-problem usage stays exact however many problems run at once.
-USAGE_ACCOUNT: ContextVar[UsageAccount | None] = ContextVar("inferencekit_usage_account", default=None)
+@dataclass
+class Request:
+    """One prompt to complete, with who asks as data: the backend adds the work done for it to its engine's
+    total and to `account.generator` (when given); a pool of replicas keeps requests of one `affinity` (one
+    problem's samples and search tree) on one replica while it is healthy, for its prefix cache."""
 
-
-@contextmanager
-def usage_account() -> Iterator[UsageAccount]:
-    """Count the work of the calls made in this block (in this context) into a fresh `UsageAccount`."""
-    account = UsageAccount()
-    token = USAGE_ACCOUNT.set(account)
-    try:
-        yield account
-    finally:
-        USAGE_ACCOUNT.reset(token)
+    prompt: str
+    params: SamplingParams
+    account: UsageAccount | None = None
+    affinity: Hashable | None = None
 
 
 class GenerationError(RuntimeError):
@@ -168,10 +158,10 @@ class Cancelled(GenerationError):
 class Generator(ABC):
     """A language model that continues prompts.
 
-    Subclasses set `backend` and implement the three abstract methods. `usage` accumulates over the
-    generator's life; `usage_account()` measures one block of calls. A backend that can score given
-    text sets `can_score_text = True` and implements `score_text`; one that knows its context window
-    overrides `context_length`.
+    Subclasses set `backend` and implement `submit`, `chat_prompt` and `count_tokens`. `usage` accumulates
+    over the generator's life; `bind(account)` gives a view whose calls are also counted in `account`. A
+    backend that can score given text sets `can_score_text = True` and implements `score_text`; one that
+    knows its context window overrides `context_length`.
 
     What a run records about the engine (`results/`) is declared here, with defaults, and read as
     attributes: `spec` (what it was built from), `engine_settings()` (settings that can change the bits
@@ -193,15 +183,45 @@ class Generator(ABC):
         self.usage = Usage()
         self._lock = threading.Lock()
 
-    @abstractmethod
     def generate(
         self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
     ) -> list[list[Completion]]:
         """Return `params.n` completions for each prompt, in prompt order.
 
         `params` is one object for all prompts or one per prompt (different seeds, say).
-        Prompts are raw text: apply `chat_prompt` first for chat models.
+        Prompts are raw text: apply `chat_prompt` first for chat models. Safe from many threads.
         """
+        return self._generate(prompts, params, None, None)
+
+    def bind(self, account: UsageAccount | None = None, affinity: Hashable | None = None) -> Generator:
+        """A view of this generator whose requests carry `account` (the work is counted there too) and
+        `affinity`; everything else (the engine, its total `usage`) is this generator's."""
+        return BoundGenerator(self, account, affinity)
+
+    def _generate(
+        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams],
+        account: UsageAccount | None, affinity: Hashable | None,
+    ) -> list[list[Completion]]:
+        """One `generate` call: its requests submitted together, counted as one call (with its wall seconds)
+        in the total and `account`; the backend counts each request's tokens."""
+        requests = [Request(prompt, sp, account, affinity)
+                    for prompt, sp in zip(prompts, per_prompt_params(prompts, params), strict=True)]
+        if not requests:
+            return []
+        with Timer() as timer:
+            out = self.submit(requests)
+        self._record(Usage(calls=1, seconds=timer.seconds), account)
+        return out
+
+    def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """`request.params.n` completions for each request, in order; blocks until all are done.
+
+        Every backend implements it (a test double may override `generate` instead). Each request's work
+        (its prompt tokens sent and computed, its completion tokens; not `calls` or `seconds`, which
+        `generate` counts per call) goes to this generator's total and to `request.account.generator`
+        where there is one, exactly per request. Safe from many threads.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement submit")
 
     @abstractmethod
     def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
@@ -226,8 +246,9 @@ class Generator(ABC):
         tell (a served model). `results.accounting` tries `spec.n_params` and a GGUF header first."""
         return None
 
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        """Yield the text of one completion (of `params` with `n=1`) as it is produced.
+    def stream(self, prompt: str, params: SamplingParams, account: UsageAccount | None = None) -> Iterator[str]:
+        """Yield the text of one completion (of `params` with `n=1`) as it is produced (its work also counted
+        in `account`, when given).
 
         This default generates `stream_chunk_tokens` at a time, each chunk continuing the prompt plus the text so
         far (backends with a prefix cache, like llama.cpp's, recompute only the new tokens); a backend with a
@@ -237,7 +258,7 @@ class Generator(ABC):
         while left > 0:
             size = min(self.stream_chunk_tokens, left)
             chunk = params.replace(n=1, max_new_tokens=size, seed=params.seed + step, stop=())
-            completion = self.generate([prompt + text], chunk)[0][0]
+            completion = self._generate([prompt + text], chunk, account, None)[0][0]
             piece, stop = truncate_at_stop(text + completion.text, params.stop)
             piece = piece[len(text) :]
             if completion.finish_reason == "length" and stop is None:
@@ -269,7 +290,7 @@ class Generator(ABC):
         `calls=1`, `prompt_tokens` = all tokens read (prompt and continuation), `computed_prompt_tokens` =
         those actually run (fewer where a cached prefix is reused), `completion_tokens=0` and the seconds;
         added to `usage` when given (a reward model's own account, so the work is not counted as
-        generation), else to this generator's total and the caller's usage account like `generate`.
+        generation), else to this generator's total (and a bound view's account, like `generate`).
         A prompt plus continuation longer than `context_length` raises `ValueError`.
 
         This default refuses: `UserError` naming the backends that can.
@@ -293,15 +314,6 @@ class Generator(ABC):
                         f"them); backends that can: {', '.join(self.capable_backends('can_score_certainty'))}; "
                         "mean_logprob needs only sampled-token log-probabilities")
 
-    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        """`params.n` completions of one prompt, awaited.
-
-        Engines with a decode loop batch concurrent calls (continuous batching); this default runs
-        the batch method for one prompt in a worker thread (the request's context, with its
-        `REQUEST_AFFINITY`, goes along).
-        """
-        return (await asyncio.to_thread(self.generate, [prompt], params))[0]
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""
 
@@ -317,9 +329,8 @@ class Generator(ABC):
         if self.cancelled:
             raise Cancelled("the run is stopping")
 
-    def _record(self, usage: Usage, account: UsageAccount | None = None) -> None:
-        """Add one request's work to the total and to its caller's account (default: the current context's)."""
-        account = account if account is not None else USAGE_ACCOUNT.get()
+    def _record(self, usage: Usage, account: UsageAccount | None) -> None:
+        """Add one request's work to the total and to its caller's account (None: the total only)."""
         with self._lock:
             self.usage.add(usage)
             if account is not None:
@@ -329,6 +340,76 @@ class Generator(ABC):
         """Take work off the total (work done for someone else, e.g. a reward model using this generator)."""
         with self._lock:
             self.usage.add(Usage(**{k: -v for k, v in asdict(usage).items()}))
+
+
+class BoundGenerator(Generator):
+    """`Generator.bind`'s view: the same engine, its requests carrying an account and an affinity as data."""
+
+    def __init__(self, inner: Generator, account: UsageAccount | None, affinity: Hashable | None) -> None:
+        self.inner, self.account, self.affinity = inner, account, affinity
+        self.backend = inner.backend  # type: ignore[misc] - the engine's
+        self.spec = inner.spec
+        self.can_score_text = inner.can_score_text  # type: ignore[misc] - the engine's capabilities
+        self.can_score_certainty = inner.can_score_certainty  # type: ignore[misc]
+
+    usage = property(lambda self: self.inner.usage)  # type: ignore[assignment] - the engine's
+    cancelled = property(lambda self: self.inner.cancelled)  # type: ignore[assignment]
+    context_length = property(lambda self: self.inner.context_length)  # type: ignore[assignment]
+
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[list[Completion]]:
+        return self.inner._generate(prompts, params, self.account, self.affinity)
+
+    def bind(self, account: UsageAccount | None = None, affinity: Hashable | None = None) -> Generator:
+        return self.inner.bind(account, affinity)
+
+    def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        return self.inner.submit([replace(r, account=r.account or self.account, affinity=r.affinity if
+                                          r.affinity is not None else self.affinity) for r in requests])
+
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        return self.inner.chat_prompt(messages, add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def torch_model(self) -> tuple[Any, Any] | None:
+        return self.inner.torch_model()
+
+    def engine_settings(self) -> dict[str, Any]:
+        return self.inner.engine_settings()
+
+    def parameter_count(self) -> int | None:
+        return self.inner.parameter_count()
+
+    def stream(self, prompt: str, params: SamplingParams, account: UsageAccount | None = None) -> Iterator[str]:
+        return self.inner.stream(prompt, params, account=account or self.account)
+
+    def score_text(
+        self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], usage: Usage | None = None
+    ) -> list[list[list[float]]]:
+        return self._scored(self.inner.score_text, prompts, continuations, usage)
+
+    def certainty_text(
+        self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None
+    ) -> list[list[float]]:
+        return self._scored(self.inner.certainty_text, prompts, responses, usage)
+
+    def _scored(self, score: Any, prompts: Sequence[str], texts: Sequence[Any], usage: Usage | None) -> Any:
+        """`score`'s result, its work counted in `usage` when given, else in the total and this view's account."""
+        if usage is not None:
+            return score(prompts, texts, usage=usage)
+        work = Usage()
+        out = score(prompts, texts, usage=work)
+        self.inner._record(work, self.account)
+        return out
+
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+    def close(self) -> None:
+        """The engine is the owner's to close, not a view's."""
 
 
 def per_prompt_params(
@@ -367,64 +448,6 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
-
-
-def _on_off(value: Any) -> Any:
-    """`on`/`off` as YAML reads them from --model-arg (booleans) back to words."""
-    return ("on" if value else "off") if isinstance(value, bool) else value
-
-
-@dataclass
-class GeneratorSpec:
-    """What is needed to build a generator: resolved from a preset, a path or a hub id."""
-
-    name: str
-    path: str
-    backend: str
-    gguf_file: str | None = None
-    chat_template: str | None = None
-    dtype: str = "auto"
-    device_map: str | None = None
-    attn_implementation: str | None = None
-    trust_remote_code: bool = False
-    n_ctx: Annotated[int, Field(ge=1)] = 4096  # llamacpp: tokens per sequence, prompt and completion
-    n_threads: Annotated[int, Field(ge=1)] | None = None  # llamacpp: CPU threads (None: all cores)
-    max_batch_sequences: Annotated[int, Field(ge=1)] = 64  # sequences decoded together (openai: requests in flight)
-    base_url: str | list[str] | None = None  # openai backend: one server, or several (URL1,URL2 or a list)
-    api_key: str | None = None
-    # openai backend: where the key comes from when api_key is unset ($OPENAI_API_KEY otherwise), and retries
-    api_key_file: str | None = None
-    max_retries: int = 5  # retries of a failed request (connection error, timeout, 429, 5xx, a broken answer)
-    retry_delay: float = 0.5  # first backoff in seconds; doubles per retry, with jitter
-    # seconds to wait for an answer to one HTTP request (a whole completion: raise it for long generations), to
-    # connect, and how many times a request that timed out is retried: a server that accepts a request and never
-    # answers costs a problem at most (timeout_retries + 1) x request_timeout
-    request_timeout: Annotated[float, Field(gt=0)] = 300.0
-    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
-    timeout_retries: Annotated[int, Field(ge=0)] = 1
-    # openai backend: more fields for every completion request; they win over the neutral sampling
-    # settings sent by default (models/served.py), e.g. {"repeat_penalty": 1.1}
-    extra_body: dict = field(default_factory=dict)
-    tokenizer: str | None = None  # openai backend: a folder, hub id or .gguf file whose chat template to use
-    n_params: int | None = None  # parameter count for FLOPs estimates, where the weights cannot say (openai)
-    # llamacpp backend: MiB of KV cache for all its streams, live and cached (more: more prompts stay cached),
-    # and whether generated tokens' KV is cached too (faster tree search; results then differ in the last bits)
-    kv_cache_mib: Annotated[int, Field(ge=1)] = 2048
-    reuse_generated_kv: bool = False
-    # llamacpp backend: llama.cpp's AMX weight buffers: auto (probed where the CPU advertises AMX), on or off
-    amx: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
-    # vllm backend: GPUs per model copy, model copies, and any other keyword of vLLM's AsyncEngineArgs
-    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
-    data_parallel_size: Annotated[int, Field(ge=1)] = 1
-    engine_args: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for key in ("kv_cache_mib", "reuse_generated_kv"):  # read from `extra` before they were fields
-            if key in self.extra:
-                extra = dict(self.extra)
-                setattr(self, key, type(getattr(self, key))(extra.pop(key)))
-                self.extra = extra
 
 
 def stream(generator: Generator, prompt: str, params: SamplingParams) -> Iterator[str]:

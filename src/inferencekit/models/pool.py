@@ -1,7 +1,7 @@
 """A pool of replicas that is itself a `Generator`: HTTP endpoints or Ray actors behind one interface.
 
 Every request goes to one replica, chosen by least outstanding requests under a bound per replica,
-with affinity: requests carrying the same `REQUEST_AFFINITY` value (one problem's samples and search
+with affinity: requests carrying the same `Request.affinity` (one problem's samples and search
 tree) stay on one replica while it is healthy, so its prefix cache keeps hitting; without that value,
 the samples of one prompt do. A failed request is
 retried (on another replica when there is a healthy one, else after exponential backoff with jitter,
@@ -9,8 +9,9 @@ or after the `Retry-After` the replica asked for); a replica that fails `fail_th
 row is taken out for a cooldown that doubles on each relapse, and its problems move to the others.
 After the last retry the request raises `GenerationError`.
 
-The pool runs its requests on its own event loop in a thread, so synchronous callers (`generate`) and
-asynchronous ones on any loop (`agenerate`) share one set of in-flight requests.
+Implementation detail: the pool runs its requests on its own event loop in a thread (`BackgroundLoop`), so
+that the callers' threads (`submit` blocks until its requests are done) share one set of in-flight
+requests; nothing outside this module sees that loop.
 """
 
 from __future__ import annotations
@@ -28,18 +29,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from inferencekit.models.base import (
-    REQUEST_AFFINITY,
-    USAGE_ACCOUNT,
     Cancelled,
     Completion,
     GenerationError,
     Generator,
     GeneratorSpec,
+    Request,
     SamplingParams,
-    Timer,
     Usage,
-    UsageAccount,
-    per_prompt_params,
 )
 
 log = logging.getLogger("inferencekit")
@@ -137,16 +134,6 @@ class BackgroundLoop:
         except concurrent.futures.CancelledError:
             raise Cancelled("the run is stopping") from None
 
-    async def wrap(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await `coro` running on the loop from another event loop (cancellation propagates)."""
-        future = self._submit(coro)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            if future.cancelled() and self.cancelled:  # abandoned by `cancel`, not by our caller
-                raise Cancelled("the run is stopping") from None
-            raise
-
     def cancel(self) -> None:
         """Cancel every coroutine in flight (their waiters raise `Cancelled` now) and refuse new ones."""
         with self._lock:
@@ -161,14 +148,6 @@ class BackgroundLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
-
-
-@dataclass(frozen=True)
-class _Caller:
-    """Who asked, read in the caller's context: the pool's loop thread runs in another."""
-
-    affinity: Hashable | None
-    account: UsageAccount | None
 
 
 class _State:
@@ -228,51 +207,36 @@ class ReplicaPool(Generator):
 
     # -- generation -----------------------------------------------------------------------------------
 
-    def generate(
-        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
-    ) -> list[list[Completion]]:
-        per_prompt = per_prompt_params(prompts, params)
-        caller = _Caller(REQUEST_AFFINITY.get(), USAGE_ACCOUNT.get())
+    def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        async def all_requests() -> list[list[Completion]]:
+            return await _all_or_none([self._samples(r) for r in requests])
 
-        async def all_prompts() -> list[list[Completion]]:
-            pairs = zip(prompts, per_prompt, strict=True)
-            return await _all_or_none([self._samples(p, sp, caller) for p, sp in pairs])
-
-        with Timer() as timer:
-            results = self._loop.run(all_prompts())
-        self._record(Usage(calls=1, seconds=timer.seconds))
-        return results
-
-    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        caller = _Caller(REQUEST_AFFINITY.get(), USAGE_ACCOUNT.get())  # read here: the loop runs in another context
-        with Timer() as timer:
-            completions = await self._loop.wrap(self._samples(prompt, params, caller))
-        self._record(Usage(calls=1, seconds=timer.seconds))
-        return completions
+        return self._loop.run(all_requests())
 
     def count_tokens(self, text: str) -> int:
-        return self._loop.run(self._call(lambda r: r.count_tokens(text), REQUEST_AFFINITY.get()))
+        return self._loop.run(self._call(lambda r: r.count_tokens(text), None))
 
-    async def _samples(self, prompt: str, params: SamplingParams, caller: _Caller) -> list[Completion]:
+    async def _samples(self, request: Request) -> list[Completion]:
         """`params.n` completions: greedy once and copied; replicas that ignore `n` get one request per sample,
         sample k with seed `seed + k` (so which replica serves it does not change it)."""
+        params = request.params
         if params.greedy:
-            return (await self._request(prompt, params.replace(n=1), caller)) * params.n
+            return (await self._request(request, params.replace(n=1))) * params.n
         got: list[Completion] = []
         if not self._fan_out:
-            got = (await self._request(prompt, params, caller))[: params.n]
+            got = (await self._request(request, params))[: params.n]
             if len(got) == params.n:
                 return got
             self._fan_out = True  # the server ignored n: from now on fan out from the start
         singles = [params.replace(n=1, seed=params.seed + k) for k in range(len(got), params.n)]
-        rest = await _all_or_none([self._request(prompt, sp, caller) for sp in singles])
+        rest = await _all_or_none([self._request(request, sp) for sp in singles])
         return got + [c for cs in rest for c in cs[:1]]
 
-    async def _request(self, prompt: str, params: SamplingParams, caller: _Caller) -> list[Completion]:
+    async def _request(self, request: Request, params: SamplingParams) -> list[Completion]:
         # Without a problem to follow, a prompt's own samples still share one replica's prefix cache.
-        key = caller.affinity if caller.affinity is not None else ("prompt", hash(prompt))
-        completions, usage = await self._call(lambda r: r.request(prompt, params), key)
-        self._record(usage, caller.account)
+        key = request.affinity if request.affinity is not None else ("prompt", hash(request.prompt))
+        completions, usage = await self._call(lambda r: r.request(request.prompt, params), key)
+        self._record(usage, request.account)
         return completions
 
     async def _call(self, fn: Callable[[Replica], Awaitable[T]], affinity: Hashable | None) -> T:

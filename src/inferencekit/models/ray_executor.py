@@ -1,7 +1,10 @@
 """`--executor ray --replicas K`: in-process engines (llamacpp, hf) as Ray actors behind one `ReplicaPool`.
 
 Each actor loads the engine once (`num_gpus` per actor; an hf engine's `device_map` shards a model over
-the actor's GPUs) and batches the requests waiting for it into one `generate` call. The driver keeps
+the actor's GPUs) and serves each request in one of its threads (a threaded actor, `max_concurrency`), which
+hands it to the engine's `submit`: the engine batches what is pending (the llama.cpp decode loop, the hf
+backend's `Batcher`), and each request's own work comes back with its completions, so per-problem usage is
+exact under Ray as in-process. The driver keeps
 everything else: the runner hands out problems as they finish (the pool routes each request to the
 least busy actor, one problem's requests to the same actor), and it alone writes the run folder, so
 resume is unchanged. An actor that dies is restarted by Ray (`max_restarts=-1`) while its unfinished
@@ -12,62 +15,33 @@ requests are retried on the others: nothing is lost, nothing is recorded twice.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from inferencekit.errors import UserError
-from inferencekit.models.base import Completion, GeneratorSpec, Message, SamplingParams, Usage
+from inferencekit.models.base import Completion, GeneratorSpec, Message, Request, SamplingParams, Usage, UsageAccount
 from inferencekit.models.pool import Replica, ReplicaError, ReplicaPool, RetryPolicy
+
+_SPARE_THREADS = 4  # actor threads beyond the pool's requests in flight: chat templates, token counts
 
 
 class EngineActor:
-    """Holds one engine; requests arriving while a batch runs form the next batch."""
+    """Holds one engine; concurrent requests (one actor thread each) are batched by the engine itself."""
 
     def __init__(self, spec: GeneratorSpec) -> None:
         from inferencekit.models.backends import load_engine
 
         self.engine = load_engine(spec)
-        self._pending: list[tuple[str, SamplingParams, asyncio.Future]] = []
-        self._draining = False
 
     def ready(self) -> int:
         return os.getpid()
 
-    async def generate(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((prompt, params, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await asyncio.to_thread(self._run, [b[0] for b in batch], [b[1] for b in batch])
-                except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                    for *_, future in batch:
-                        future.set_exception(exc)
-                    continue
-                for (*_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
-        finally:
-            self._draining = False
-
-    def _run(self, prompts: list[str], params: list[SamplingParams]) -> list[tuple[list[Completion], Usage]]:
-        before = self.engine.usage.copy()
-        outputs = self.engine.generate(prompts, params)
-        spent, k = self.engine.usage.since(before), len(prompts)
-        shares = []
-        for completions in outputs:  # generated tokens exactly, the rest of the batch's work evenly
-            share = Usage(**{f: getattr(spent, f) / k for f in Usage.__dataclass_fields__})
-            share.completion_tokens = sum(c.tokens for c in completions)
-            shares.append((completions, share))
-        return shares
+    def generate(self, prompt: str, params: SamplingParams) -> tuple[list[Completion], Usage]:
+        """The completions of one request and exactly the work done for it (no `calls`: the driver counts those)."""
+        account = UsageAccount()
+        (completions,) = self.engine.submit([Request(prompt, params, account)])
+        return completions, account.generator
 
     def chat_prompt(self, messages: list[Message], add_generation_prompt: bool) -> str:
         return self.engine.chat_prompt(messages, add_generation_prompt)
@@ -125,7 +99,8 @@ class RayPool(ReplicaPool):
             ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         remote = ray.remote(EngineActor).options(
-            num_cpus=0, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD"
+            num_cpus=0, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD",
+            max_concurrency=spec.max_batch_sequences + _SPARE_THREADS,
         )
         actors = [remote.remote(spec) for _ in range(replicas)]
         try:

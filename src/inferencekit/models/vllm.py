@@ -1,8 +1,9 @@
 """vLLM backend: vLLM's asynchronous engine (`AsyncLLM`) in this process, driven from one background event loop.
 
-Every caller (`generate` from the runner's worker threads, `agenerate` from any event loop, `score_text`)
-hands its requests to that loop, and vLLM's scheduler batches whatever is pending, continuously, with its
-prefix cache on (a tree search's shared path, a few-shot block) and its engine processes doing the work.
+Every caller (`submit` from the runner's problem threads, `score_text`) hands its requests to that loop and
+blocks on a future (the loop is an implementation detail: vLLM's engine is asynchronous), and vLLM's
+scheduler batches whatever is pending, continuously, with its prefix cache on (a tree search's shared path,
+a few-shot block) and its engine processes doing the work.
 
 Sampling: each sample of a prompt is its own request whose seed is `row_seed(seed, prompt, index)`, as for
 the hf backend, so a sample depends only on its prompt, seed and index. (vLLM's own `n > 1` would seed
@@ -48,15 +49,13 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from inferencekit.errors import UserError
 from inferencekit.models.base import (
-    USAGE_ACCOUNT,
     Completion,
     GenerationError,
     Generator,
     GeneratorSpec,
+    Request,
     SamplingParams,
     Usage,
-    UsageAccount,
-    per_prompt_params,
 )
 from inferencekit.models.hf import _copy, _plain_checkpoint, resolve_source, row_seed
 from inferencekit.models.hf_text import TokenizerText
@@ -147,49 +146,33 @@ class VLLMGenerator(TokenizerText, Generator):
                                 f"raise it with --model-arg n_ctx=N ({prompt[:40]!r}...)")
         return encoded
 
-    def _submit(self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams],
-                account: UsageAccount | None) -> concurrent.futures.Future:
-        """Hand one call's requests to the engine; the future holds its completions, its work recorded."""
-        plist = per_prompt_params(prompts, params)
+    def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """`params.n` completions per request (safe from many threads: vLLM batches all pending requests)."""
+        plist = [r.params for r in requests]
         most = self.engine.model_config.max_logprobs
         if most >= 0 and any(p.top_logprobs > most for p in plist):
             raise UserError(f"top_logprobs={max(p.top_logprobs for p in plist)} is more than vLLM's max_logprobs="
                             f"{most}: raise it with --model-arg 'engine_args={{max_logprobs: N}}'")
-        return self._run(self._call(list(prompts), plist, self._prompt_ids(prompts, plist), account))
+        encoded = self._prompt_ids([r.prompt for r in requests], plist)
+        return self._run(self._call(list(requests), encoded)).result()
 
-    def generate(
-        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
-    ) -> list[list[Completion]]:
-        """`params.n` completions per prompt (safe from many threads: vLLM batches all pending requests)."""
-        if not prompts:
-            return []
-        return self._submit(prompts, params, USAGE_ACCOUNT.get()).result()
-
-    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        """`params.n` completions of one prompt, decoded beside every other pending request."""
-        return (await asyncio.wrap_future(self._submit([prompt], params, USAGE_ACCOUNT.get())))[0]
-
-    async def _call(self, prompts: list[str], plist: list[SamplingParams], encoded: list[list[int]],
-                    account: UsageAccount | None) -> list[list[Completion]]:
-        start = time.perf_counter()
+    async def _call(self, requests: list[Request], encoded: list[list[int]]) -> list[list[Completion]]:
         jobs = [
-            self._request(ids, p, None if p.greedy else row_seed(p.seed, prompt, j))
-            for prompt, ids, p in zip(prompts, encoded, plist, strict=True)
-            for j in range(1 if p.greedy else p.n)
+            self._request(ids, r.params, None if r.params.greedy else row_seed(r.params.seed, r.prompt, j))
+            for r, ids in zip(requests, encoded, strict=True)
+            for j in range(1 if r.params.greedy else r.params.n)
         ]
         finished = iter(await asyncio.gather(*jobs))
-        out, computed, completion = [], 0, 0
-        for ids, p in zip(encoded, plist, strict=True):
+        out = []
+        for r, ids in zip(requests, encoded, strict=True):
+            p = r.params
             done = [next(finished) for _ in range(1 if p.greedy else p.n)]
-            computed += sum(len(ids) - cached for _, cached in done)
-            completion += sum(c.tokens for c, _ in done)
             first = done[0][0]
             out.append([c for c, _ in done] if not p.greedy else
                        [first] + [dataclasses.replace(first, logprobs=_copy(first.logprobs),
                                                       top_logprobs=_copy(first.top_logprobs)) for _ in range(p.n - 1)])
-        self._record(Usage(calls=1, prompt_tokens=sum(len(ids) * p.n for ids, p in zip(encoded, plist, strict=True)),
-                           computed_prompt_tokens=computed, completion_tokens=completion,
-                           seconds=time.perf_counter() - start), account)
+            self._record(Usage(prompt_tokens=len(ids) * p.n, computed_prompt_tokens=sum(len(ids) - c for _, c in done),
+                               completion_tokens=sum(c.tokens for c, _ in done)), r.account)
         return out
 
     async def _request(self, ids: list[int], p: SamplingParams, seed: int | None) -> tuple[Completion, int]:
@@ -239,7 +222,6 @@ class VLLMGenerator(TokenizerText, Generator):
         Each prompt plus continuation is one request for its prompt log-probabilities (vLLM reads those
         only from computed positions, so such a request skips the prefix cache).
         """
-        account = USAGE_ACCOUNT.get()
         items = []
         for prompt, pieces in zip(prompts, continuations, strict=True):
             tails = [self.tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in pieces]
@@ -261,7 +243,7 @@ class VLLMGenerator(TokenizerText, Generator):
                                                                                               strict=True)),
                      seconds=time.perf_counter() - start)
         if usage is None:
-            self._record(work, account)
+            self._record(work, None)
         else:
             usage.add(work)
         return out

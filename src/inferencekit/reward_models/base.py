@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from inferencekit.errors import UserError, first_line, validation_message
-from inferencekit.models.base import Generator, Usage
+from inferencekit.models.base import Generator, Usage, UsageAccount
 
 
 @dataclass
@@ -180,15 +180,15 @@ class RewardModel(ABC):
             for solution in sols
         ]
 
-    async def ascore(self, question: str, solutions: Sequence[str], prompt: str | None = None) -> list[list[float]]:
-        """Step scores of one question's solutions, awaited (the batch `score` in a worker thread).
+    def shared(self) -> RewardModel:
+        """This model's one batcher (`SharedRewardModel`): concurrent callers' requests scored together."""
+        from inferencekit.reward_models.concurrent import SharedRewardModel
 
-        Wrap the model in `SharedRewardModel` to have concurrent callers' requests scored together.
-        """
-        import asyncio
+        return self.__dict__.setdefault("_shared", SharedRewardModel(self))  # atomic: one batcher per model
 
-        prompts = None if prompt is None else [prompt]
-        return (await asyncio.to_thread(self.score, [question], [list(solutions)], prompts))[0]
+    def bind(self, account: UsageAccount | None) -> RewardModel:
+        """A view (through `shared()`) whose calls' work is also counted in `account.reward_model`."""
+        return self.shared().bind(account)
 
     @abstractmethod
     def score_items(self, items: list[ScoreItem]) -> list[list[float]]:

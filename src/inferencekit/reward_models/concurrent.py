@@ -3,17 +3,19 @@
 The runner keeps many problems in flight, each scoring its own few nodes at a time. Wrapped in a
 `SharedRewardModel`, calls arriving while the model is busy are merged into its next call, so one
 problem's scoring overlaps another's generation and the model still sees large batches. The model is
-only ever called by one thread at a time (formats may keep per-call state). Each caller's share of
-the work (by items scored) goes to its own usage account, so per-problem usage stays exact.
+only ever called by one thread at a time (formats may keep per-call state). A view bound to a usage
+account (`bind(account)`, the runner's per problem) sends the account with each request as data, and the
+caller's share of the work (by items scored) goes to it, so per-problem usage stays exact.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from inferencekit.coalesce import Coalescer
-from inferencekit.models.base import USAGE_ACCOUNT, Timer, Usage, UsageAccount, usage_account
+from inferencekit.models.base import Timer, Usage, UsageAccount
 from inferencekit.reward_models.base import RewardModel, ScoreItem
 
 _Request = tuple[list[str], list[list[str]], list[str] | None, UsageAccount | None]
@@ -34,6 +36,7 @@ class SharedRewardModel(RewardModel):
         self.format_name = reward_model.format_name
         self.needs_weights = reward_model.needs_weights
         self.uses_prompts = reward_model.uses_prompts
+        self.account: UsageAccount | None = None  # where a bound view's callers' work is counted
         self._gather: Coalescer[_Request, list[list[list[float]]]] = Coalescer(self._score_many, max_items)
 
     @property  # type: ignore[override]
@@ -50,6 +53,12 @@ class SharedRewardModel(RewardModel):
     def close(self) -> None:
         self.inner.close()
 
+    def bind(self, account: UsageAccount | None) -> SharedRewardModel:
+        """A view sharing this batcher whose calls' work is counted in `account.reward_model` too."""
+        bound = copy.copy(self)
+        bound.account = account
+        return bound
+
     def score(
         self, questions: Sequence[str], solutions: Sequence[Sequence[str]], prompts: Sequence[str] | None = None
     ) -> list[list[list[float]]]:
@@ -57,13 +66,8 @@ class SharedRewardModel(RewardModel):
         if isinstance(questions, str) or len(questions) != len(solutions):
             raise ValueError(f"got {len(questions)} questions and {len(solutions)} solution lists")
         request = (list(questions), [list(s) for s in solutions], None if prompts is None else list(prompts),
-                   USAGE_ACCOUNT.get())
+                   self.account)
         return self._gather(request)
-
-    async def ascore(self, question: str, solutions: list[str], prompt: str | None = None) -> list[list[float]]:
-        import asyncio
-
-        return (await asyncio.to_thread(self.score, [question], [solutions], None if prompt is None else [prompt]))[0]
 
     def _score_many(self, requests: list[_Request]) -> list[list[list[list[float]]]]:
         """One call of the wrapped model for all requests (those with and without prompts apart)."""
@@ -76,7 +80,7 @@ class SharedRewardModel(RewardModel):
             solutions = [s for i in part for s in requests[i][1]]
             prompts = [p for i in part for p in requests[i][2]] if with_prompts else None
             before = self.inner.usage.copy()  # every reward model keeps its `usage` (RewardModel)
-            with usage_account(), Timer() as timer:  # keep the calling problem's account out of it
+            with Timer() as timer:
                 scores = self.inner.score(questions, solutions, prompts=prompts)
             at = 0
             for i in part:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from inferencekit.errors import UserError
-from inferencekit.models.base import Completion, SamplingParams, Timer, usage_account
+from inferencekit.models.base import Completion, SamplingParams, Timer, UsageAccount
 from inferencekit.reward_models.base import RewardModel, ScoreItem
 from inferencekit.reward_models.registry import register_format
 
@@ -63,8 +63,9 @@ class LLMJudge(RewardModel):
         if not prompts:
             return [[] for _ in items]
         params = SamplingParams(temperature=0.0, max_new_tokens=1, logprobs=True)
-        with usage_account() as account, Timer() as timer:  # this call's own work, whatever runs beside it
-            completions = self.generator.generate(prompts, params)
+        account = UsageAccount()  # this call's own work, whatever runs beside it
+        with Timer() as timer:
+            completions = self.generator.bind(account).generate(prompts, params)
         work = account.generator
         # The judge's calls are reward-model work: move them off the generator's account.
         self.generator._unrecord(work)

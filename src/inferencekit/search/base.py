@@ -99,16 +99,6 @@ class SearchMethod(ABC):
         on its own): per-search state belongs in local variables, or per thread like `TreeSearch.generated`.
         """
 
-    async def solve(self, problem: Problem) -> list[Candidate]:
-        """The candidates of one problem, awaited: `search([problem])` in a worker thread.
-
-        The engines batch concurrent requests (continuous batching), so many problems solved at once
-        share every decode step; the request's context (REQUEST_AFFINITY, the usage account) goes along.
-        """
-        import asyncio
-
-        return (await asyncio.to_thread(self.search, [problem]))[0]
-
 
 def dataset_style(name: str) -> str:
     """The answer style of dataset `name`: its preset's declared style, else what the name says."""

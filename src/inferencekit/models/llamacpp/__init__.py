@@ -5,8 +5,9 @@ logits, settings and a random generator in, a token out), `kv_cache` (the prefix
 `decode_loop` (the thread that owns the llama.cpp context) and `generator` (`LlamaCppGenerator`, the
 `Generator` interface).
 
-Callers (`generate` from any thread, `agenerate` from any event loop) hand requests to one thread that
-owns the llama.cpp context. At every step it admits waiting prompts into free sequences while
+Callers (`submit` from any thread) hand requests to one thread that owns the llama.cpp context; its inbox is
+the engine's scheduler (admission per decode step), not a batcher in front of the engine, so it is not
+`inferencekit.coalesce`'s. At every step it admits waiting prompts into free sequences while
 `max_batch_sequences` allows (each prompt evaluated once and its KV cache copied with
 `llama_memory_seq_cp` to its samples), advances every live sequence one token in one `llama_decode`,
 and retires finished ones, waking their callers: continuous batching, so the engine stays full while

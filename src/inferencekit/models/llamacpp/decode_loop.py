@@ -23,7 +23,6 @@ from inferencekit.models.base import (
     Completion,
     GenerationError,
     SamplingParams,
-    UsageAccount,
     truncate_at_stop,
 )
 from inferencekit.models.certainty import kl_uniform
@@ -38,15 +37,14 @@ _PAD = 256  # llama.cpp pads each stream to a multiple of this
 
 @dataclass
 class Call:
-    """One caller's request: `params[i].n` completions of each prompt `toks[i]`, awaited by the caller."""
+    """One caller's requests: `params[i].n` completions of each prompt `toks[i]`, awaited by the caller."""
 
     toks: list[list[int]]
     params: list[SamplingParams]
-    account: UsageAccount | None
-    done: Callable[[], None]  # wakes the caller (an event's set, or a loop's call_soon_threadsafe)
+    done: Callable[[], None]  # wakes the caller (an event's set)
     results: dict[tuple[int, int], Completion] = field(default_factory=dict)
     left: int = 0  # jobs not finished
-    computed: int = 0
+    computed: list[int] = field(default_factory=list)  # prompt tokens computed, per prompt
     error: BaseException | None = None
     start: float = field(default_factory=time.perf_counter)
     on_piece: Callable[[bytes], None] | None = None  # streaming: called with each generated token's bytes
@@ -137,6 +135,7 @@ class DecodeLoop:
     def submit(self, call: Call) -> None:
         """Queue a request; `call.done()` is called (from the loop's thread) once all its samples finished."""
         jobs = [_Job(call, i, list(range(1 if p.greedy else p.n))) for i, p in enumerate(call.params)]
+        call.computed = [0] * len(call.toks)
         call.left = sum(len(job.js) for job in jobs)
         self._post(lambda: self._inbox.extend(jobs))
 
@@ -304,7 +303,7 @@ class DecodeLoop:
             lc.llama_memory_seq_cp(self._mem, src, first, -1, -1)  # whole streams only
         lc.llama_memory_seq_rm(self._mem, first, prefix, -1)
         logits = self._feed(job.toks, prefix, first)
-        job.call.computed += len(t) - prefix
+        job.call.computed[job.prompt] += len(t) - prefix
         p = job.params
         for seq, j in enumerate(job.js, start=first):
             if seq != first:

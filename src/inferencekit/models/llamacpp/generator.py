@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import os
 import queue
@@ -13,15 +12,15 @@ from collections.abc import Iterator, Sequence
 import llama_cpp as lc
 
 from inferencekit.models.base import (
-    USAGE_ACCOUNT,
     Completion,
     Generator,
     GeneratorSpec,
     Message,
     PromptTooLong,
+    Request,
     SamplingParams,
     Usage,
-    per_prompt_params,
+    UsageAccount,
     truncate_at_stop,
 )
 from inferencekit.models.llamacpp.amx import decide as decide_amx
@@ -101,31 +100,17 @@ class LlamaCppGenerator(Generator):
                 )
         return toks
 
-    def generate(
-        self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]
-    ) -> list[list[Completion]]:
-        """Submit all prompts to the decode loop as one request and wait for it (safe from many threads)."""
-        plist = per_prompt_params(prompts, params)
-        if not prompts:
-            return []
+    def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """Hand the requests to the decode loop together and wait for them (safe from many threads)."""
         done = threading.Event()
-        call = Call(self._prompt_tokens(prompts), plist, USAGE_ACCOUNT.get(), done.set)
+        call = Call(self._prompt_tokens([r.prompt for r in requests]), [r.params for r in requests], done.set)
         self._loop.submit(call)
         done.wait()
-        return self._finish(call)
+        return self._finish(call, requests)
 
-    async def agenerate(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        """`params.n` completions of one prompt, decoded beside every other pending request."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        call = Call(self._prompt_tokens([prompt]), [params], USAGE_ACCOUNT.get(),
-                    lambda: loop.call_soon_threadsafe(_resolve, future))
-        self._loop.submit(call)
-        await future
-        return self._finish(call)[0]
-
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        """Yield the text of one completion (of `params` with `n=1`) as the decode loop produces it.
+    def stream(self, prompt: str, params: SamplingParams, account: UsageAccount | None = None) -> Iterator[str]:
+        """Yield the text of one completion (of `params` with `n=1`) as the decode loop produces it (its work
+        counted in the total and `account`).
 
         A character split across tokens is held back until its last byte arrives, and text that may be
         the start of a stop string until it is known not to be, so the pieces join to exactly the text
@@ -133,8 +118,7 @@ class LlamaCppGenerator(Generator):
         """
         params = params.replace(n=1)
         pieces: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        call = Call(self._prompt_tokens([prompt]), [params], USAGE_ACCOUNT.get(), lambda: pieces.put(None),
-                    on_piece=pieces.put)
+        call = Call(self._prompt_tokens([prompt]), [params], lambda: pieces.put(None), on_piece=pieces.put)
         self._loop.submit(call)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         sent = pending = ""
@@ -144,28 +128,23 @@ class LlamaCppGenerator(Generator):
             if ready:
                 yield pending[:ready]
                 sent, pending = sent + pending[:ready], pending[ready:]
-        text = self._finish(call)[0][0].text
+        text = self._finish(call, [Request(prompt, params, account)])[0][0].text
+        self._record(Usage(calls=1, seconds=time.perf_counter() - call.start), account)  # one call, as `generate`
         if len(text) > len(sent):
             yield text[len(sent) :]
 
-    def _finish(self, call: Call) -> list[list[Completion]]:
-        """The completions of a finished request, its work recorded to its caller's account."""
+    def _finish(self, call: Call, requests: Sequence[Request]) -> list[list[Completion]]:
+        """The completions of a finished call, each request's work recorded to its account."""
         if call.error is not None:
             raise call.error
         out = [
             [call.results.get((i, j)) or _copy(call.results[(i, 0)]) for j in range(p.n)]
             for i, p in enumerate(call.params)
         ]
-        self._record(
-            Usage(
-                calls=1,
-                prompt_tokens=sum(len(t) * p.n for t, p in zip(call.toks, call.params, strict=True)),
-                computed_prompt_tokens=call.computed,
-                completion_tokens=sum(c.tokens for cs in out for c in cs),
-                seconds=time.perf_counter() - call.start,
-            ),
-            call.account,
-        )
+        for i, request in enumerate(requests):
+            p = call.params[i]
+            self._record(Usage(prompt_tokens=len(call.toks[i]) * p.n, computed_prompt_tokens=call.computed[i],
+                               completion_tokens=sum(c.tokens for c in out[i])), request.account)
         return out
 
     def _free_context(self) -> None:
@@ -200,7 +179,6 @@ class LlamaCppGenerator(Generator):
     def _score(
         self, prompts: Sequence[str], continuations: Sequence[Sequence[str]], usage: Usage | None, statistic: str
     ) -> list[list[list[float]]]:
-        account = USAGE_ACCOUNT.get()
         items = []
         for prompt, pieces in zip(prompts, continuations, strict=True):
             head = self._tokenize(prompt, add_bos=True) or [self.gguf.bos]
@@ -215,7 +193,7 @@ class LlamaCppGenerator(Generator):
         work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=computed,
                      seconds=time.perf_counter() - start)
         if usage is None:
-            self._record(work, account)
+            self._record(work, None)
         else:
             usage.add(work)
         return out
@@ -244,11 +222,6 @@ def _safe_prefix(text: str, stop: Sequence[str]) -> int:
         return len(cut)
     held = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
     return len(text) - held
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _copy(c: Completion) -> Completion:
