@@ -309,10 +309,12 @@ def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
     """
     affinity = REQUEST_AFFINITY.set(problem.index)  # reset below: a caller's own context is left as it was
     candidates: list[Candidate] = []
+    generated = 0  # every token the search generated, pruned branches included (SearchResult)
     error, too_long, cancelled = None, False, False
     with usage_account() as account, clock.share() as seconds:
         try:
-            (candidates,) = method.search([problem])
+            result = method.search(problem)
+            candidates, generated = result.candidates, result.generated_tokens
         except Cancelled:
             cancelled = True
         except GenerationError as exc:
@@ -324,8 +326,6 @@ def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
             error = f"{type(exc).__name__}: {one_line(exc)}"
         finally:
             REQUEST_AFFINITY.reset(affinity)
-    # Tree searches count every generated token, pruned branches included; else the candidates' own.
-    generated = method.generated_tokens(0, candidates)
     usage: dict[str, Any] = {"seconds": round(seconds.value, 4), "completion_tokens": generated}
     accounts = [("", account.generator)]
     if method.reward_model is not None:  # every reward model keeps a `usage` (RewardModel's contract)

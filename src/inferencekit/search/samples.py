@@ -3,7 +3,6 @@ self_refine): the answer a sample gives, and reward scores for finished candidat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from inferencekit.grading import canonical_form, extract_answer
@@ -16,9 +15,9 @@ def answer_key(text: str, dataset: str) -> str | None:
     return None if answer is None else canonical_form(answer)
 
 
-def score_if_asked(reward_model: Any, problems: Sequence[Problem], candidates: list[list[Candidate]]) -> None:
+def score_if_asked(reward_model: Any, problem: Problem, candidates: list[Candidate]) -> None:
     """With a reward model, fill every candidate's step scores in one call (as best_of_n does)."""
     if reward_model is not None:
         from inferencekit.search.sampling import score_candidates
 
-        score_candidates(reward_model, problems, candidates)
+        score_candidates(reward_model, problem, candidates)
