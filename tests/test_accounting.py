@@ -91,24 +91,24 @@ def test_openai_parameter_count_only_when_given():
 
 
 def test_runner_records_declared_search_work_and_reward_usage():
-    """A problem's usage: the method's declared `generated` count (pruned work), and reward_* keys only
+    """A problem's usage: the method's declared `generated_tokens` count (pruned work), and reward_* keys only
     when there is a reward model, filled from the problem's own usage account."""
     from inferencekit.config import RunConfig
     from inferencekit.models.base import USAGE_ACCOUNT, Usage
     from inferencekit.runner import _solve
-    from inferencekit.search import Candidate, Problem, SearchMethod
+    from inferencekit.search import Candidate, Problem, SearchMethod, SearchResult
     from inferencekit.session import SharedClock
 
     class Pruning(SearchMethod):
-        def search(self, problems):
-            self.generated = [99]  # 99 tokens generated, most of them in pruned branches
+        def search(self, problem):
             if self.reward_model is not None:
                 USAGE_ACCOUNT.get().reward_model.add(Usage(calls=2, prompt_tokens=30))
-            return [[Candidate("a", tokens=5), Candidate("b", tokens=7)]]
+            # 99 tokens generated, most of them in pruned branches
+            return SearchResult([Candidate("a", tokens=5), Candidate("b", tokens=7)], generated_tokens=99)
 
     class Plain(Pruning):
-        def search(self, problems):
-            return [[Candidate("a", tokens=5), Candidate("b", tokens=7)]]
+        def search(self, problem):
+            return SearchResult([Candidate("a", tokens=5), Candidate("b", tokens=7)])
 
     problem = Problem(0, "q", "p", 0)
     config = RunConfig()
