@@ -541,3 +541,54 @@ def test_beam_width_is_the_children_of_each_expanded_node(name):
     first_round = 0 if name == "mcts" else 1  # beam_search and dvts sample N first steps, then grow M ways
     assert sent[first_round:] and all(s.n == 3 for s in sent[first_round:])
     assert name == "mcts" or sent[0].n == 6
+
+
+# ---- options declared by each method ----
+
+
+def test_every_method_option_is_a_run_config_key_and_a_run_flag():
+    from inferencekit.cli import build_parser
+    from inferencekit.search.base import METHODS
+
+    parser = build_parser()
+    given = vars(parser.parse_args(["run"]))
+    for _, method in METHODS.items():
+        for key, info in method.Options.model_fields.items():
+            assert RunConfig.model_fields[key].default == info.default
+            assert given[key] is None  # not given: the config file and the presets below still apply
+    args = parser.parse_args(["run", "--mcts-rollout", "--deepconf-eta", "50", "--beam-pool", "best"])
+    assert (args.mcts_rollout, args.deepconf_eta, args.beam_pool) == (True, 50.0, "best")
+    with pytest.raises(ValueError, match="Input should be 'reference' or 'best'"):
+        RunConfig(beam_pool="widest")
+
+
+def test_list_methods_shows_each_methods_options(capsys):
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "--mcts-c-puct: exploration constant (default 1.0)" in out and "--refine-steps" in out
+
+
+def test_options_declared_after_the_run_config_was_built_are_refused():
+    from inferencekit.search.base import METHODS, register_method
+    from inferencekit.search.options import MethodOptions
+    from inferencekit.search.sampling import BestOfN
+
+    class Late(MethodOptions):
+        late_k: int = 1
+
+    with pytest.raises(ValueError, match="declares options after the run config was built"):
+        @register_method("late_for_test")
+        class LateMethod(BestOfN):
+            Options = Late
+
+    assert "late_for_test" not in METHODS
+
+
+def test_bind_is_a_copy_with_other_models():
+    search, gen, rm = method("beam_search", BEAM_SCRIPT, BEAM_TABLE)
+    other_gen, other_rm = ScriptedGenerator(BEAM_SCRIPT), TableRewardModel(BEAM_TABLE)
+    bound = search.bind(other_gen, other_rm)
+    assert (bound.generator, bound.reward_model, bound.config) == (other_gen, other_rm, search.config)
+    assert (search.generator, search.reward_model) == (gen, rm)
+    assert texts(bound.search(problem(0)).candidates) == texts(search.search(problem(0)).candidates)
+    assert other_gen.calls == gen.calls
