@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from inferencekit.grading import canonical_form, extract_answer
 from inferencekit.search.base import Candidate, Problem
 
 
 def answer_key(text: str, dataset: str) -> str | None:
     """The sample's answer in canonical form (equivalent answers compare equal), None when it has none."""
+    # imported on use: grading loads sympy (seconds), and the config imports every method
+    from inferencekit.grading import canonical_form, extract_answer
+
     answer = extract_answer(text, dataset)
     return None if answer is None else canonical_form(answer)
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pydantic import Field
 
 from inferencekit.models.base import Message
-from inferencekit.prompts import DEFAULT_TEMPLATE
 from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult, register_method
 from inferencekit.search.options import MAX_STEPS, MethodOptions
 from inferencekit.search.samples import score_if_asked
@@ -73,6 +72,9 @@ class SelfRefine(SearchMethod):
 
     def render(self, problem: Problem, chain: Chain, request: str) -> str:
         """The chat so far plus a new user turn, rendered with the model's template."""
+        # imported on use: prompts loads the datasets and grading (sympy), and the config imports every method
+        from inferencekit.prompts import DEFAULT_TEMPLATE
+
         messages: list[Message] = [{"role": "system", "content": self.config.system_prompt}] \
             if self.config.system_prompt else []
         question = (self.config.prompt_template or DEFAULT_TEMPLATE).format(input=problem.question)

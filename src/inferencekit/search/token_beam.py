@@ -21,7 +21,6 @@ from pydantic import Field
 from inferencekit.search.base import Problem, SearchResult, register_method
 from inferencekit.search.options import MAX_TOKENS, MethodOptions
 from inferencekit.search.tree import Node, TreeSearch, next_beams, rank, require_multiple
-from inferencekit.voting import aggregate
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -44,6 +43,9 @@ class TokenBeam(TreeSearch):
         require_multiple(config.n, config.beam_width, "token_beam keeps N/M beams of M next tokens each")
 
     def search(self, problem: Problem) -> SearchResult:
+        # imported on use: grading loads sympy (seconds), and the config imports every method
+        from inferencekit.voting import aggregate
+
         n = self.config.n
         m = min(self.config.beam_width, n)
         pool: list[Node] = []

@@ -26,10 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inferencekit.errors import UserError, unknown
-from inferencekit.grading.extract import boxed_contents
 from inferencekit.models.base import Completion, Generator, SamplingParams, truncate_at_stop
 from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult
-from inferencekit.voting import aggregate
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -96,6 +94,9 @@ def node_seed(seed: int, path: Sequence[int]) -> int:
 
 def has_final_answer(text: str) -> bool:
     """Whether `text` holds a complete `\\boxed{...}` answer."""
+    # imported on use: grading loads sympy (seconds), and the config imports every method
+    from inferencekit.grading.boxes import boxed_contents
+
     return "boxed" in text and bool(boxed_contents(text))
 
 
@@ -190,6 +191,9 @@ def score(
     reward_model: Any, problem: Problem, nodes: Iterable[Node], aggregation: str = "last"
 ) -> None:
     """Fill `step_scores` and `score` of the nodes not scored yet, in ONE reward-model call for all."""
+    # imported on use: grading loads sympy (seconds), and the config imports every method
+    from inferencekit.voting import aggregate
+
     todo = [node for node in nodes if node.step_scores is None]
     if not todo:
         return
