@@ -67,8 +67,8 @@ class SearchResult:
 class SearchMethod(ABC):
     """Searches one problem for candidates, calling the generator (and reward model).
 
-    The runner searches many problems at once, each in its own thread, with one method object bound to the
-    problem's own models (`bind`): per-search state belongs in local variables, never on `self`.
+    The runner searches many problems at once, each in its own thread: per-search state belongs in local
+    variables, never on `self`. `bind` gives a copy that calls other models (e.g. bound to one problem's account).
     """
 
     name: str = "search"
