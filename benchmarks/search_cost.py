@@ -25,6 +25,7 @@ import argparse
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 try:
@@ -55,7 +56,8 @@ def timed(method, problems, generator, rm) -> tuple[float, float, int, list]:
     """Seconds in all, seconds scoring, tokens generated, candidates."""
     tokens, rm_seconds = generator.usage.completion_tokens, rm.usage.seconds
     start = time.perf_counter()
-    candidates = method.search(problems)
+    with ThreadPoolExecutor(len(problems)) as pool:  # all problems at once, as the runner searches them
+        candidates = [result.candidates for result in pool.map(method.search, problems)]
     seconds = time.perf_counter() - start
     return seconds, rm.usage.seconds - rm_seconds, generator.usage.completion_tokens - tokens, candidates
 

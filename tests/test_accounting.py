@@ -116,12 +116,12 @@ def test_parameter_counts_read_declared_members(embedded_gguf):
 
 
 def test_runner_records_declared_search_work_and_reward_usage():
-    """A problem's usage: the method's declared `generated` count (pruned work), and reward_* keys only
+    """A problem's usage: the method's declared `generated_tokens` count (pruned work), and reward_* keys only
     when there is a reward model, filled from the problem's own usage account."""
     from inferencekit.config import RunConfig
     from inferencekit.models.base import Usage
     from inferencekit.runner import _solve
-    from inferencekit.search import Candidate, Problem, SearchMethod
+    from inferencekit.search import Candidate, Problem, SearchMethod, SearchResult
     from inferencekit.session import SharedClock
 
     class Scorer:  # a reward model: `bind(account)` gives a view counting its work in that account
@@ -136,15 +136,15 @@ def test_runner_records_declared_search_work_and_reward_usage():
             self.account.reward_model.add(Usage(calls=2, prompt_tokens=30))
 
     class Pruning(SearchMethod):
-        def search(self, problems):
-            self.generated = [99]  # 99 tokens generated, most of them in pruned branches
+        def search(self, problem):
             if self.reward_model is not None:
                 self.reward_model.score()
-            return [[Candidate("a", tokens=5), Candidate("b", tokens=7)]]
+            # 99 tokens generated, most of them in pruned branches
+            return SearchResult([Candidate("a", tokens=5), Candidate("b", tokens=7)], generated_tokens=99)
 
     class Plain(Pruning):
-        def search(self, problems):
-            return [[Candidate("a", tokens=5), Candidate("b", tokens=7)]]
+        def search(self, problem):
+            return SearchResult([Candidate("a", tokens=5), Candidate("b", tokens=7)])
 
     problem = Problem(0, "q", "p", 0)
     config = RunConfig()

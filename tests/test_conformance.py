@@ -48,7 +48,7 @@ def test_rebase_search_expands_by_the_reference_widths():
                           ("largest_remainder", [("<P0>a1\n\n", 1), ("<P0>a2\n\n", 1), ("<P0>a4\n\n", 1)])):
         gen = ScriptedGenerator(script)
         search, _ = build("rebase", gen, table, rebase_temperature=0.5, rebase_widths=how)
-        search.search([problem()])
+        search.search(problem())
         assert sorted((p, params.n) for call in gen.calls[1:] for p, params in call) == expected
 
 
@@ -62,12 +62,13 @@ def test_esc_answers_with_the_unanimous_window():
     answers = [1, 1, 2, 1, 1, 3, 1, 1, 4, 2, 2, 2, 5, 5, 5]
     gen = SeededGenerator({"<P0>": [f"so \\boxed{{{a}}}" for a in answers]})
     search, _ = build("self_consistency", gen, n=15, esc_window=3)
-    (cands,) = search.search([problem()])
+    result = search.search(problem())
+    cands = result.candidates
     assert cands[0].meta == {"samples": 12, "stopped_early": True} and len(gen.calls) == 4
     assert vote("majority", [c.text[-2] for c in cands]) == "2"
-    assert search.generated == [12 * (len("so \\boxed{1}") + 1)]  # the 9 samples left out still cost tokens
+    assert result.generated_tokens == 12 * (len("so \\boxed{1}") + 1)  # the 9 samples left out still cost tokens
     everything, _ = build("self_consistency", SeededGenerator(gen.script), n=15, esc_window=3, esc_answer="all")
-    (all_cands,) = everything.search([problem()])
+    all_cands = everything.search(problem()).candidates
     assert len(all_cands) == 12 and vote("majority", [c.text[-2] for c in all_cands]) == "1"
 
 
@@ -94,7 +95,7 @@ def test_self_consistency_groups_answers_as_the_dataset_is_graded():
     gen = SeededGenerator({"<P0>": samples * 2})
     search, _ = build("self_consistency", gen, n=6, esc_window=3, dataset="arith")
     assert search.answer_style == "gsm8k"
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert cands[0].meta == {"samples": 3, "stopped_early": True}
 
 
@@ -153,10 +154,10 @@ def test_deepconf_offline_keeps_scores_at_or_above_the_percentile():
     """facebookresearch/deepconf 21057ed, analysis_offline.py `filter_top_confidence`: keep the traces whose
     confidence >= np.percentile(confidences, 100 - eta): 14 of 16 distinct scores at eta = 90 (15 with top)."""
     search, _ = build("deepconf", LevelGenerator(16), n=16, deepconf_eta=90)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert len(cands) == 14 and sorted(c.meta["confidence"] for c in cands) == [float(k) for k in range(3, 17)]
     top, _ = build("deepconf", LevelGenerator(16), n=16, deepconf_eta=90, deepconf_keep="top")
-    assert len(top.search([problem()])[0]) == 15
+    assert len(top.search(problem()).candidates) == 15
 
 
 def test_deepconf_tail_and_bottom_ten_percent_trace_scores():
@@ -170,7 +171,8 @@ def test_deepconf_tail_and_bottom_ten_percent_trace_scores():
     assert trace_score([1.0, 3.0], 5, "bottom10") == 2.0  # shorter than the window: the mean
     gen = ConfidenceGenerator(["hhhh", "lhhh", "hhhl", "llll"])  # windows of 2: tails 5, 5, 3, 1
     search, _ = build("deepconf", gen, deepconf_window=2, deepconf_eta=50, deepconf_score="tail")
-    assert texts(search.search([problem()])[0]) == ["hhhh", "lhhh"]  # by the lowest window, "hhhl" would tie "lhhh"
+    # by the lowest window, "hhhl" would tie "lhhh"
+    assert texts(search.search(problem()).candidates) == ["hhhh", "lhhh"]
 
 
 def test_deepconf_online_filters_warm_up_and_short_final_traces():
@@ -180,7 +182,7 @@ def test_deepconf_online_filters_warm_up_and_short_final_traces():
     gen = ConfidenceGenerator(traces)
     search, _ = build("deepconf", gen, deepconf_mode="online", deepconf_warmup=2, deepconf_window=4,
                       deepconf_eta=50, deepconf_chunk=8)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert texts(cands) == ["hhhh", "hhhhhh"]  # "ll" + EOS: confidences 1, 1, 5, mean 2.33 < 3
     assert cands[0].meta["dropped"] == 2 and cands[0].meta["stopped"] == 0
     with pytest.raises(UserError, match="applies offline"):
@@ -201,7 +203,7 @@ def test_beam_search_pads_each_round_to_n_and_returns_the_first_n_finished():
     table = {"a0": 0.9, "a9": 0.8, "c0": 0.99}
     gen = ScriptedGenerator(script)
     search, _ = build("beam_search", gen, table, n=10, beam_width=4)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert [(p, params.n) for p, params in gen.calls[1]] == [("<P0>a0\n\n", 5), ("<P0>a9\n\n", 5)]
     # round 2 finished 9 in the order of the padded list (a0's first child, a9's first, a0's second, ...)
     first = ["a0\n\nb0 \\boxed{0}", "a0\n\nb1 \\boxed{1}", "a9\n\nc1 \\boxed{1}", "a0\n\nb2 \\boxed{2}"]
@@ -231,11 +233,11 @@ def test_dvts_refuses_n_not_a_multiple_of_the_width(tmp_path, capsys):
 def test_particle_gibbs_weighs_the_reference_by_its_final_score():
     """Red-Hat-AI-Innovation-Team/its_hub 2d340bb, its_hub/core/algorithms/particle_gibbs.py: the reference
     particle is stopped, and a stopped particle's log-weight is its last (final) one."""
-    root = Node(0)
-    step1 = Node(0, parent=root, step="r1\n\n", path=(0,))
-    ref = Node(0, parent=step1, step="r2 \\boxed{1}", path=(0, 0))
+    root = Node()
+    step1 = Node(parent=root, step="r1\n\n", path=(0,))
+    ref = Node(parent=step1, step="r2 \\boxed{1}", path=(0, 0))
     step1.score, ref.score = 0.1, 0.9
-    free = [Node(0, parent=root, step="f\n\n", path=(1,))]
+    free = [Node(parent=root, step="f\n\n", path=(1,))]
     free[0].score = 0.5
     pool, scores = weighed_pool(free, ref, 1)
     assert pool == [free[0], step1] and scores == [0.5, 0.9]  # drawn: its depth-1 prefix; weighed: its final score
@@ -256,7 +258,9 @@ def test_mcts_backup_mean_or_each_child():
     for how, visits, total in (("mean", 1, 0.5), ("each", 2, 1.0)):
         search, _ = build("mcts", ScriptedGenerator(script), table, n=1, beam_width=2, mcts_backup=how)
         assert isinstance(search, MCTS)
-        (root,), _ = search.grow([problem()])
+        tree = search.tree(problem())
+        search.grow(tree)
+        root = tree.root
         assert root.visits == visits and root.value_sum == pytest.approx(total)
 
 

@@ -111,21 +111,22 @@ PF_TABLE = {"a1": 2 / 3, "a2": 0.5, "a3": 0.5, "a4": 0.0, "b1 \\boxed{1}": 2 / 3
 def test_particle_filter_resamples_in_proportion_to_the_weights():
     gen = ScriptedGenerator(PF_SCRIPT)
     search, rm = build("particle_filter", gen, PF_TABLE, pf_resampling="systematic")
-    (cands,) = search.search([problem()])
+    result = search.search(problem())
+    cands = result.candidates
     # weights .5, .25, .25, 0: a1 twice, a2 and a3 once, a4 dropped; a1's two copies are expanded 2 ways
     assert gen.prompts(1) == ["<P0>a2\n\n", "<P0>a3\n\n"] and gen.calls[1][0][1].n == 1
     assert gen.prompts(2) == ["<P0>a1\n\n"] and gen.calls[2][0][1].n == 2 and len(gen.calls) == 3
     # all finished: b1 (odds 2) drawn twice, b2 and c1 once, d1 (score 0) never
     assert texts(cands) == ["a1\n\nb1 \\boxed{1}"] * 2 + ["a1\n\nb2 \\boxed{2}", "a2\n\nc1 \\boxed{3}"]
     assert [c.meta["weight"] for c in cands] == pytest.approx([1 / 3, 1 / 3, 1 / 6, 1 / 6], abs=1e-5)
-    assert search.generated == [gen.usage.completion_tokens]
+    assert result.generated_tokens == gen.usage.completion_tokens
     assert len(rm.calls) == 2
 
 
 def test_particle_filter_multinomial_draws_are_the_seeded_ones_whatever_the_batch():
     gen = ScriptedGenerator(PF_SCRIPT)
     search, _ = build("particle_filter", gen, PF_TABLE)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     rng = np.random.default_rng(problem().seed)  # the problem's own resampling stream
     first = resample(softmax(log_weights([2 / 3, 0.5, 0.5, 0.0])), 4, rng, "multinomial")
     widths_asked = {p: params.n for call in gen.calls[1:] for p, params in call}
@@ -136,16 +137,16 @@ def test_particle_filter_multinomial_draws_are_the_seeded_ones_whatever_the_batc
     second = resample(softmax(log_weights([PF_TABLE[p.split("\n\n")[1]] for p in particles])), 4, rng, "multinomial")
     assert sorted(texts(cands)) == sorted(particles[j] for j in second)
     both, _ = build("particle_filter", ScriptedGenerator(PF_SCRIPT), PF_TABLE)
-    other, mine = both.search([problem(1), problem()])
+    other, mine = both.search(problem(1)).candidates, both.search(problem()).candidates
     assert texts(mine) == texts(cands)
     alone, _ = build("particle_filter", ScriptedGenerator(PF_SCRIPT), PF_TABLE)
-    assert [c.to_dict() for c in alone.search([problem(1)])[0]] == [c.to_dict() for c in other]  # done in 1 round
+    assert [c.to_dict() for c in alone.search(problem(1)).candidates] == [c.to_dict() for c in other]  # 1 round
 
 
 def test_particle_gibbs_keeps_a_reference_particle_between_sweeps():
     gen = ScriptedGenerator(PF_SCRIPT)
     search, _ = build("particle_filter", gen, PF_TABLE, pf_iterations=2)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert [c.meta["sweep"] for c in cands] == [0, 0, 1, 1]  # n = 4 in all: 2 particles per sweep
     sweep0, sweep1 = texts(cands[:2]), texts(cands[2:])
     assert any(t in sweep0 for t in sweep1)  # the reference survives into the second sweep
@@ -154,7 +155,7 @@ def test_particle_gibbs_keeps_a_reference_particle_between_sweeps():
     assert len(roots) == 2 and seeds[0] != seeds[1]  # the second sweep samples afresh (1 free particle)
     assert [params.n for call in gen.calls for p, params in call if p == "<P0>"] == [2, 1]
     with pytest.raises(UserError, match="--n >= 4"):
-        build("particle_filter", ScriptedGenerator(PF_SCRIPT), PF_TABLE, n=3, pf_iterations=2)[0].search([problem()])
+        build("particle_filter", ScriptedGenerator(PF_SCRIPT), PF_TABLE, n=3, pf_iterations=2)[0].search(problem())
 
 
 # ---- REBASE ----
@@ -178,7 +179,7 @@ def test_rebase_finished_nodes_use_up_width_and_the_rest_is_shared():
              "c1 \\boxed{5}": 0.95}
     gen = ScriptedGenerator(script)
     search, _ = build("rebase", gen, table, rebase_temperature=T2)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     # a3 finished: width 3 left for a1, a2, a4 (4 : 2 : 1): 1.71, .86, .43 -> 1, 0, 0 + 2 spare -> 2, 1, 0
     assert gen.prompts(1) == ["<P0>a2\n\n"] and gen.prompts(2) == ["<P0>a1\n\n"] and gen.calls[2][0][1].n == 2
     assert len(gen.calls) == 3
@@ -196,7 +197,7 @@ def test_budget_forcing_appends_wait_and_closes_at_the_budget():
               "<P0><think>abcWaitdefghWait" + "x" * 10 + "</think>" + FINAL_ANSWER: [" \\boxed{7}"]}
     gen = ScriptedGenerator(script)
     search, _ = build("budget_forcing", gen, n=1, thinking_delimiters=THINK, thinking_budget=20, wait=2)
-    ((cand,),) = search.search([problem()])
+    (cand,) = search.search(problem()).candidates
     # segments get the budget left: 20, then 20 - 4 (3 characters + the delimiter), then 16 - 6
     assert [call[0][1].max_new_tokens for call in gen.calls[:3]] == [20, 16, 10]
     assert all(call[0][1].stop == ("</think>",) for call in gen.calls[:3])
@@ -210,17 +211,17 @@ def test_budget_forcing_natural_end_min_thinking_and_a_prompt_that_opens_thinkin
     script = {"<P0><think>": ["abc</think>"], "<P0><think>abc</think>": ["\\boxed{1}"],
               "<P0><think>abcWait": ["de</think>"], "<P0><think>abcWaitde</think>": ["\\boxed{2}"]}
     plain, _ = build("budget_forcing", ScriptedGenerator(script), n=1, thinking_delimiters=THINK)
-    assert plain.search([problem()])[0][0].text == "<think>abc</think>\\boxed{1}"  # no "Wait" by default
+    assert plain.search(problem()).candidates[0].text == "<think>abc</think>\\boxed{1}"  # no "Wait" by default
     forced, _ = build("budget_forcing", ScriptedGenerator(script), n=1, thinking_delimiters=THINK, min_thinking=5)
-    (cand,) = forced.search([problem()])[0]
+    (cand,) = forced.search(problem()).candidates
     assert cand.text == "<think>abcWaitde</think>\\boxed{2}"  # 4 tokens < 5: Wait; then 7 >= 5: answer
     assert cand.meta == {"thinking_tokens": 7, "waits": 1, "forced_end": False}
     opened = problem()
     opened.prompt = "<P0><think>"
     search, _ = build("budget_forcing", ScriptedGenerator(script), n=1, thinking_delimiters=THINK)
-    assert search.search([opened])[0][0].text == "abc</think>\\boxed{1}"
+    assert search.search(opened).candidates[0].text == "abc</think>\\boxed{1}"
     with pytest.raises(UserError, match="thinking-delimiters"):
-        build("budget_forcing", ScriptedGenerator(script), n=1)[0].search([problem()])
+        build("budget_forcing", ScriptedGenerator(script), n=1)[0].search(problem())
 
 
 # ---- self-consistency ----
@@ -234,7 +235,7 @@ def test_beta_stopping_rule_by_hand():
 def sc_run(answers: list[int], **settings):
     gen = SeededGenerator({"<P0>": [f"so \\boxed{{{a}}}" for a in answers]})
     search, _ = build("self_consistency", gen, **settings)
-    return search.search([problem()])[0], gen
+    return search.search(problem()).candidates, gen
 
 
 def test_esc_stops_after_the_first_unanimous_window():
@@ -301,12 +302,12 @@ def test_deepconf_offline_keeps_the_top_eta_percent_weighted_by_confidence():
     traces = ["hhhh", "llll", "hhlh", "hlll"]  # scores (window 2): 5, 1, 3, 1
     gen = ConfidenceGenerator(traces)
     search, _ = build("deepconf", gen, deepconf_window=2, deepconf_eta=50, deepconf_top_k=3)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert gen.calls[0][0][1].top_logprobs == 3
     assert texts(cands) == ["hhhh", "hhlh"] and [c.step_scores for c in cands] == [[5.0], [3.0]]
     assert cands[0].meta == {"confidence": 5.0, "traces": 4, "mode": "offline", "kept": 2}
     eta_low, _ = build("deepconf", ConfidenceGenerator(traces), deepconf_window=2, deepconf_eta=10)
-    assert texts(eta_low.search([problem()])[0]) == ["hhhh"]  # 10% of 4, rounded up
+    assert texts(eta_low.search(problem()).candidates) == ["hhhh"]  # 10% of 4, rounded up
 
 
 def test_deepconf_online_threshold_from_the_warm_up_and_stops():
@@ -314,14 +315,15 @@ def test_deepconf_online_threshold_from_the_warm_up_and_stops():
     gen = ConfidenceGenerator(traces)
     search, _ = build("deepconf", gen, deepconf_mode="online", deepconf_warmup=2, deepconf_window=2,
                       deepconf_eta=50, deepconf_chunk=2)
-    (cands,) = search.search([problem()])
+    result = search.search(problem())
+    cands = result.candidates
     # trace 3 stops after its second chunk (window "ll"); trace 2 runs to the end (3 chunks + EOS); the
     # warm-up trace "llll" scores 1 < 3 and is not admitted (deepconf-online.py votes only warm-up traces >= it)
     assert texts(cands) == ["hhhh", "khhhhh"]
     assert [p for p, _ in gen.calls[2]] == ["<P0>kh", "<P0>hk"] and [p for p, _ in gen.calls[3]] == ["<P0>khhh"]
     assert cands[0].meta == {"confidence": 5.0, "traces": 4, "mode": "online", "threshold": 3.0, "stopped": 1,
                              "stopped_tokens": 4, "saved_tokens_est": 1, "dropped": 1, "kept": 2}
-    assert search.generated == [5 + 5 + 7 + 4] == [gen.usage.completion_tokens]
+    assert result.generated_tokens == 5 + 5 + 7 + 4 == gen.usage.completion_tokens
 
 
 # ---- Borda ----
@@ -350,12 +352,13 @@ def test_self_refine_chain_stops_when_the_feedback_says_correct():
               q + d1 + FEEDBACK + f1 + REFINE + d2 + FEEDBACK: [f2]}
     gen = ScriptedGenerator(script)
     search, _ = build("self_refine", gen, n=1, refine_steps=3)
-    ((cand,),) = search.search([problem()])
+    result = search.search(problem())
+    (cand,) = result.candidates
     assert cand.text == d2 and cand.meta == {"feedback_rounds": 2, "stopped_by": "feedback"}
     assert len(gen.calls) == 4 and cand.tokens == sum(len(t) + 1 for t in (d1, f1, d2, f2))
-    assert search.generated == [cand.tokens]
+    assert result.generated_tokens == cand.tokens
     capped, _ = build("self_refine", ScriptedGenerator(script), n=2, refine_steps=1)
-    cands = capped.search([problem()])[0]
+    cands = capped.search(problem()).candidates
     assert texts(cands) == [d2, d2] and cands[0].meta == {"feedback_rounds": 1, "stopped_by": "steps"}
 
 

@@ -362,11 +362,11 @@ def test_a_failed_problem_is_recorded_and_redone_without_stopping_the_others(tmp
 
     @register_method("fails_once_for_test")
     class FailsOnce(BestOfN):
-        def search(self, problems):
-            if problems[0].index == 1 and 1 not in _FailsOnce.failed:
+        def search(self, problem):
+            if problem.index == 1 and 1 not in _FailsOnce.failed:
                 _FailsOnce.failed.add(1)
                 raise GenerationError("server at 127.0.0.1:1 gave up\nafter 3 tries")
-            return super().search(problems)
+            return super().search(problem)
 
     config = RunConfig(method="fails_once_for_test", limit=3, max_new_tokens=8, work_dir=str(tmp_path), concurrency=3)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,12 @@ def method(name: str, script, table, tokens=None, **settings):
     return get_method(name)(config, gen, rm), gen, rm
 
 
+def grow(search, p: Problem):
+    """An MCTS search's iterations on problem `p`: its root, the finished nodes and rollout leaves, the tree."""
+    tree = search.tree(p)
+    return tree.root, search.grow(tree), tree
+
+
 def texts(candidates) -> list[str]:
     return [c.text for c in candidates]
 
@@ -110,8 +117,8 @@ def test_expand_stops_at_the_separator_and_marks_finished_paths():
     gen = ScriptedGenerator(script)
     base = RunConfig(max_new_tokens=20, temperature=1.0, stop=["STOP"])
     params = get_method("beam_search")(base, gen).sampling_params(0)
-    root = Node(0)
-    (kids,) = expand(gen, [p], [root], 5, params, separator=SEP)
+    root = Node()
+    (kids,) = expand(gen, p, [root], 5, params, separator=SEP)
     assert root.children == kids and [k.path for k in kids] == [(0,), (1,), (2,), (3,), (4,)]
     assert [k.text for k in kids] == ["s1\n\n", "ends by EOS", "has \\boxed{3}\n\n", "y" * 20, "abc"]
     assert [k.terminal for k in kids] == [False, True, True, True, True]
@@ -121,15 +128,15 @@ def test_expand_stops_at_the_separator_and_marks_finished_paths():
     assert prompt == p.prompt and sent.n == 5 and sent.stop == (SEP, "STOP") and sent.max_new_tokens == 20
     assert sent.seed == node_seed(p.seed, ())
     # the child continues with its own seed, within what is left of the token cap; depth cap ends it
-    (grand,) = expand(gen, [p], [kids[0]], 1, params, separator=SEP, max_steps=2)
+    (grand,) = expand(gen, p, [kids[0]], 1, params, separator=SEP, max_steps=2)
     assert gen.calls[1][0][0] == p.prompt + "s1\n\n"
     assert gen.calls[1][0][1].max_new_tokens == 17 and gen.calls[1][0][1].seed == node_seed(p.seed, (0,))
     assert grand[0].terminal and grand[0].depth == 2 and grand[0].text == "s1\n\n\\boxed{0}"
-    assert expand(gen, [p], [kids[1]], 2, params, separator=SEP) == [[]] and len(gen.calls) == 2
+    assert expand(gen, p, [kids[1]], 2, params, separator=SEP) == [[]] and len(gen.calls) == 2
 
 
 def test_rank_is_by_score_then_tree_position_and_unique_keeps_the_first():
-    a, b, c, d = (Node(0, path=(i,), step=s) for i, s in enumerate(["x", "y", "x ", "z"]))
+    a, b, c, d = (Node(path=(i,), step=s) for i, s in enumerate(["x", "y", "x ", "z"]))
     a.score, b.score, c.score, d.score = 0.5, 0.9, 0.5, math.nan
     assert rank([d, c, b, a]) == [b, a, c, d]
     assert unique(rank([d, c, b, a])) == [b, a, d]
@@ -150,7 +157,8 @@ BEAM_TABLE = {"a1": 0.9, "a2": 0.2, "a3": 0.8, "a4": 0.5, "b1 \\boxed{1}": 0.7, 
 
 def test_beam_search_keeps_exactly_the_top_beams():
     search, gen, rm = method("beam_search", BEAM_SCRIPT, BEAM_TABLE, beam_pool="best")
-    (cands,) = search.search([problem(0)])
+    result = search.search(problem(0))
+    cands = result.candidates
     assert gen.prompts(0) == ["<P0>"] and gen.calls[0][0][1].n == 4
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a3\n\n"]  # top 2 of 4 by score, each expanded 2 ways
     assert [p.n for _, p in gen.calls[1]] == [2, 2]
@@ -161,30 +169,30 @@ def test_beam_search_keeps_exactly_the_top_beams():
                             "a3\n\nb4 \\boxed{4}"]
     assert cands[0].step_scores == [0.9, 0.6, 0.95] and cands[1].step_scores == [0.9, 0.7]
     assert cands[0].tokens == 3 + 3 + 13 and all(c.finish_reason == "stop" for c in cands)
-    assert search.generated == [gen.usage.completion_tokens] == [80]  # every expansion, pruned ones too
+    assert result.generated_tokens == gen.usage.completion_tokens == 80  # every expansion, pruned ones too
 
 
-def test_beam_search_batches_problems_and_each_is_independent_of_the_batch():
+def test_beam_search_of_a_problem_is_independent_of_the_others():
     search, gen, rm = method("beam_search", BEAM_SCRIPT, BEAM_TABLE)
-    both = search.search([problem(1), problem(0)])
-    assert len(gen.calls) == 3 and len(rm.calls) == 3  # one call per round for both problems
-    assert gen.prompts(0) == ["<P1>", "<P0>"]
+    both = [search.search(problem(1)).candidates, search.search(problem(0)).candidates]
+    assert len(gen.calls) == 1 + 3 and len(rm.calls) == 1 + 3  # one call per round: P1 finishes in one
+    assert gen.prompts(0) == ["<P1>"] and gen.prompts(1) == ["<P0>"]
     assert texts(both[0]) == ["x \\boxed{7}"] * 4
     alone, gen_alone, _ = method("beam_search", BEAM_SCRIPT, BEAM_TABLE)
-    assert texts(alone.search([problem(0)])[0]) == texts(both[1])
+    assert texts(alone.search(problem(0)).candidates) == texts(both[1])
     # seeds come from the problem seed and the node's position in its tree
-    assert [p.seed for _, p in gen.calls[1]] == [node_seed(100, (0,)), node_seed(100, (2,))]
-    assert [p.seed for _, p in gen.calls[1]] == [p.seed for _, p in gen_alone.calls[1]]
+    assert [p.seed for _, p in gen.calls[2]] == [node_seed(100, (0,)), node_seed(100, (2,))]
+    assert [p.seed for _, p in gen.calls[2]] == [p.seed for _, p in gen_alone.calls[1]]
 
 
 def test_beam_search_filters_duplicates():
     script = {"<P0>": ["a1\n\n", "a1\n\n", "a3\n\n", "a4\n\n"]}
     table = {"a1": 0.9, "a3": 0.8, "a4": 0.5}
     plain, gen, _ = method("beam_search", script, table, beam_pool="best")
-    plain.search([problem()])
+    plain.search(problem())
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a1\n\n"]
     filtered, gen, _ = method("beam_search", script, table, filter_duplicates=True, beam_pool="best")
-    cands = filtered.search([problem()])[0]
+    cands = filtered.search(problem()).candidates
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a3\n\n"]
     assert len(set(texts(cands))) == len(cands) == 2  # a1 and a3 each end with the same default answer
 
@@ -193,7 +201,7 @@ def test_beam_search_lookahead_ranks_by_the_rollout():
     script = {"<P0>": ["a1\n\n", "a2\n\n", "a3\n\n", "a4\n\n"], "<P0>a4\n\n": ["great\n\n"]}
     table = {"a1": 0.9, "a2": 0.2, "a3": 0.8, "a4": 0.1, "great": 0.99}
     search, gen, _ = method("beam_search", script, table, lookahead=1, beam_pool="best")
-    search.search([problem()])
+    search.search(problem())
     # round 0, then one greedy step from each first step, then the kept beams: a4 (by its rollout) and a1
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a2\n\n", "<P0>a3\n\n", "<P0>a4\n\n"]
     assert all(p.temperature == 0 and p.n == 1 for _, p in gen.calls[1])
@@ -214,7 +222,7 @@ DVTS_TABLE = {"a1": 0.8, "a2": 0.7, "a3": 0.2, "a4": 0.1, "b1 \\boxed{1}": 0.5, 
 
 def test_dvts_subtrees_are_greedy_and_independent():
     search, gen, _ = method("dvts", DVTS_SCRIPT, DVTS_TABLE)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     # subtree 0 holds a1, a2; subtree 1 holds a3, a4: each continues its own best (beam search would take a1, a2)
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a3\n\n"]
     assert gen.prompts(2) == ["<P0>a3\n\nb3\n\n"] and len(gen.calls) == 3
@@ -222,7 +230,7 @@ def test_dvts_subtrees_are_greedy_and_independent():
                             "a3\n\nb3\n\nc2 \\boxed{8}"]
     # other scores in subtree 1 change nothing in subtree 0
     other, gen2, _ = method("dvts", DVTS_SCRIPT, {**DVTS_TABLE, "b4 \\boxed{4}": 0.95})
-    (cands2,) = other.search([problem()])
+    cands2 = other.search(problem()).candidates
     assert texts(cands2)[:2] == texts(cands)[:2] and gen2.calls[1] == gen.calls[1]
     assert texts(cands2)[2:] == ["a3\n\nb4 \\boxed{4}", "a3\n\nb3"] and len(gen2.calls) == 2
 
@@ -232,7 +240,7 @@ def test_dvts_lookahead_picks_each_subtree_best_by_its_rollout():
     # their own scores); subtree 1 keeps a3, whose rollout b3 (0.9) beats a4's (the default answer, 0.5).
     script = {**DVTS_SCRIPT, "<P0>a2\n\n": ["great\n\n"]}
     search, gen, _ = method("dvts", script, {**DVTS_TABLE, "great": 0.99}, lookahead=1)
-    search.search([problem()])
+    search.search(problem())
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a2\n\n", "<P0>a3\n\n", "<P0>a4\n\n"]  # one rollout each
     assert all(p.temperature == 0 and p.n == 1 for _, p in gen.calls[1])
     assert gen.prompts(2) == ["<P0>a2\n\n", "<P0>a3\n\n"]
@@ -249,9 +257,9 @@ MCTS_TABLE = {"a1": 0.8, "a2": 0.4, "b1 \\boxed{1}": 0.9, "b2": 0.5, "c1 \\boxed
 
 
 def test_backpropagation_updates_every_ancestor():
-    root = Node(0)
-    a = Node(0, parent=root, path=(0,))
-    b = Node(0, parent=a, path=(0, 0))
+    root = Node()
+    a = Node(parent=root, path=(0,))
+    b = Node(parent=a, path=(0, 0))
     root.children, a.children = [a], [b]
     b.backpropagate(0.7)
     a.backpropagate(0.1)
@@ -262,11 +270,11 @@ def test_backpropagation_updates_every_ancestor():
 @pytest.mark.parametrize(("c_puct", "expected"), [(1.0, 1), (0.1, 0)])
 def test_puct_picks_the_expected_child(c_puct, expected):
     search, _, _ = method("mcts", {}, {}, mcts_c_puct=c_puct)
-    root = Node(0)
+    root = Node()
     root.visits = 4
-    visited = Node(0, parent=root, path=(0,), prior=0.5)
+    visited = Node(parent=root, path=(0,), prior=0.5)
     visited.visits, visited.value_sum = 3, 1.8  # Q 0.6: 0.6 + c * 0.5 * 2 / 4
-    fresh = Node(0, parent=root, path=(1,), prior=0.5)
+    fresh = Node(parent=root, path=(1,), prior=0.5)
     fresh.score = 0.3  # Q 0.3 (its own evaluation): 0.3 + c * 0.5 * 2 / 1
     root.children = [visited, fresh]
     assert search.select(root) is root.children[expected]
@@ -274,7 +282,7 @@ def test_puct_picks_the_expected_child(c_puct, expected):
 
 def test_mcts_visits_add_up_and_values_are_backed_up():
     search, gen, rm = method("mcts", MCTS_SCRIPT, MCTS_TABLE, mcts_iterations=4)
-    (root,), _ = search.grow([problem()])
+    root, _, _ = grow(search, problem())
     a1, a2 = root.children
     b1, b2 = a1.children
     # 1: expand root (value mean(.8, .4)); 2: a1 by PUCT (mean(.9, .5)); 3: a2, less visited (mean(.3, .1));
@@ -298,7 +306,7 @@ def test_mcts_visits_add_up_and_values_are_backed_up():
 @pytest.mark.parametrize("select_by", ["visits", "value"])
 def test_mcts_answer_comes_first_and_every_finished_solution_is_kept(select_by):
     search, _, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE, mcts_iterations=4, mcts_select_by=select_by)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert texts(cands) == ["a1\n\nb1 \\boxed{1}", "a2\n\nc1 \\boxed{2}", "a2\n\nc2 \\boxed{3}"]
     assert cands[0].meta == {"chosen": True} and all(not c.meta for c in cands[1:])
 
@@ -309,7 +317,7 @@ def test_mcts_prior_by_score_follows_the_reward():
     # a2 0.4 + sqrt(2) * 1/3 = 0.87, so a1 is followed again (its finished child b1, prior 0.9 / 1.4,
     # is re-evaluated), and at iteration 4 too (1.19 vs 0.98): a2 is never expanded.
     search, gen, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE, mcts_iterations=4, mcts_prior="score")
-    (root,), _ = search.grow([problem()])
+    root, _, _ = grow(search, problem())
     a1, a2 = root.children
     b1, b2 = a1.children
     assert (a1.prior, a2.prior) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
@@ -322,19 +330,19 @@ def test_mcts_rollout_evaluates_by_the_finished_rollout():
     script = {**MCTS_SCRIPT, "<P0>a1\n\n": ["b2\n\nend \\boxed{5}"], "<P0>a2\n\n": ["c1 \\boxed{2}"]}
     table = {**MCTS_TABLE, "end \\boxed{5}": 0.05}
     search, gen, _ = method("mcts", script, table, mcts_iterations=1, mcts_rollout=True)
-    (root,), (found,) = search.grow([problem()])
+    root, found, tree = grow(search, problem())
     a1, a2 = root.children
     assert gen.prompts(1) == ["<P0>a1\n\n", "<P0>a2\n\n"] and gen.calls[1][0][1].stop == ()  # one call to the end
     assert a1.rollout.text == "a1\n\nb2\n\nend \\boxed{5}" and a1.score == 0.05 and a2.score == 0.3
-    assert search.generated == [gen.usage.completion_tokens]  # rollouts count
+    assert tree.generated == gen.usage.completion_tokens  # rollouts count
     assert root.value_sum == pytest.approx((0.05 + 0.3) / 2) and found == [a1.rollout, a2.rollout]
 
 
-def test_mcts_budget_of_tokens_and_batching():
+def test_mcts_budget_of_tokens():
     search, gen, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE, mcts_iterations=10, mcts_token_budget=5)
-    roots, _ = search.grow([problem(0), problem(1)])
+    roots = [grow(search, problem(0))[0], grow(search, problem(1))[0]]
     # the first expansion spends 3 + 3 (P0) and 2 * 10 (P1, default answers): both budgets are spent
-    assert len(gen.calls) == 1 and gen.prompts(0) == ["<P0>", "<P1>"]
+    assert len(gen.calls) == 2 and gen.prompts(0) == ["<P0>"] and gen.prompts(1) == ["<P1>"]
     assert [r.visits for r in roots] == [1, 1]
 
 
@@ -342,18 +350,18 @@ def test_beams_shrink_as_the_pool_fills():
     from inferencekit.search.tree import next_beams
 
     def node(path, score, terminal=False):
-        made = Node(0, path=path, terminal=terminal)
+        made = Node(path=path, terminal=terminal)
         made.score = score
         return made
 
     live = [node((i,), 0.1 * i) for i in range(6)]
-    pools: list[list[Node]] = [[]]
-    assert next_beams(pools, live, 4, 2, False) == [live[5], live[4]]  # N/M = 2 best live
-    pools = [[]]
+    pool: list[Node] = []
+    assert next_beams(pool, live, 4, 2, False) == [live[5], live[4]]  # N/M = 2 best live
+    pool = []
     done = [node((10 + i,), 1.0, terminal=True) for i in range(3)]
-    assert next_beams(pools, live + done, 4, 2, False) == [live[5]]  # 3 finished: 1 path missing, 1 beam
-    assert pools == [done]
-    assert next_beams(pools, [node((20,), 0.0, terminal=True), *live], 4, 2, False) == []  # N finished
+    assert next_beams(pool, live + done, 4, 2, False) == [live[5]]  # 3 finished: 1 path missing, 1 beam
+    assert pool == done
+    assert next_beams(pool, [node((20,), 0.0, terminal=True), *live], 4, 2, False) == []  # N finished
 
 
 # ---- token-level ----
@@ -368,7 +376,8 @@ TOKENS = {
 
 def test_token_beam_keeps_the_likeliest_paths():
     search, gen, _ = method("token_beam", {}, None, TOKENS)
-    (cands,) = search.search([problem()])
+    result = search.search(problem())
+    cands = result.candidates
     first = gen.calls[0][0][1]
     assert first.top_logprobs == 2 and first.max_new_tokens == 1 and first.temperature == 0 and first.n == 1
     assert gen.prompts(1) == ["<P0>a", "<P0>b"]
@@ -377,13 +386,13 @@ def test_token_beam_keeps_the_likeliest_paths():
     # the pool (both end at EOS next) ranked by log-probability per token
     assert texts(cands) == ["ay", "bx", "b"]
     assert [c.meta["logprob"] for c in cands] == [-0.3, -0.6, -0.8] and [c.tokens for c in cands] == [3, 3, 2]
-    assert search.generated == [5]  # one token computed per expanded path
+    assert result.generated_tokens == 5  # one token computed per expanded path
 
 
 def test_token_beam_reranks_by_the_reward_model_every_k_tokens():
     table = {"ax": 0.9, "ay": 0.1, "bx": 0.5}
     search, gen, rm = method("token_beam", {}, table, TOKENS, token_beam_chunk=2)
-    (cands,) = search.search([problem()])
+    cands = search.search(problem()).candidates
     assert rm.calls[0] == ["ax", "ay", "bx", "b"]  # after 2 tokens, not after 1
     assert gen.prompts(2) == ["<P0>ax", "<P0>bx"]  # the reward model's choice, not the likeliest
     assert texts(cands) == ["ax", "bx", "b"] and [c.step_scores for c in cands] == [[0.9], [0.5], [0.5]]
@@ -397,14 +406,14 @@ def test_expand_tokens_ends_paths_and_skips_partial_characters():
               "<P0>ST": [("OP", -0.1)]}
     gen = ScriptedGenerator({}, tokens=tokens)
     params = get_method("token_beam")(RunConfig(max_new_tokens=2, stop=["STOP"]), gen).sampling_params(0)
-    root = Node(0)
-    (kids,) = expand_tokens(gen, [p], [root], 5, params)
+    root = Node()
+    (kids,) = expand_tokens(gen, p, [root], 5, params)
     assert [k.text for k in kids] == ["ST", "", "\\boxed{2}", "z"]  # the partial character is skipped
     assert [k.terminal for k in kids] == [False, True, True, False]
     assert [k.path for k in kids] == [(0,), (2,), (3,), (4,)]
-    (grand,) = expand_tokens(gen, [p], [kids[0]], 5, params)
+    (grand,) = expand_tokens(gen, p, [kids[0]], 5, params)
     assert [(g.text, g.terminal, g.finish_reason) for g in grand] == [("", True, "stop")]  # the stop string is cut
-    (cap,) = expand_tokens(gen, [p], [kids[3]], 5, params)
+    (cap,) = expand_tokens(gen, p, [kids[3]], 5, params)
     assert [(g.terminal, g.finish_reason, g.tokens) for g in cap] == [(True, "stop", 2)]  # EOS at the cap
 
 
@@ -486,9 +495,10 @@ def test_same_seed_same_tree_whatever_the_batch(tiny_prm_dir):
         questions = ["What is 12 + 30?", "Tom has 3 apples and buys 4 more. How many apples has he?"]
         problems = [Problem(i, q, generator.chat_prompt([{"role": "user", "content": q}]), 7 + i)
                     for i, q in enumerate(questions)]
-        both = search.search(problems)
-        alone = search.search(problems[1:])
-        assert [c.to_dict() for c in alone[0]] == [c.to_dict() for c in both[1]]
+        with ThreadPoolExecutor(2) as pool:  # both at once: the engine batches their requests together
+            both = [result.candidates for result in pool.map(search.search, problems)]
+        alone = search.search(problems[1]).candidates
+        assert [c.to_dict() for c in alone] == [c.to_dict() for c in both[1]]
         assert len({c.text for c in both[0]}) > 1  # sampled, not four copies
     finally:
         generator.close()
@@ -496,10 +506,10 @@ def test_same_seed_same_tree_whatever_the_batch(tiny_prm_dir):
 
 def test_mcts_iterations_default_to_n():
     search, gen, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE)  # n = 4
-    (root,), _ = search.grow([problem()])
+    root, _, _ = grow(search, problem())
     assert search.config.mcts_iterations is None and root.visits == 4  # one visit per iteration
     fewer, _, _ = method("mcts", MCTS_SCRIPT, MCTS_TABLE, mcts_iterations=2)
-    (root,), _ = fewer.grow([problem()])
+    root, _, _ = grow(fewer, problem())
     assert root.visits == 2
 
 
@@ -523,7 +533,7 @@ def test_beam_width_is_the_children_of_each_expanded_node(name):
     tokens = {p.prompt: [("a", -0.1), ("b", -0.2), ("c", -0.3), ("d", -0.4)]}
     config = RunConfig(method=name, n=6, beam_width=3, max_new_tokens=1000, temperature=1.0)
     gen = ScriptedGenerator({p.prompt: ["step\n\n"]}, tokens=tokens)
-    get_method(name)(config, gen, TableRewardModel({})).search([p])
+    get_method(name)(config, gen, TableRewardModel({})).search(p)
     sent = [params for call in gen.calls for _, params in call]
     if name == "token_beam":
         assert sent and all(s.top_logprobs == 3 for s in sent)
@@ -531,3 +541,54 @@ def test_beam_width_is_the_children_of_each_expanded_node(name):
     first_round = 0 if name == "mcts" else 1  # beam_search and dvts sample N first steps, then grow M ways
     assert sent[first_round:] and all(s.n == 3 for s in sent[first_round:])
     assert name == "mcts" or sent[0].n == 6
+
+
+# ---- options declared by each method ----
+
+
+def test_every_method_option_is_a_run_config_key_and_a_run_flag():
+    from inferencekit.cli import build_parser
+    from inferencekit.search.base import METHODS
+
+    parser = build_parser()
+    given = vars(parser.parse_args(["run"]))
+    for _, method in METHODS.items():
+        for key, info in method.Options.model_fields.items():
+            assert RunConfig.model_fields[key].default == info.default
+            assert given[key] is None  # not given: the config file and the presets below still apply
+    args = parser.parse_args(["run", "--mcts-rollout", "--deepconf-eta", "50", "--beam-pool", "best"])
+    assert (args.mcts_rollout, args.deepconf_eta, args.beam_pool) == (True, 50.0, "best")
+    with pytest.raises(ValueError, match="Input should be 'reference' or 'best'"):
+        RunConfig(beam_pool="widest")
+
+
+def test_list_methods_shows_each_methods_options(capsys):
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "--mcts-c-puct: exploration constant (default 1.0)" in out and "--refine-steps" in out
+
+
+def test_options_declared_after_the_run_config_was_built_are_refused():
+    from inferencekit.search.base import METHODS, register_method
+    from inferencekit.search.options import MethodOptions
+    from inferencekit.search.sampling import BestOfN
+
+    class Late(MethodOptions):
+        late_k: int = 1
+
+    with pytest.raises(ValueError, match="declares options after the run config was built"):
+        @register_method("late_for_test")
+        class LateMethod(BestOfN):
+            Options = Late
+
+    assert "late_for_test" not in METHODS
+
+
+def test_bind_is_a_copy_with_other_models():
+    search, gen, rm = method("beam_search", BEAM_SCRIPT, BEAM_TABLE)
+    other_gen, other_rm = ScriptedGenerator(BEAM_SCRIPT), TableRewardModel(BEAM_TABLE)
+    bound = search.bind(other_gen, other_rm)
+    assert (bound.generator, bound.reward_model, bound.config) == (other_gen, other_rm, search.config)
+    assert (search.generator, search.reward_model) == (gen, rm)
+    assert texts(bound.search(problem(0)).candidates) == texts(search.search(problem(0)).candidates)
+    assert other_gen.calls == gen.calls

@@ -86,43 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, help="tree search: most steps in a path (default 40)")
     g.add_argument("--lookahead", type=int, help="beam_search/dvts: greedy steps ahead used for ranking")
     g.add_argument("--filter-duplicates", action="store_true", default=None, help="beam search: drop repeated paths")
-    g.add_argument("--beam-pool", help="beam_search: reference (default; search-and-learn's finished pool) | best")
-    g.add_argument("--mcts-iterations", type=int, help="mcts: iterations per problem (default n)")
-    g.add_argument("--mcts-c-puct", type=float, help="mcts: exploration constant (default 1.0)")
-    g.add_argument("--mcts-rollout", action="store_true", default=None, help="mcts: evaluate by rollout to the end")
-    g.add_argument("--mcts-select-by", help="mcts: visits (default) | value")
-    g.add_argument("--mcts-prior", help="mcts: uniform (default) | score")
-    g.add_argument("--mcts-token-budget", type=int, help="mcts: generated tokens per problem")
-    g.add_argument("--mcts-backup", help="mcts: mean (default; the new children's mean, one visit) | each")
-    g.add_argument("--token-beam-chunk", type=int, help="token_beam: reward re-rank every K tokens (default 16)")
-    g = run.add_argument_group("methods: particle_filter, rebase, budget_forcing, self_consistency, deepconf, "
-                               "self_refine")
-    g.add_argument("--pf-resampling", help="particle_filter: multinomial (default) | systematic")
-    g.add_argument("--pf-tempering", action="store_true", default=None,
-                   help="particle_filter: temper the weights when the effective sample size falls below N/2")
-    g.add_argument("--pf-iterations", type=int, help="particle_filter: particle Gibbs sweeps (default 1), n in all")
-    g.add_argument("--pf-reference-weight", help="particle Gibbs: final (default, its_hub) | prefix")
-    g.add_argument("--rebase-temperature", type=float, help="rebase: T in exp(reward / T) (default 0.2)")
-    g.add_argument("--rebase-widths", help="rebase: reference (default; ceil in score order) | largest_remainder")
-    g.add_argument("--thinking-budget", type=int, help="budget_forcing: most thinking tokens (default max-new-tokens)")
-    g.add_argument("--min-thinking", type=int, help='budget_forcing: append "Wait" while thinking is shorter')
-    g.add_argument("--wait", type=int, help='budget_forcing: most "Wait"s appended (default 0; unlimited with '
-                   "--min-thinking)")
-    g.add_argument("--thinking-delimiters", help='budget_forcing: "OPEN,CLOSE", e.g. "<think>,</think>" '
-                   "(default: the model preset's)")
-    g.add_argument("--sc-stop", help="self_consistency: esc (default) | adaptive | none")
-    g.add_argument("--esc-window", type=int, help="self_consistency: ESC window (default 5)")
-    g.add_argument("--esc-answer", help="self_consistency: window (default; the unanimous window's samples) | all")
-    g.add_argument("--sc-confidence", type=float, help="self_consistency: adaptive stopping threshold (default 0.95)")
-    g.add_argument("--deepconf-mode", help="deepconf: offline (default) | online")
-    g.add_argument("--deepconf-window", type=int, help="deepconf: tokens per confidence group (default 2048)")
-    g.add_argument("--deepconf-eta", type=float, help="deepconf: keep the top eta%% of traces (default 90)")
-    g.add_argument("--deepconf-warmup", type=int, help="deepconf online: warm-up traces (default 16)")
-    g.add_argument("--deepconf-top-k", type=int, help="deepconf: log-probabilities per token (default 20)")
-    g.add_argument("--deepconf-chunk", type=int, help="deepconf online: tokens between checks (default 64)")
-    g.add_argument("--deepconf-keep", help="deepconf offline: percentile (default; the reference's) | top")
-    g.add_argument("--deepconf-score", help="deepconf offline: lowest (default) | bottom10 | tail | mean")
-    g.add_argument("--refine-steps", type=int, help="self_refine: most feedback-and-revise rounds (default 2)")
+    from inferencekit.search.base import METHODS  # importing the search package registers every method
+    from inferencekit.search.options import add_method_flags
+
+    add_method_flags(run, dict(METHODS.items()))  # each method's own options (search/options.py)
     g = run.add_argument_group("generation")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
@@ -322,10 +289,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:16} {(load_preset('datasets', name) or {}).get('description', '')}")
     elif args.what == "methods":
         from inferencekit.search import get_method, method_names
+        from inferencekit.search.options import option_lines
 
         for name in method_names():
-            doc = first_line(get_method(name).__doc__ or "")
-            print(f"{name:16} {doc}")
+            method = get_method(name)
+            print(f"{name:16} {first_line(method.__doc__ or '')}")
+            for line in option_lines(method):
+                print(f"{'':18}{line}")
     elif args.what == "votes":
         from inferencekit.voting import needs_scores, vote_names
 

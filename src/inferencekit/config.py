@@ -18,6 +18,8 @@ from inferencekit import errors
 from inferencekit.errors import UserError
 from inferencekit.files import read_yaml_mapping
 from inferencekit.models.base import SamplingParams
+from inferencekit.search.base import METHODS  # importing the search package registers every method
+from inferencekit.search.options import MAX_SAMPLES, MAX_STEPS, MAX_TOKENS, MAX_WORKERS, options_classes
 
 # Keys that change neither generation nor grading: a resumed run may differ in these.
 RUNTIME_KEYS = ("limit", "work_dir", "data_dir", "batch_size", "concurrency", "grading_workers", "votes",
@@ -29,11 +31,6 @@ RUNTIME_MODEL_ARGS = ("base_url", "api_key", "n_threads", "max_batch_sequences",
 # Which layer a run setting given as its own flag belongs to (the rest are runtime arguments):
 GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")  # command-line generation arguments
 MODEL_ARG_KEYS = ("dtype", "device_map", "attn_implementation", "trust_remote_code")  # shortcuts of --model-arg
-# Upper bounds on sizes: far above any real use, low enough that a typo cannot write a 32 MB line per problem.
-MAX_SAMPLES = 4096  # n, beam width, traces per problem
-MAX_STEPS = 100_000  # search iterations and steps, retries of a method
-MAX_TOKENS = 1 << 20  # tokens per generation
-MAX_WORKERS = 4096  # problems in flight, batch size, processes and actors
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -44,8 +41,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-class RunConfig(BaseModel):
-    """Everything that defines a run. Unknown keys are errors."""
+class RunSettings(BaseModel):
+    """The settings of a run that no one method owns (`RunConfig` adds the methods' options)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -76,46 +73,8 @@ class RunConfig(BaseModel):
     max_steps: int = Field(40, ge=1, le=MAX_STEPS)  # most steps in a path (not token_beam)
     lookahead: int = Field(0, ge=0, le=MAX_STEPS)  # beam_search/dvts: rank by a greedy rollout this many steps further
     filter_duplicates: bool = False  # beam_search/token_beam: drop paths repeating another's text
-    # beam_search: reference (search-and-learn): N/M beams kept until max_steps, the first N finished returned
-    # (padded with copies); best: stop once N paths finished and return the N best-scored
-    beam_pool: Literal["reference", "best"] = "reference"
-    mcts_iterations: int | None = Field(None, ge=1, le=MAX_STEPS)  # default: n
-    mcts_c_puct: float = Field(1.0, ge=0)
-    mcts_rollout: bool = False  # evaluate new nodes by a greedy rollout to the end
-    mcts_select_by: Literal["visits", "value"] = "visits"
-    mcts_prior: Literal["uniform", "score"] = "uniform"
-    mcts_token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS * MAX_SAMPLES)  # generated tokens per problem
-    mcts_backup: Literal["mean", "each"] = "mean"  # mean of the new children once, or each child's value
-    token_beam_chunk: int = Field(16, ge=1, le=MAX_TOKENS)  # token_beam: re-rank by the reward model every K tokens
     box_match: Literal["last", "first", "any"] = "last"
     grader: Literal["inferencekit", "math-verify"] = "inferencekit"  # math-verify: plain math-verify grading
-    # ---- methods of issue 14: particle_filter, rebase, budget_forcing, self_consistency, deepconf, self_refine ----
-    pf_resampling: Literal["multinomial", "systematic"] = "multinomial"
-    pf_tempering: bool = False  # temper the weights when the effective sample size falls below N/2
-    pf_iterations: int = Field(1, ge=1, le=MAX_STEPS)  # particle Gibbs sweeps (1: plain particle filtering)
-    pf_reference_weight: Literal["final", "prefix"] = "final"  # particle Gibbs: the reference's weight (its_hub)
-    rebase_temperature: float = Field(0.2, gt=0)
-    rebase_widths: Literal["reference", "largest_remainder"] = "reference"  # how widths are rounded
-    # budget_forcing: most thinking tokens (default max_new_tokens)
-    thinking_budget: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    # budget_forcing: "Wait" while fewer thinking tokens than this
-    min_thinking: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    # budget_forcing: most "Wait"s (default: 0, or unlimited with min_thinking)
-    wait: int | None = Field(None, ge=0, le=MAX_STEPS)
-    thinking_delimiters: list[str] | None = None  # [open, close], e.g. ["<think>", "</think>"]; model presets set it
-    sc_stop: Literal["esc", "adaptive", "none"] = "esc"
-    esc_window: int = Field(5, ge=1, le=MAX_SAMPLES)
-    esc_answer: Literal["window", "all"] = "window"  # ESC: the unanimous window's samples are the candidates
-    sc_confidence: float = Field(0.95, gt=0, lt=1)  # adaptive consistency: stop when P(leader stays ahead) > this
-    deepconf_mode: Literal["offline", "online"] = "offline"
-    deepconf_window: int = Field(2048, ge=1, le=MAX_TOKENS)  # tokens per group (sliding window)
-    deepconf_eta: float = Field(90.0, gt=0, le=100)  # keep the top eta% of traces by confidence
-    deepconf_warmup: int = Field(16, ge=1, le=MAX_SAMPLES)  # online: traces that set the threshold
-    deepconf_top_k: int = Field(20, ge=1, le=MAX_SAMPLES)  # log-probabilities per token that make its confidence
-    deepconf_chunk: int = Field(64, ge=1, le=MAX_TOKENS)  # online: tokens generated between confidence checks
-    deepconf_keep: Literal["percentile", "top"] = "percentile"  # offline: scores >= the (100-eta)th percentile
-    deepconf_score: Literal["lowest", "bottom10", "tail", "mean"] = "lowest"  # a trace's score (offline)
-    refine_steps: int = Field(2, ge=0, le=MAX_STEPS)  # self_refine: most feedback-and-revise rounds
 
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -171,19 +130,18 @@ class RunConfig(BaseModel):
             raise ValueError("must contain {input}")
         return value
 
-    @field_validator("thinking_delimiters", mode="before")
-    @classmethod
-    def _two_delimiters(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",")]
-        if value is not None and (len(value) != 2 or not all(value)):
-            raise ValueError('must be two non-empty strings, open and close, e.g. "<think>,</think>"')
-        return value
-
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+
+
+class RunConfig(*reversed(options_classes(dict(METHODS.items()))), RunSettings):  # type: ignore[misc]
+    """Everything that defines a run: the run settings, and every method's options (flat keys, search/options.py).
+    Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
         """This run's generation settings for one request (`n` samples) with `seed`; `changes` override."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextvars
-import copy
 import itertools
 import logging
 import signal
 import sys
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -310,12 +309,16 @@ def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
     Any failure but the user's own mistake about the whole run (`UserError`) fails this problem only.
     """
     account = UsageAccount()
-    searching = _bound_method(method, account, problem.index)
+    generator, reward_model = method.generator, method.reward_model
+    searching = method.bind(None if generator is None else generator.bind(account, affinity=problem.index),
+                            None if reward_model is None else reward_model.bind(account))
     candidates: list[Candidate] = []
+    generated = 0  # every token the search generated, pruned branches included (SearchResult)
     error, too_long, cancelled = None, False, False
     with clock.share() as seconds:
         try:
-            (candidates,) = searching.search([problem])
+            result = searching.search(problem)
+            candidates, generated = result.candidates, result.generated_tokens
         except Cancelled:
             cancelled = True
         except GenerationError as exc:
@@ -325,8 +328,8 @@ def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
         except Exception as exc:  # noqa: BLE001 - an engine's or a method's failure on this problem
             log.warning("problem %d failed", problem.index, exc_info=True)  # the traceback goes to run.log
             error = f"{type(exc).__name__}: {one_line(exc)}"
-    # Tree searches count every generated token, pruned branches included; else the candidates' own.
-    generated = searching.generated_tokens(0, candidates)
+    if error is not None or cancelled:  # what the engine generated for it before the failure
+        generated = int(account.generator.completion_tokens)
     usage: dict[str, Any] = {"seconds": round(seconds.value, 4), "completion_tokens": generated}
     accounts = [("", account.generator)]
     if method.reward_model is not None:  # every reward model keeps a `usage` (RewardModel's contract)
@@ -336,17 +339,6 @@ def _solve(method, problem: Problem, clock: SharedClock) -> _Outcome:
         usage[f"{prefix}prompt_tokens"] = round(work.prompt_tokens, 2)
         usage[f"{prefix}computed_prompt_tokens"] = round(work.computed_prompt_tokens, 2)
     return _Outcome(candidates, usage, error, too_long, cancelled)
-
-
-def _bound_method(method: Any, account: UsageAccount, affinity: Hashable) -> Any:
-    """`method` searching with its generator bound to `account` and `affinity`, its reward model to `account`:
-    a shallow copy (the problems in flight share the engines, each counts its own work)."""
-    bound = copy.copy(method)
-    if method.generator is not None:
-        bound.generator = method.generator.bind(account, affinity)
-    if method.reward_model is not None:
-        bound.reward_model = method.reward_model.bind(account)
-    return bound
 
 
 def _record(sample: Sample, problem: Problem, cands: list[Candidate], usage: dict[str, Any], style: str) -> Record:

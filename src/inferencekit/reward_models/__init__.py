@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # the format modules register themselves on import
 from inferencekit.reward_models import (  # noqa: F401
+    concurrent,  # installs the batcher every shared reward model uses
     llm_judge,
     math_shepherd,
     orm,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -180,11 +180,15 @@ class RewardModel(ABC):
             for solution in sols
         ]
 
+    # Wraps a model in its batcher. `reward_models/concurrent.py` (imported by the `inferencekit.reward_models`
+    # package before any model is built) installs `SharedRewardModel` here: this module does not import it.
+    batcher: ClassVar[Callable[[RewardModel], RewardModel] | None] = None
+
     def shared(self) -> RewardModel:
         """This model's one batcher (`SharedRewardModel`): concurrent callers' requests scored together."""
-        from inferencekit.reward_models.concurrent import SharedRewardModel
-
-        return self.__dict__.setdefault("_shared", SharedRewardModel(self))  # atomic: one batcher per model
+        if RewardModel.batcher is None:  # only `reward_models.base` was imported
+            raise RuntimeError("import inferencekit.reward_models before sharing a reward model")
+        return self.__dict__.setdefault("_shared", RewardModel.batcher(self))  # atomic: one batcher per model
 
     def bind(self, account: UsageAccount | None) -> RewardModel:
         """A view (through `shared()`) whose calls' work is also counted in `account.reward_model`."""

@@ -93,6 +93,9 @@ class SharedRewardModel(RewardModel):
         return results  # type: ignore[return-value]
 
 
+RewardModel.batcher = SharedRewardModel  # see `RewardModel.batcher`
+
+
 def _share(work: Usage, parts: list[tuple[UsageAccount | None, int]]) -> None:
     """Split one call's work among its callers' accounts in proportion to their items."""
     total = sum(n for _, n in parts) or 1

@@ -1,18 +1,20 @@
-"""Search methods, one per module, registered by name."""
+"""Search methods, one per module, registered by name: every module of this package is imported here, so a
+method's `@register_method` and its options class are all it takes to run it."""
 
-from inferencekit.search import (  # noqa: F401  (register methods)
-    beam_search,
-    budget_forcing,
-    deepconf,
-    dvts,
-    mcts,
-    particle_filter,
-    rebase,
-    sampling,
-    self_consistency,
-    self_refine,
-    token_beam,
+import importlib
+import pkgutil
+
+from inferencekit.search.base import (
+    Candidate,
+    Problem,
+    SearchMethod,
+    SearchResult,
+    get_method,
+    method_names,
+    register_method,
 )
-from inferencekit.search.base import Candidate, Problem, SearchMethod, get_method, method_names, register_method
 
-__all__ = ["Candidate", "Problem", "SearchMethod", "get_method", "method_names", "register_method"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["Candidate", "Problem", "SearchMethod", "SearchResult", "get_method", "method_names", "register_method"]

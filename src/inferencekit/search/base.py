@@ -1,8 +1,9 @@
-"""What every search method shares: the problem it is given, the candidates it returns, a registry."""
+"""What every search method shares: the problem it is given, the result it returns, a registry."""
 
 from __future__ import annotations
 
-import threading
+import copy
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from inferencekit.models.base import Generator, SamplingParams
 from inferencekit.registry import Registry
+from inferencekit.search.options import MethodOptions
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -46,12 +48,34 @@ class Candidate:
         return data
 
 
+@dataclass
+class SearchResult:
+    """What one problem's search gives: its candidates, and every token it generated for them.
+
+    `generated_tokens` counts pruned branches, rollouts, discarded traces and critique rounds too (shared
+    prefixes once); left out, it is the candidates' own tokens. The runner records it as the problem's
+    completion tokens.
+    """
+
+    candidates: list[Candidate]
+    generated_tokens: int = -1  # -1: the sum of the candidates' tokens
+
+    def __post_init__(self) -> None:
+        if self.generated_tokens < 0:
+            self.generated_tokens = sum(c.tokens for c in self.candidates)
+
+
 class SearchMethod(ABC):
-    """Turns a batch of problems into candidates, calling the generator (and reward model) in batches."""
+    """Searches one problem for candidates, calling the generator (and reward model).
+
+    The runner searches many problems at once, each in its own thread: per-search state belongs in local
+    variables, never on `self`. `bind` gives a copy that calls other models (e.g. bound to one problem's account).
+    """
 
     name: str = "search"
     needs_reward_model: bool = False
     provides_scores: bool = False  # its candidates carry their own step scores (e.g. deepconf's confidence)
+    Options: type[MethodOptions] = MethodOptions  # the method's own settings (search/options.py)
 
     @classmethod
     def check(cls, config: RunConfig) -> None:
@@ -63,41 +87,23 @@ class SearchMethod(ABC):
         self.config = config
         self.generator = generator
         self.reward_model = reward_model
-        self._local = threading.local()
         # how the dataset's answers are read (grouping samples by answer): the runner sets the loaded
         # dataset's style; by default the one its name or preset gives
         self.answer_style: str = dataset_style(config.dataset)
 
-    @property
-    def generated(self) -> list[int]:
-        """Tokens generated per problem by the last `search` in this thread, where the candidates do not show them.
-
-        A method whose work is not all in its candidates' `tokens` (pruned branches, rollouts, discarded
-        traces, critique rounds) sets it to one count per problem; empty (the default) means the
-        candidates' tokens are the whole count. It is kept per thread, so concurrent searches (the
-        runner's problems in flight) count apart. The runner records it as the problem's completion tokens.
-        """
-        return getattr(self._local, "generated", [])
-
-    @generated.setter
-    def generated(self, value: list[int]) -> None:
-        self._local.generated = value
-
-    def generated_tokens(self, index: int, candidates: list[Candidate]) -> int:
-        """Tokens generated for problem `index` of the last search in this thread (see `generated`)."""
-        counts = self.generated
-        return counts[index] if counts else sum(c.tokens for c in candidates)
+    def bind(self, generator: Generator, reward_model: Any = None) -> SearchMethod:
+        """A shallow copy of this method that calls `generator` and `reward_model` (e.g. bound to one problem's
+        usage account); the settings are shared."""
+        bound = copy.copy(self)
+        bound.generator, bound.reward_model = generator, reward_model
+        return bound
 
     def sampling_params(self, seed: int, **changes: Any) -> SamplingParams:
         return self.config.sampling_params(seed, **changes)
 
     @abstractmethod
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
-        """Candidates for each problem, in problem order.
-
-        Called from many threads at once (the runner keeps several problems in flight, each searched
-        on its own): per-search state belongs in local variables, or per thread like `TreeSearch.generated`.
-        """
+    def search(self, problem: Problem) -> SearchResult:
+        """The candidates of one problem and the tokens generated for them."""
 
 
 def dataset_style(name: str) -> str:
@@ -121,6 +127,11 @@ def register_method(name: str) -> Callable[[type[SearchMethod]], type[SearchMeth
 
     def wrap(cls: type[SearchMethod]) -> type[SearchMethod]:
         cls.name = name
+        config = sys.modules.get("inferencekit.config")
+        run_config = getattr(config, "RunConfig", None)  # built already: it can no longer take new options
+        if run_config is not None and not set(cls.Options.model_fields) <= set(run_config.model_fields):
+            raise ValueError(f"method {name!r} declares options after the run config was built: put its module in "
+                             "inferencekit/search/ (imported with the package)")
         return METHODS.add(name, cls)
 
     return wrap

@@ -15,8 +15,13 @@ steps further) and `filter_duplicates` (drop paths whose text repeats another's)
 
 from __future__ import annotations
 
-from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, group, next_beams, rank, top, unique
+from typing import Literal
+
+from pydantic import Field
+
+from inferencekit.search.base import Problem, SearchResult, register_method
+from inferencekit.search.options import MethodOptions
+from inferencekit.search.tree import Node, TreeSearch, next_beams, rank, top, unique
 
 
 def padded_widths(k: int, n: int) -> list[int]:
@@ -29,51 +34,45 @@ def interleave(kids: list[list[Node]]) -> list[Node]:
     return [row[j] for j in range(max(map(len, kids), default=0)) for row in kids if j < len(row)]
 
 
+class Options(MethodOptions):
+    beam_pool: Literal["reference", "best"] = Field(
+        "reference", description="reference (default; search-and-learn's finished pool) | best")
+
+
 @register_method("beam_search")
 class BeamSearch(TreeSearch):
     """Step-level beam search: keep the best N/M partial solutions by reward, grow them to N next steps."""
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+    Options = Options
+
+    def search(self, problem: Problem) -> SearchResult:
         n = self.config.n
         m = min(self.config.beam_width, n)
-        roots = self.roots(problems)
-        pools: list[list[Node]] = [[] for _ in problems]
-        frontier = [kid for kids in self.expand(problems, roots, n) for kid in kids]
+        tree = self.tree(problem)
+        pool: list[Node] = []
+        (frontier,) = tree.expand([tree.root], n)
         reference = self.config.beam_pool == "reference"
         while frontier:
-            self.score(problems, frontier)
-            self.lookahead(problems, frontier)
+            tree.score(frontier)
+            tree.lookahead(frontier)
             if reference:
-                beams = self.keep_reference(pools, frontier, n, m)
-                widths = [w for beams_i in group(beams, len(problems)) for w in padded_widths(len(beams_i), n)]
+                beams = self.keep_reference(pool, frontier, n, m)
+                widths = padded_widths(len(beams), n)
             else:
-                beams = next_beams(pools, frontier, n, m, self.config.filter_duplicates)
-                # N next steps while a problem keeps all N/M paths; M each once its pool limits them
-                widths = [w for b in group(beams, len(problems)) for w in
-                          (padded_widths(len(b), n) if len(b) == max(1, n // m) else [m] * len(b))]
-            grown = self.expand_each(problems, beams, widths)
-            frontier = [kid for kids in group_rows(beams, grown, len(problems)) for kid in interleave(kids)]
+                beams = next_beams(pool, frontier, n, m, self.config.filter_duplicates)
+                # N next steps while all N/M paths are kept; M each once the pool limits them
+                widths = padded_widths(len(beams), n) if len(beams) == max(1, n // m) else [m] * len(beams)
+            frontier = interleave(tree.expand_each(beams, widths))
         if reference:
-            return [[self.to_candidate(pool[j % len(pool)]) for j in range(n)] if pool else [] for pool in pools]
-        finished = [unique(rank(pool)) if self.config.filter_duplicates else pool for pool in pools]
-        return [[self.to_candidate(node) for node in top(pool, n)] for pool in finished]
+            return tree.result([pool[j % len(pool)] for j in range(n)] if pool else [])
+        finished = unique(rank(pool)) if self.config.filter_duplicates else pool
+        return tree.result(top(finished, n))
 
-    def keep_reference(self, pools: list[list[Node]], frontier: list[Node], n: int, m: int) -> list[Node]:
-        """Finished nodes join their pool in order; the best N/M live ones are kept, in their order in the round."""
-        beams: list[Node] = []
-        for pool, nodes in zip(pools, group(frontier, len(pools)), strict=True):
-            pool += [node for node in nodes if node.terminal]
-            live = [node for node in nodes if not node.terminal]
-            if self.config.filter_duplicates:
-                live = unique(live)
-            best = {id(node) for node in rank(live)[: max(1, n // m)]}
-            beams += [node for node in live if id(node) in best]
-        return beams
-
-
-def group_rows(nodes: list[Node], rows: list[list[Node]], n_problems: int) -> list[list[list[Node]]]:
-    """`rows` (one per node) split by the nodes' problem."""
-    out: list[list[list[Node]]] = [[] for _ in range(n_problems)]
-    for node, row in zip(nodes, rows, strict=True):
-        out[node.problem].append(row)
-    return out
+    def keep_reference(self, pool: list[Node], frontier: list[Node], n: int, m: int) -> list[Node]:
+        """Finished nodes join the pool in order; the best N/M live ones are kept, in their order in the round."""
+        pool += [node for node in frontier if node.terminal]
+        live = [node for node in frontier if not node.terminal]
+        if self.config.filter_duplicates:
+            live = unique(live)
+        best = {id(node) for node in rank(live)[: max(1, n // m)]}
+        return [node for node in live if id(node) in best]

@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from inferencekit.errors import UserError
-from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
+from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult, register_method
+from inferencekit.search.options import MAX_STEPS, MAX_TOKENS, MethodOptions
 from inferencekit.search.samples import score_if_asked
 from inferencekit.search.tree import node_seed
 
@@ -32,9 +36,29 @@ WAIT = "Wait"
 FINAL_ANSWER = "\n\nFinal Answer:"
 
 
+class Options(MethodOptions):
+    thinking_budget: int | None = Field(None, ge=1, le=MAX_TOKENS,
+                                        description="most thinking tokens (default max-new-tokens)")
+    min_thinking: int | None = Field(None, ge=1, le=MAX_TOKENS,
+                                     description='append "Wait" while thinking is shorter')
+    wait: int | None = Field(None, ge=0, le=MAX_STEPS,
+                             description='most "Wait"s appended (default 0; unlimited with --min-thinking)')
+    # [open, close], e.g. ["<think>", "</think>"]; model presets set it
+    thinking_delimiters: list[str] | None = Field(
+        None, description='"OPEN,CLOSE", e.g. "<think>,</think>" (default: the model preset\'s)')
+
+    @field_validator("thinking_delimiters", mode="before")
+    @classmethod
+    def _two_delimiters(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if value is not None and (len(value) != 2 or not all(value)):
+            raise ValueError('must be two non-empty strings, open and close, e.g. "<think>,</think>"')
+        return value
+
+
 @dataclass
 class Chain:
-    problem: int
     index: int
     head: str  # the prompt plus the open delimiter
     opened: str  # the open delimiter when this method appended it, else ""
@@ -50,24 +74,23 @@ class Chain:
 class BudgetForcing(SearchMethod):
     """s1 budget forcing: cap the thinking at a token budget; suppress an early end with "Wait"."""
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+    Options = Options
+
+    def search(self, problem: Problem) -> SearchResult:
         c = self.config
         if not c.thinking_delimiters:
             raise UserError('budget_forcing needs the model\'s thinking delimiters: the model preset names none; '
                             'give --thinking-delimiters "<think>,</think>"')
         open_, close = c.thinking_delimiters
         max_waits = c.wait if c.wait is not None else (math.inf if c.min_thinking else 0)
-        chains = []
-        for i, p in enumerate(problems):
-            opened = "" if p.prompt.rstrip().endswith(open_) else open_
-            chains += [Chain(i, j, p.prompt + opened, opened, c.thinking_budget or c.max_new_tokens)
-                       for j in range(c.n)]
+        opened = "" if problem.prompt.rstrip().endswith(open_) else open_
+        chains = [Chain(j, problem.prompt + opened, opened, c.thinking_budget or c.max_new_tokens) for j in range(c.n)]
         live = chains
         while live:
             outs = self.generator.generate(
                 [ch.head + ch.thinking for ch in live],
-                [self.sampling_params(self.seed(problems, ch, ch.segments), n=1, max_new_tokens=ch.remaining,
-                                      stop=(close, *c.stop)) for ch in live])
+                [self.sampling_params(node_seed(problem.seed, (ch.index, ch.segments)), n=1,
+                                      max_new_tokens=ch.remaining, stop=(close, *c.stop)) for ch in live])
             going = []
             for ch, (out,) in zip(live, outs, strict=True):
                 ch.thinking += out.text
@@ -83,16 +106,11 @@ class BudgetForcing(SearchMethod):
             live = going
         tails = [close + (FINAL_ANSWER if ch.forced else "") for ch in chains]
         outs = self.generator.generate([ch.head + ch.thinking + tail for ch, tail in zip(chains, tails, strict=True)],
-                                       [self.sampling_params(self.seed(problems, ch, -1), n=1) for ch in chains])
-        cands: list[list[Candidate]] = [[] for _ in problems]
-        for ch, tail, (out,) in zip(chains, tails, outs, strict=True):
-            cands[ch.problem].append(Candidate(
-                text=ch.opened + ch.thinking + tail + out.text, tokens=ch.thought + out.tokens,
-                finish_reason=out.finish_reason,
-                meta={"thinking_tokens": ch.thought, "waits": ch.waits, "forced_end": ch.forced}))
-        score_if_asked(self.reward_model, problems, cands)
-        return cands
-
-    @staticmethod
-    def seed(problems: list[Problem], chain: Chain, segment: int) -> int:
-        return node_seed(problems[chain.problem].seed, (chain.index, segment))
+                                       [self.sampling_params(node_seed(problem.seed, (ch.index, -1)), n=1)
+                                        for ch in chains])
+        cands = [Candidate(text=ch.opened + ch.thinking + tail + out.text, tokens=ch.thought + out.tokens,
+                           finish_reason=out.finish_reason,
+                           meta={"thinking_tokens": ch.thought, "waits": ch.waits, "forced_end": ch.forced})
+                 for ch, tail, (out,) in zip(chains, tails, outs, strict=True)]
+        score_if_asked(self.reward_model, problem, cands)
+        return SearchResult(cands)

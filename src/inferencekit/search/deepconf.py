@@ -28,12 +28,16 @@ Needs top-k log-probabilities: all three backends return them (OpenAI's own API 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from inferencekit.errors import UserError, unknown
-from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
+from inferencekit.models.base import SamplingParams
+from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult, register_method
+from inferencekit.search.options import MAX_SAMPLES, MAX_TOKENS, MethodOptions
 from inferencekit.search.samples import score_if_asked
 from inferencekit.search.tree import Node, expand_chunk, node_seed
 
@@ -86,11 +90,34 @@ def first_drop(confs: list[float], window: int, threshold: float, start: int) ->
     return None
 
 
+class Options(MethodOptions):
+    deepconf_mode: Literal["offline", "online"] = Field("offline", description="offline (default) | online")
+    deepconf_window: int = Field(2048, ge=1, le=MAX_TOKENS, description="tokens per confidence group (default 2048)")
+    deepconf_eta: float = Field(90.0, gt=0, le=100, description="keep the top eta% of traces (default 90)")
+    deepconf_warmup: int = Field(16, ge=1, le=MAX_SAMPLES, description="online: warm-up traces (default 16)")
+    deepconf_top_k: int = Field(20, ge=1, le=MAX_SAMPLES, description="log-probabilities per token (default 20)")
+    deepconf_chunk: int = Field(64, ge=1, le=MAX_TOKENS, description="online: tokens between checks (default 64)")
+    deepconf_keep: Literal["percentile", "top"] = Field(
+        "percentile", description="offline: percentile (default; the reference's) | top")
+    deepconf_score: Literal["lowest", "bottom10", "tail", "mean"] = Field(
+        "lowest", description="offline: lowest (default) | bottom10 | tail | mean")
+
+
+@dataclass
+class Traces:
+    """One problem's traces so far: (candidate, score) pairs kept, what they cost, and the run's statistics."""
+
+    kept: list[tuple[Candidate, float]]
+    stats: dict[str, Any]
+    generated: int = 0
+
+
 @register_method("deepconf")
 class DeepConf(SearchMethod):
     """DeepConf: score traces by their lowest windowed token confidence; keep the confident ones and vote."""
 
     provides_scores = True
+    Options = Options
 
     @classmethod
     def check(cls, config: RunConfig) -> None:
@@ -98,33 +125,30 @@ class DeepConf(SearchMethod):
             raise UserError(f"--deepconf-score {config.deepconf_score} applies offline; online mode stops traces by "
                             "their lowest group confidence (use --deepconf-score lowest)")
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+    def search(self, problem: Problem) -> SearchResult:
         c = self.config
         warm = c.n if c.deepconf_mode == "offline" else min(c.n, c.deepconf_warmup)
         params = self.sampling_params(0, n=1, top_logprobs=c.deepconf_top_k)
-        asks = [(i, j) for i in range(len(problems)) for j in range(warm)]
-        outs = self.generator.generate([problems[i].prompt for i, _ in asks],
-                                       [params.replace(seed=node_seed(problems[i].seed, (j,))) for i, j in asks])
-        traces: list[list[tuple[Candidate, float]]] = [[] for _ in problems]
-        for (i, _), (out,) in zip(asks, outs, strict=True):
+        outs = self.generator.generate([problem.prompt] * warm,
+                                       [params.replace(seed=node_seed(problem.seed, (j,))) for j in range(warm)])
+        traces = Traces([], {"traces": c.n, "mode": c.deepconf_mode})
+        for (out,) in outs:
             cand = Candidate(text=out.text, tokens=out.tokens, finish_reason=out.finish_reason)
-            traces[i].append((cand, trace_score(token_confidences(out.top_logprobs), c.deepconf_window,
-                                                c.deepconf_score)))
-        self.generated = [sum(cand.tokens for cand, _ in ts) for ts in traces]
-        stats = [{"traces": c.n, "mode": c.deepconf_mode} for _ in problems]
+            traces.kept.append((cand, trace_score(token_confidences(out.top_logprobs), c.deepconf_window,
+                                                  c.deepconf_score)))
+        traces.generated = sum(cand.tokens for cand, _ in traces.kept)
         if warm < c.n:
-            self.online(problems, traces, stats, params)
-        kept = [self.keep(ts) if c.deepconf_mode == "offline" else ts for ts in traces]
-        cands = [[cand for cand, _ in ts] for ts in kept]
-        for ts, st in zip(kept, stats, strict=True):
-            for cand, conf in ts:
-                cand.meta["confidence"] = round(conf, 6)
-                if self.reward_model is None:
-                    cand.step_scores = [conf]
-            if ts:
-                ts[0][0].meta.update(st, kept=len(ts))
-        score_if_asked(self.reward_model, problems, cands)
-        return cands
+            self.online(problem, traces, params)
+        kept = self.keep(traces.kept) if c.deepconf_mode == "offline" else traces.kept
+        for cand, conf in kept:
+            cand.meta["confidence"] = round(conf, 6)
+            if self.reward_model is None:
+                cand.step_scores = [conf]
+        if kept:
+            kept[0][0].meta.update(traces.stats, kept=len(kept))
+        cands = [cand for cand, _ in kept]
+        score_if_asked(self.reward_model, problem, cands)
+        return SearchResult(cands, traces.generated)
 
     def keep(self, traces: list[tuple[Candidate, float]]) -> list[tuple[Candidate, float]]:
         """The kept traces (`deepconf_keep`; at least one), best first; ties in sample order."""
@@ -136,35 +160,34 @@ class DeepConf(SearchMethod):
         k = max(1, math.ceil(len(traces) * self.config.deepconf_eta / 100 - 1e-9))
         return ranked[:k]
 
-    def online(self, problems: list[Problem], traces, stats, params) -> None:
+    def online(self, problem: Problem, traces: Traces, params: SamplingParams) -> None:
         """Generate the traces after the warm-up in chunks, stopping those whose confidence drops."""
         c = self.config
-        threshold = [float(np.percentile([s for _, s in ts if not math.isnan(s)] or [math.inf], 100 - c.deepconf_eta))
-                     for ts in traces]
-        warm_len = [sum(cand.tokens for cand, _ in ts) / len(ts) for ts in traces]
-        nodes = [Node(i, path=(j,)) for i in range(len(problems)) for j in range(len(traces[i]), c.n)]
+        threshold = float(np.percentile([s for _, s in traces.kept if not math.isnan(s)] or [math.inf],
+                                        100 - c.deepconf_eta))
+        warm_len = sum(cand.tokens for cand, _ in traces.kept) / len(traces.kept)
+        nodes = [Node(path=(j,)) for j in range(len(traces.kept), c.n)]
         confs: dict[int, list[float]] = {id(x): [] for x in nodes}
-        for i, (st, s) in enumerate(zip(stats, threshold, strict=True)):
-            st.update(threshold=round(s, 6), stopped=0, stopped_tokens=0, saved_tokens_est=0)
-            admitted = [t for t in traces[i] if t[1] >= s]  # the reference admits warm-up traces >= the threshold
-            st["dropped"] = len(traces[i]) - len(admitted)
-            traces[i][:] = admitted
+        st = traces.stats
+        st.update(threshold=round(threshold, 6), stopped=0, stopped_tokens=0, saved_tokens_est=0)
+        admitted = [t for t in traces.kept if t[1] >= threshold]  # the reference admits warm-up traces >= it
+        st["dropped"] = len(traces.kept) - len(admitted)
+        traces.kept[:] = admitted
         while nodes:
             going = []
-            for node, step in zip(nodes, expand_chunk(self.generator, problems, nodes, params, c.deepconf_chunk),
+            for node, step in zip(nodes, expand_chunk(self.generator, problem, nodes, params, c.deepconf_chunk),
                                   strict=True):
                 child, out = step
                 seen = confs.pop(id(node))
                 conf = seen + token_confidences(out.top_logprobs)
-                self.generated[node.problem] += out.tokens
-                st = stats[node.problem]
-                if first_drop(conf, c.deepconf_window, threshold[node.problem], len(seen)) is not None:
+                traces.generated += out.tokens
+                if first_drop(conf, c.deepconf_window, threshold, len(seen)) is not None:
                     st["stopped"] += 1
                     st["stopped_tokens"] += child.tokens
-                    st["saved_tokens_est"] += round(max(0.0, warm_len[node.problem] - child.tokens))
-                elif child.terminal and (score := trace_score(conf, c.deepconf_window)) >= threshold[node.problem]:
+                    st["saved_tokens_est"] += round(max(0.0, warm_len - child.tokens))
+                elif child.terminal and (score := trace_score(conf, c.deepconf_window)) >= threshold:
                     cand = Candidate(text=child.text, tokens=child.tokens, finish_reason=child.finish_reason)
-                    traces[node.problem].append((cand, score))
+                    traces.kept.append((cand, score))
                 elif child.terminal:  # under the threshold as a whole (e.g. shorter than the window): dropped
                     st["dropped"] += 1
                 else:

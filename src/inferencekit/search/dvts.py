@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from inferencekit.search.base import Candidate, Problem, register_method
+from inferencekit.search.base import Problem, SearchResult, register_method
 from inferencekit.search.tree import TreeSearch, rank, require_multiple
 
 if TYPE_CHECKING:
@@ -27,23 +27,19 @@ class DVTS(TreeSearch):
     def check(cls, config: RunConfig) -> None:
         require_multiple(config.n, config.beam_width, "dvts deals the N first steps out M to a subtree")
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+    def search(self, problem: Problem) -> SearchResult:
         m = min(self.config.beam_width, self.config.n)
         subtrees = self.config.n // m
-        roots = self.roots(problems)
-        groups = [kids[s * m : (s + 1) * m] for kids in self.expand(problems, roots, subtrees * m)
-                  for s in range(subtrees)]
+        tree = self.tree(problem)
+        (first,) = tree.expand([tree.root], subtrees * m)
+        groups = [first[s * m : (s + 1) * m] for s in range(subtrees)]
         live = [g for g, kids in enumerate(groups) if kids]
         while live:
             nodes = [node for g in live for node in groups[g]]
-            self.score(problems, nodes)
-            self.lookahead(problems, nodes)
+            tree.score(nodes)
+            tree.lookahead(nodes)
             best = {g: rank(groups[g])[0] for g in live}
             live = [g for g in live if not best[g].terminal]
-            for g, kids in zip(live, self.expand(problems, [best[g] for g in live], m), strict=True):
+            for g, kids in zip(live, tree.expand([best[g] for g in live], m), strict=True):
                 groups[g] = kids
-        out: list[list[Candidate]] = [[] for _ in problems]
-        for kids in groups:
-            if kids:
-                out[kids[0].problem] += [self.to_candidate(node) for node in rank(kids)]
-        return out
+        return tree.result(node for kids in groups for node in rank(kids))

@@ -20,48 +20,64 @@ Every finished node and rollout is a candidate, for voting; the chosen one comes
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, rank
+from pydantic import Field
+
+from inferencekit.search.base import Candidate, Problem, SearchResult, register_method
+from inferencekit.search.options import MAX_SAMPLES, MAX_STEPS, MAX_TOKENS, MethodOptions
+from inferencekit.search.tree import Node, Tree, TreeSearch, rank
+
+
+class Options(MethodOptions):
+    mcts_iterations: int | None = Field(None, ge=1, le=MAX_STEPS, description="iterations per problem (default n)")
+    mcts_c_puct: float = Field(1.0, ge=0, description="exploration constant (default 1.0)")
+    mcts_rollout: bool = Field(False, description="evaluate by rollout to the end")
+    mcts_select_by: Literal["visits", "value"] = Field("visits", description="visits (default) | value")
+    mcts_prior: Literal["uniform", "score"] = Field("uniform", description="uniform (default) | score")
+    mcts_token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS * MAX_SAMPLES,
+                                          description="generated tokens per problem")
+    mcts_backup: Literal["mean", "each"] = Field(
+        "mean", description="mean (default; the new children's mean, one visit) | each")
 
 
 @register_method("mcts")
 class MCTS(TreeSearch):
     """Monte Carlo tree search: PUCT selection, M-way expansion, reward/rollout evaluation, backpropagation."""
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
-        roots, finals = self.grow(problems)
-        return [self.candidates(root, found) for root, found in zip(roots, finals, strict=True)]
+    Options = Options
 
-    def grow(self, problems: list[Problem]) -> tuple[list[Node], list[list[Node]]]:
-        """Run the iterations; return each problem's root and its finished nodes and rollout leaves."""
+    def search(self, problem: Problem) -> SearchResult:
+        tree = self.tree(problem)
+        found = self.grow(tree)
+        return SearchResult(self.candidates(tree, found), tree.generated)
+
+    def grow(self, tree: Tree) -> list[Node]:
+        """Run the iterations from `tree.root`; return the finished nodes and rollout leaves."""
         c = self.config
-        roots = self.roots(problems)
-        finals: list[list[Node]] = [[] for _ in problems]  # finished nodes and rollout leaves
+        finals: list[Node] = []  # finished nodes and rollout leaves
         budget = c.mcts_token_budget or math.inf
         for _ in range(c.mcts_iterations or c.n):
-            leaves = [self.select(root) for root in roots if self.generated[root.problem] < budget]
-            if not leaves:
+            if tree.generated >= budget:
                 break
-            grown = self.expand(problems, leaves, c.beam_width)
-            kids = [kid for g in grown for kid in g]
-            self.score(problems, kids)
+            leaf = self.select(tree.root)
+            (kids,) = tree.expand([leaf], c.beam_width)
+            tree.score(kids)
             if c.mcts_rollout:
                 live = [kid for kid in kids if not kid.terminal]
-                ends = self.rollout(problems, live)
-                self.score(problems, ends)
+                ends = tree.rollout(live)
+                tree.score(ends)
                 for kid, end in zip(live, ends, strict=True):
                     kid.score = end.score
-                    finals[kid.problem].append(end)
-            for leaf, g in zip(leaves, grown, strict=True):
-                finals[leaf.problem] += [kid for kid in g if kid.terminal]
-                self.set_priors(g)
-                if c.mcts_backup == "each" and g:
-                    for kid in g:
-                        kid.backpropagate(kid.value)
-                else:
-                    leaf.backpropagate(sum(kid.value for kid in g) / len(g) if g else leaf.value)
-        return roots, finals
+                    finals.append(end)
+            finals += [kid for kid in kids if kid.terminal]
+            self.set_priors(kids)
+            if c.mcts_backup == "each" and kids:
+                for kid in kids:
+                    kid.backpropagate(kid.value)
+            else:
+                leaf.backpropagate(sum(kid.value for kid in kids) / len(kids) if kids else leaf.value)
+        return finals
 
     def select(self, root: Node) -> Node:
         """Descend by PUCT to a node without children (unexpanded, or finished); first child on ties."""
@@ -80,11 +96,12 @@ class MCTS(TreeSearch):
     def key(self, node: Node) -> tuple[float, float]:
         return (node.visits, node.value) if self.config.mcts_select_by == "visits" else (node.value, node.visits)
 
-    def candidates(self, root: Node, found: list[Node]) -> list[Candidate]:
+    def candidates(self, tree: Tree, found: list[Node]) -> list[Candidate]:
         """The chosen solution first, then every other finished one, best reward first."""
         def finished_below(node: Node) -> bool:
             return node.terminal or node.rollout is not None or any(map(finished_below, node.children))
 
+        root = tree.root
         node: Node | None = root
         while node is not None and not node.terminal:
             options = [ch for ch in node.children if finished_below(ch)]
@@ -96,5 +113,5 @@ class MCTS(TreeSearch):
             node = root
             while node.children:
                 node = max(node.children, key=self.key)
-        others = [self.to_candidate(x) for x in rank(found) if x is not node]
-        return [self.to_candidate(node, chosen=True), *others]
+        others = [tree.to_candidate(x) for x in rank(found) if x is not node]
+        return [tree.to_candidate(node, chosen=True), *others]

@@ -24,13 +24,15 @@ the sweep), so a problem's particles do not depend on what else is in the batch.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from pydantic import Field
 
 from inferencekit.errors import UserError
-from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, node_seed, resample
+from inferencekit.search.base import Candidate, Problem, SearchResult, register_method
+from inferencekit.search.options import MAX_STEPS, MethodOptions
+from inferencekit.search.tree import Node, Tree, TreeSearch, node_seed, resample
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -75,9 +77,20 @@ def weighed_pool(particles: list[Node], ref: Node | None, depth: int, weight: st
     return [*particles, stand], [x.score for x in particles] + [ref.score if weight == "final" else stand.score]
 
 
+class Options(MethodOptions):
+    pf_resampling: Literal["multinomial", "systematic"] = Field(
+        "multinomial", description="multinomial (default) | systematic")
+    pf_tempering: bool = Field(False, description="temper the weights when the effective sample size falls below N/2")
+    pf_iterations: int = Field(1, ge=1, le=MAX_STEPS, description="particle Gibbs sweeps (default 1), n in all")
+    pf_reference_weight: Literal["final", "prefix"] = Field(
+        "final", description="particle Gibbs: the reference's weight: final (default, its_hub) | prefix")
+
+
 @register_method("particle_filter")
 class ParticleFilter(TreeSearch):
     """Particle filtering: extend N particles a step, weigh by reward, resample; particle Gibbs with sweeps."""
+
+    Options = Options
 
     @classmethod
     def check(cls, config: RunConfig) -> None:
@@ -89,39 +102,39 @@ class ParticleFilter(TreeSearch):
             raise UserError(f"particle Gibbs runs --n / --pf-iterations particles per sweep, 2 or more: --n {config.n} "
                             f"does not fit --pf-iterations {k} (give --n >= {2 * k}, a multiple of {k})")
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+    def search(self, problem: Problem) -> SearchResult:
         c = self.config
         n = c.n // c.pf_iterations
-        self.roots(problems)
-        rngs = [np.random.default_rng(p.seed) for p in problems]
-        refs: list[Node | None] = [None] * len(problems)
-        out: list[list[Candidate]] = [[] for _ in problems]
+        generated = 0
+        rng = np.random.default_rng(problem.seed)
+        ref: Node | None = None
+        out: list[Candidate] = []
         for sweep in range(c.pf_iterations):
-            seeded = problems if sweep == 0 else [replace(p, seed=node_seed(p.seed, (-1, sweep))) for p in problems]
-            for i, final in enumerate(self.sweep(seeded, n, refs, rngs)):
-                probs = softmax(log_weights([x.score for x in final]))
-                ranked = sorted(range(len(final)), key=lambda j: (-probs[j], final[j].path))
-                out[i] += [self.to_candidate(final[j], weight=round(float(probs[j]), 6), sweep=sweep) for j in ranked]
-                if sweep + 1 < c.pf_iterations:  # particle Gibbs: the next sweep's reference, drawn by weight
-                    refs[i] = final[resample(probs, 1, rngs[i], "multinomial")[0]]
-        return out
+            seeded = problem if sweep == 0 else replace(problem, seed=node_seed(problem.seed, (-1, sweep)))
+            tree = self.tree(seeded)
+            final = self.sweep(tree, n, ref, rng)
+            generated += tree.generated
+            probs = softmax(log_weights([x.score for x in final]))
+            ranked = sorted(range(len(final)), key=lambda j: (-probs[j], final[j].path))
+            out += [tree.to_candidate(final[j], weight=round(float(probs[j]), 6), sweep=sweep) for j in ranked]
+            if sweep + 1 < c.pf_iterations:  # particle Gibbs: the next sweep's reference, drawn by weight
+                ref = final[resample(probs, 1, rng, "multinomial")[0]]
+        return SearchResult(out, generated)
 
-    def sweep(self, problems: list[Problem], n: int, refs: list[Node | None], rngs) -> list[list[Node]]:
-        """One particle filtering run per problem (conditional on its reference particle, if any)."""
-        free = [n - (ref is not None) for ref in refs]
-        particles: list[list[Node]] = [[Node(i)] * k for i, k in enumerate(free)]
+    def sweep(self, tree: Tree, n: int, ref: Node | None, rng: np.random.Generator) -> list[Node]:
+        """One particle filtering run (conditional on the reference particle, if any)."""
+        free = n - (ref is not None)
+        particles = [tree.root] * free
         depth = 0
-        while live := [i for i, ps in enumerate(particles) if any(not x.terminal for x in ps)]:
+        while any(not x.terminal for x in particles):
             depth += 1
-            distinct = list({id(x): x for ps in particles for x in ps if not x.terminal}.values())
-            counts = [sum(x is y for ps in particles for y in ps) for x in distinct]
-            grown = {id(x): iter(kids) for x, kids in zip(distinct, self.expand_each(problems, distinct, counts),
-                                                          strict=True)}
-            particles = [[x if x.terminal else next(grown[id(x)]) for x in ps] for ps in particles]
-            self.score(problems, [x for ps in particles for x in ps])
-            for i in live:  # a problem whose particles are all finished is done: never resampled again
-                pool, scores = weighed_pool(particles[i], refs[i], depth, self.config.pf_reference_weight)
-                logw = log_weights(scores)
-                probs = tempered(logw, depth / self.config.max_steps) if self.config.pf_tempering else softmax(logw)
-                particles[i] = [pool[j] for j in resample(probs, free[i], rngs[i], self.config.pf_resampling)]
-        return [ps + ([ref] if ref is not None else []) for ps, ref in zip(particles, refs, strict=True)]
+            distinct = list({id(x): x for x in particles if not x.terminal}.values())
+            counts = [sum(x is y for y in particles) for x in distinct]
+            grown = {id(x): iter(kids) for x, kids in zip(distinct, tree.expand_each(distinct, counts), strict=True)}
+            particles = [x if x.terminal else next(grown[id(x)]) for x in particles]
+            tree.score(particles)
+            pool, scores = weighed_pool(particles, ref, depth, self.config.pf_reference_weight)
+            logw = log_weights(scores)
+            probs = tempered(logw, depth / self.config.max_steps) if self.config.pf_tempering else softmax(logw)
+            particles = [pool[j] for j in resample(probs, free, rng, self.config.pf_resampling)]
+        return particles + ([ref] if ref is not None else [])

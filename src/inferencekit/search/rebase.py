@@ -18,9 +18,13 @@ pool, best first.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from inferencekit.search.base import Candidate, Problem, register_method
-from inferencekit.search.tree import Node, TreeSearch, group, rank
+from pydantic import Field
+
+from inferencekit.search.base import Problem, SearchResult, register_method
+from inferencekit.search.options import MethodOptions
+from inferencekit.search.tree import Node, TreeSearch, rank
 
 
 def softmax_weights(scores: list[float], temperature: float) -> list[float]:
@@ -58,25 +62,31 @@ def widths(scores: list[float], width: int, temperature: float) -> list[int]:
     return out
 
 
+class Options(MethodOptions):
+    rebase_temperature: float = Field(0.2, gt=0, description="T in exp(reward / T) (default 0.2)")
+    rebase_widths: Literal["reference", "largest_remainder"] = Field(
+        "reference", description="reference (default; ceil in score order) | largest_remainder")
+
+
 @register_method("rebase")
 class Rebase(TreeSearch):
     """REBASE: the width left after finished paths is shared among open nodes by exp(reward / T)."""
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
-        width = [self.config.n] * len(problems)
-        pools: list[list[Node]] = [[] for _ in problems]
-        frontier = [kid for kids in self.expand(problems, self.roots(problems), self.config.n) for kid in kids]
+    Options = Options
+
+    def search(self, problem: Problem) -> SearchResult:
+        width = self.config.n
+        pool: list[Node] = []
+        tree = self.tree(problem)
+        (frontier,) = tree.expand([tree.root], self.config.n)
+        split = reference_widths if self.config.rebase_widths == "reference" else widths
         while frontier:
-            self.score(problems, frontier)
-            nodes, ks = [], []
-            for i, level in enumerate(group(frontier, len(problems))):
-                done = [x for x in level if x.terminal]
-                pools[i] += done
-                width[i] -= len(done)
-                live = rank(x for x in level if not x.terminal)
-                if live and width[i] > 0:
-                    nodes += live
-                    split = reference_widths if self.config.rebase_widths == "reference" else widths
-                    ks += split([x.score for x in live], width[i], self.config.rebase_temperature)
-            frontier = [kid for kids in self.expand_each(problems, nodes, ks) for kid in kids]
-        return [[self.to_candidate(x) for x in rank(pool)] for pool in pools]
+            tree.score(frontier)
+            done = [x for x in frontier if x.terminal]
+            pool += done
+            width -= len(done)
+            live = rank(x for x in frontier if not x.terminal)
+            nodes, ks = (live, split([x.score for x in live], width, self.config.rebase_temperature)) \
+                if live and width > 0 else ([], [])
+            frontier = [kid for kids in tree.expand_each(nodes, ks) for kid in kids]
+        return tree.result(rank(pool))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
+from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult, register_method
 
 if TYPE_CHECKING:
     from inferencekit.reward_models.base import RewardModel
@@ -14,16 +14,12 @@ if TYPE_CHECKING:
 class BestOfN(SearchMethod):
     """N independent samples per problem; votes pick the answer. A reward model, if given, scores each."""
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
-        params = [self.sampling_params(p.seed) for p in problems]
-        outputs = self.generator.generate([p.prompt for p in problems], params)
-        candidates = [
-            [Candidate(text=c.text, tokens=c.tokens, finish_reason=c.finish_reason) for c in completions]
-            for completions in outputs
-        ]
+    def search(self, problem: Problem) -> SearchResult:
+        (completions,) = self.generator.generate([problem.prompt], [self.sampling_params(problem.seed)])
+        candidates = [Candidate(text=c.text, tokens=c.tokens, finish_reason=c.finish_reason) for c in completions]
         if self.reward_model is not None:
-            score_candidates(self.reward_model, problems, candidates)
-        return candidates
+            score_candidates(self.reward_model, problem, candidates)
+        return SearchResult(candidates)
 
 
 @register_method("cot")
@@ -31,14 +27,11 @@ class ChainOfThought(BestOfN):
     """One solution per problem (greedy at temperature 0); with --n N it is self-consistency."""
 
 
-def score_candidates(reward_model: RewardModel, problems: list[Problem], candidates: list[list[Candidate]]) -> None:
-    """Fill each candidate's step scores with one batched reward-model call.
+def score_candidates(reward_model: RewardModel, problem: Problem, candidates: list[Candidate]) -> None:
+    """Fill each candidate's step scores with one reward-model call.
 
     The reward model splits solutions into steps at its step separator (the policy model's setting).
     """
-    solutions = [[c.text for c in cands] for cands in candidates]
-    scores = reward_model.score([p.question for p in problems], solutions, prompts=[p.prompt for p in problems])
-    for cands, per_problem in zip(candidates, scores, strict=True):
-        for cand, step_scores in zip(cands, per_problem, strict=True):
-            cand.step_scores = [float(s) for s in step_scores]
-
+    (scores,) = reward_model.score([problem.question], [[c.text for c in candidates]], prompts=[problem.prompt])
+    for cand, step_scores in zip(candidates, scores, strict=True):
+        cand.step_scores = [float(s) for s in step_scores]

@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Literal
 
-from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
+from pydantic import Field
+
+from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult, register_method
+from inferencekit.search.options import MAX_SAMPLES, MethodOptions
 from inferencekit.search.samples import answer_key, score_if_asked
 from inferencekit.search.tree import node_seed
 
@@ -43,31 +47,38 @@ def should_stop(answers: list[str | None], rule: str, window: int, confidence: f
     return False
 
 
+class Options(MethodOptions):
+    sc_stop: Literal["esc", "adaptive", "none"] = Field("esc", description="esc (default) | adaptive | none")
+    esc_window: int = Field(5, ge=1, le=MAX_SAMPLES, description="ESC window (default 5)")
+    esc_answer: Literal["window", "all"] = Field(
+        "window", description="window (default; the unanimous window's samples) | all")
+    sc_confidence: float = Field(0.95, gt=0, lt=1, description="adaptive stopping threshold (default 0.95)")
+
+
 @register_method("self_consistency")
 class SelfConsistency(SearchMethod):
     """Self-consistency that stops sampling early: ESC windows or the adaptive Beta rule; --n is the most."""
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+    Options = Options
+
+    def search(self, problem: Problem) -> SearchResult:
         c = self.config
         step = c.esc_window if c.sc_stop == "esc" else 1 if c.sc_stop == "adaptive" else c.n
-        cands: list[list[Candidate]] = [[] for _ in problems]
-        answers: list[list[str | None]] = [[] for _ in problems]
-        live = list(range(len(problems)))
-        while live:
-            asks = [(i, j) for i in live for j in range(len(cands[i]), min(c.n, len(cands[i]) + step))]
-            outs = self.generator.generate([problems[i].prompt for i, _ in asks],
-                                           [self.sampling_params(node_seed(problems[i].seed, (j,)), n=1)
-                                            for i, j in asks])
-            for (i, _), (out,) in zip(asks, outs, strict=True):
-                cands[i].append(Candidate(text=out.text, tokens=out.tokens, finish_reason=out.finish_reason))
-                answers[i].append(answer_key(out.text, self.answer_style))
-            live = [i for i in live
-                    if len(cands[i]) < c.n and not should_stop(answers[i], c.sc_stop, c.esc_window, c.sc_confidence)]
-        self.generated = [sum(x.tokens for x in cs) for cs in cands]
-        for i, cs in enumerate(cands):
-            samples = len(cs)
-            if c.sc_stop == "esc" and c.esc_answer == "window" and should_stop(answers[i], "esc", c.esc_window, 0):
-                cands[i] = cs = cs[-c.esc_window:]  # the unanimous window answers
-            cs[0].meta = {"samples": samples, "stopped_early": samples < c.n}
-        score_if_asked(self.reward_model, problems, cands)
-        return cands
+        cands: list[Candidate] = []
+        answers: list[str | None] = []
+        while True:
+            seeds = [node_seed(problem.seed, (j,)) for j in range(len(cands), min(c.n, len(cands) + step))]
+            outs = self.generator.generate([problem.prompt] * len(seeds),
+                                           [self.sampling_params(seed, n=1) for seed in seeds])
+            for (out,) in outs:
+                cands.append(Candidate(text=out.text, tokens=out.tokens, finish_reason=out.finish_reason))
+                answers.append(answer_key(out.text, self.answer_style))
+            if len(cands) >= c.n or should_stop(answers, c.sc_stop, c.esc_window, c.sc_confidence):
+                break
+        generated = sum(x.tokens for x in cands)
+        samples = len(cands)
+        if c.sc_stop == "esc" and c.esc_answer == "window" and should_stop(answers, "esc", c.esc_window, 0):
+            cands = cands[-c.esc_window:]  # the unanimous window answers
+        cands[0].meta = {"samples": samples, "stopped_early": samples < c.n}
+        score_if_asked(self.reward_model, problem, cands)
+        return SearchResult(cands, generated)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
 from inferencekit.models.base import Message
-from inferencekit.prompts import DEFAULT_TEMPLATE
-from inferencekit.search.base import Candidate, Problem, SearchMethod, register_method
+from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult, register_method
+from inferencekit.search.options import MAX_STEPS, MethodOptions
 from inferencekit.search.samples import score_if_asked
 from inferencekit.search.tree import node_seed
 
@@ -29,9 +31,12 @@ REFINE = ("Using this feedback, write an improved solution. Separate the steps w
 CORRECT = re.compile(r"\bthe solution is correct\b", re.IGNORECASE)
 
 
+class Options(MethodOptions):
+    refine_steps: int = Field(2, ge=0, le=MAX_STEPS, description="most feedback-and-revise rounds (default 2)")
+
+
 @dataclass
 class Chain:
-    problem: int
     index: int
     turns: list[Message] = field(default_factory=list)  # assistant/user turns after the question
     draft: str = ""  # the latest answer
@@ -45,44 +50,44 @@ class Chain:
 class SelfRefine(SearchMethod):
     """Self-Refine: draft, self-feedback, revise until the feedback says correct; n chains and a vote."""
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
-        chains = [Chain(i, j) for i in range(len(problems)) for j in range(self.config.n)]
-        self.turn(problems, chains, [problems[ch.problem].prompt for ch in chains], draft=True)
+    Options = Options
+
+    def search(self, problem: Problem) -> SearchResult:
+        chains = [Chain(j) for j in range(self.config.n)]
+        self.turn(problem, chains, [problem.prompt] * len(chains), draft=True)
         live = chains
         for _ in range(self.config.refine_steps):
-            self.turn(problems, live, [self.render(problems, ch, FEEDBACK) for ch in live], draft=False)
+            self.turn(problem, live, [self.render(problem, ch, FEEDBACK) for ch in live], draft=False)
             for ch in live:
                 if CORRECT.search(ch.turns[-1]["content"]):
                     ch.stopped_by = "feedback"
             live = [ch for ch in live if ch.stopped_by != "feedback"]
             if not live:
                 break
-            self.turn(problems, live, [self.render(problems, ch, REFINE) for ch in live], draft=True)
-        self.generated = [0] * len(problems)
-        cands: list[list[Candidate]] = [[] for _ in problems]
-        for ch in chains:
-            self.generated[ch.problem] += ch.tokens
-            cands[ch.problem].append(Candidate(text=ch.draft, tokens=ch.tokens, finish_reason=ch.finish_reason,
-                                               meta={"feedback_rounds": ch.feedbacks, "stopped_by": ch.stopped_by}))
-        score_if_asked(self.reward_model, problems, cands)
-        return cands
+            self.turn(problem, live, [self.render(problem, ch, REFINE) for ch in live], draft=True)
+        cands = [Candidate(text=ch.draft, tokens=ch.tokens, finish_reason=ch.finish_reason,
+                           meta={"feedback_rounds": ch.feedbacks, "stopped_by": ch.stopped_by}) for ch in chains]
+        score_if_asked(self.reward_model, problem, cands)
+        return SearchResult(cands, sum(ch.tokens for ch in chains))
 
-    def render(self, problems: list[Problem], chain: Chain, request: str) -> str:
+    def render(self, problem: Problem, chain: Chain, request: str) -> str:
         """The chat so far plus a new user turn, rendered with the model's template."""
+        # imported on use: prompts loads the datasets and grading (sympy), and the config imports every method
+        from inferencekit.prompts import DEFAULT_TEMPLATE
+
         messages: list[Message] = [{"role": "system", "content": self.config.system_prompt}] \
             if self.config.system_prompt else []
-        question = (self.config.prompt_template or DEFAULT_TEMPLATE).format(input=problems[chain.problem].question)
+        question = (self.config.prompt_template or DEFAULT_TEMPLATE).format(input=problem.question)
         messages.append({"role": "user", "content": question})
         messages += chain.turns
         messages.append({"role": "user", "content": request})
         chain.turns.append({"role": "user", "content": request})
         return self.generator.chat_prompt(messages)
 
-    def turn(self, problems: list[Problem], chains: list[Chain], prompts: list[str], draft: bool) -> None:
+    def turn(self, problem: Problem, chains: list[Chain], prompts: list[str], draft: bool) -> None:
         """One assistant turn for every chain, in one generator call."""
         outs = self.generator.generate(prompts, [
-            self.sampling_params(node_seed(problems[ch.problem].seed, (ch.index, len(ch.turns))), n=1)
-            for ch in chains])
+            self.sampling_params(node_seed(problem.seed, (ch.index, len(ch.turns))), n=1) for ch in chains])
         for ch, (out,) in zip(chains, outs, strict=True):
             ch.turns.append({"role": "assistant", "content": out.text})
             ch.tokens += out.tokens

@@ -16,12 +16,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from inferencekit.search.base import Candidate, Problem, register_method
+from pydantic import Field
+
+from inferencekit.search.base import Problem, SearchResult, register_method
+from inferencekit.search.options import MAX_TOKENS, MethodOptions
 from inferencekit.search.tree import Node, TreeSearch, next_beams, rank, require_multiple
-from inferencekit.voting import aggregate
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
+
+
+class Options(MethodOptions):
+    token_beam_chunk: int = Field(16, ge=1, le=MAX_TOKENS, description="reward re-rank every K tokens (default 16)")
 
 
 @register_method("token_beam")
@@ -30,28 +36,32 @@ class TokenBeam(TreeSearch):
 
     needs_reward_model = False
     samples = False
+    Options = Options
 
     @classmethod
     def check(cls, config: RunConfig) -> None:
         require_multiple(config.n, config.beam_width, "token_beam keeps N/M beams of M next tokens each")
 
-    def search(self, problems: list[Problem]) -> list[list[Candidate]]:
+    def search(self, problem: Problem) -> SearchResult:
+        # imported on use: grading loads sympy (seconds), and the config imports every method
+        from inferencekit.voting import aggregate
+
         n = self.config.n
         m = min(self.config.beam_width, n)
-        pools: list[list[Node]] = [[] for _ in problems]
-        beams = self.roots(problems)
+        pool: list[Node] = []
+        tree = self.tree(problem)
+        beams = [tree.root]
         while beams:
-            kids = [kid for grown in self.expand_tokens(problems, beams, m) for kid in grown]
+            kids = [kid for grown in tree.expand_tokens(beams, m) for kid in grown]
             for kid in kids:
                 kid.score = kid.logprob
             if self.reward_model is not None:
-                self.score(problems, [k for k in kids if k.tokens % self.config.token_beam_chunk == 0], "last")
-            beams = next_beams(pools, kids, n, m, self.config.filter_duplicates)
-        finished = [node for pool in pools for node in pool]
+                tree.score([k for k in kids if k.tokens % self.config.token_beam_chunk == 0], "last")
+            beams = next_beams(pool, kids, n, m, self.config.filter_duplicates)
         if self.reward_model is not None:
-            self.score(problems, finished)  # those not scored on the way
-        for node in finished:
+            tree.score(pool)  # those not scored on the way
+        for node in pool:
             node.score = (aggregate(node.step_scores, self.config.aggregation) if self.reward_model is not None
                           else node.logprob / max(1, node.tokens))
-        return [[self.to_candidate(node, logprob=round(node.logprob, 4)) for node in rank(pool)[:n]]
-                for pool in pools]
+        return SearchResult([tree.to_candidate(node, logprob=round(node.logprob, 4)) for node in rank(pool)[:n]],
+                            tree.generated)

@@ -1,16 +1,17 @@
 """The tree that step-level searches grow, and the batched operations every tree method shares.
 
-A `Node` is a partial solution: the text generated so far for one problem. The operations work on
-nodes of every problem in the batch at once, so each search round costs one generator call
-(`expand`, `rollout`) and one reward-model call (`score`), whatever the number of problems:
+A `Node` is a partial solution: the text generated so far for the problem. The operations work on
+all the given nodes at once, so each search round costs one generator call (`expand`, `rollout`) and
+one reward-model call (`score`):
 
 - `expand`: "continue these prefixes until the step separator", k samples each;
 - `score`: step scores of each node's path, and one aggregated score to rank by;
 - `rollout`: a greedy continuation to a later step or to the end (lookahead, MCTS evaluation);
 - `rank` / `top` / `unique`: deterministic selection; `to_candidate`: a node as a finished `Candidate`.
 
-Sampling seeds come from the problem's seed and the node's position in its tree (`node_seed`), never
-from the batch, so a search gives the same tree whatever else it runs with.
+Sampling seeds come from the problem's seed and the node's position in its tree (`node_seed`), so a
+search gives the same tree whatever else the engine runs beside it. `Tree` binds the operations to one
+problem's search: its models, the run's settings, and the tokens it generated.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inferencekit.errors import UserError, unknown
-from inferencekit.grading.extract import boxed_contents
 from inferencekit.models.base import Completion, Generator, SamplingParams, truncate_at_stop
-from inferencekit.search.base import Candidate, Problem, SearchMethod
-from inferencekit.voting import aggregate
+from inferencekit.search.base import Candidate, Problem, SearchMethod, SearchResult
 
 if TYPE_CHECKING:
     from inferencekit.config import RunConfig
@@ -39,7 +38,7 @@ log = logging.getLogger("inferencekit")
 
 @dataclass(eq=False)
 class Node:
-    """A partial solution of problem `problem` (its index in the batch).
+    """A partial solution of the problem.
 
     `step` is the text this node adds; `text` the whole path's text (a non-terminal node's ends with
     the step separator); `path` the child indices from the root (the node's identity, and its seed);
@@ -49,7 +48,6 @@ class Node:
     path's token log-probabilities (token-level search).
     """
 
-    problem: int
     parent: Node | None = None
     step: str = ""
     path: tuple[int, ...] = ()
@@ -97,12 +95,15 @@ def node_seed(seed: int, path: Sequence[int]) -> int:
 
 def has_final_answer(text: str) -> bool:
     """Whether `text` holds a complete `\\boxed{...}` answer."""
+    # imported on use: grading loads sympy (seconds), and the config imports every method
+    from inferencekit.grading.boxes import boxed_contents
+
     return "boxed" in text and bool(boxed_contents(text))
 
 
 def expand(
     generator: Generator,
-    problems: Sequence[Problem],
+    problem: Problem,
     nodes: Sequence[Node],
     k: int,
     params: SamplingParams,
@@ -111,7 +112,7 @@ def expand(
     max_steps: int | None = None,
     attach: bool = True,
 ) -> list[list[Node]]:
-    """Continue every (distinct) node `k` ways, in ONE generator call for all nodes of all problems.
+    """Continue every (distinct) node `k` ways, in ONE generator call for all nodes.
 
     The prompt is the problem's prompt plus the node's text; a continuation stops at `separator`
     (None: none), and a path never exceeds `params.max_new_tokens` tokens in all. A child is terminal
@@ -124,10 +125,10 @@ def expand(
     stop = ((separator,) if separator else ()) + tuple(s for s in params.stop if s != separator)
     per_node = [
         params.replace(n=k, stop=stop, include_stop=False, max_new_tokens=params.max_new_tokens - node.tokens,
-                       seed=node_seed(problems[node.problem].seed, node.path))
+                       seed=node_seed(problem.seed, node.path))
         for node in todo
     ]
-    outputs = generator.generate([problems[node.problem].prompt + node.text for node in todo], per_node)
+    outputs = generator.generate([problem.prompt + node.text for node in todo], per_node)
     made: dict[int, list[Node]] = {}
     for node, completions in zip(todo, outputs, strict=True):
         kids = []
@@ -136,7 +137,7 @@ def expand(
             tokens = node.tokens + c.tokens
             capped = tokens >= params.max_new_tokens or c.finish_reason == "length"
             child = Node(
-                node.problem, parent=node, step=c.text + (separator if at_separator else ""),
+                parent=node, step=c.text + (separator if at_separator else ""),
                 path=node.path + (j,), tokens=tokens,
             )
             deep = max_steps is not None and child.depth >= max_steps
@@ -151,7 +152,7 @@ def expand(
 
 
 def expand_tokens(
-    generator: Generator, problems: Sequence[Problem], nodes: Sequence[Node], k: int, params: SamplingParams
+    generator: Generator, problem: Problem, nodes: Sequence[Node], k: int, params: SamplingParams
 ) -> list[list[Node]]:
     """Continue every live node by each of its `k` likeliest next tokens, in ONE generator call.
 
@@ -164,7 +165,7 @@ def expand_tokens(
     if not todo:
         return [[] for _ in nodes]
     one = params.replace(n=1, temperature=0.0, max_new_tokens=1, stop=(), logprobs=False, top_logprobs=k)
-    outputs = generator.generate([problems[node.problem].prompt + node.text for node in todo], one)
+    outputs = generator.generate([problem.prompt + node.text for node in todo], one)
     made: dict[int, list[Node]] = {}
     for node, (c,) in zip(todo, outputs, strict=True):
         if c.top_logprobs is None:
@@ -175,7 +176,7 @@ def expand_tokens(
             if "\ufffd" in piece:
                 continue
             text, stop = truncate_at_stop(node.text + piece, params.stop)
-            child = Node(node.problem, parent=node, step=text[len(node.text):], path=node.path + (j,),
+            child = Node(parent=node, step=text[len(node.text):], path=node.path + (j,),
                          tokens=node.tokens + 1, logprob=node.logprob + logprob)
             child.text = text  # a stop string may have begun in the parent's text
             capped = child.tokens >= params.max_new_tokens
@@ -188,14 +189,17 @@ def expand_tokens(
 
 
 def score(
-    reward_model: RewardModel, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str = "last"
+    reward_model: RewardModel, problem: Problem, nodes: Iterable[Node], aggregation: str = "last"
 ) -> None:
     """Fill `step_scores` and `score` of the nodes not scored yet, in ONE reward-model call for all."""
+    # imported on use: grading loads sympy (seconds), and the config imports every method
+    from inferencekit.voting import aggregate
+
     todo = [node for node in nodes if node.step_scores is None]
     if not todo:
         return
-    scores = reward_model.score([problems[n.problem].question for n in todo], [[n.text] for n in todo],
-                                prompts=[problems[n.problem].prompt for n in todo])
+    scores = reward_model.score([problem.question] * len(todo), [[n.text] for n in todo],
+                                prompts=[problem.prompt] * len(todo))
     for node, (steps,) in zip(todo, scores, strict=True):
         node.step_scores = [float(s) for s in steps]
         node.score = aggregate(node.step_scores, aggregation)
@@ -203,7 +207,7 @@ def score(
 
 def rollout(
     generator: Generator,
-    problems: Sequence[Problem],
+    problem: Problem,
     nodes: Sequence[Node],
     params: SamplingParams,
     *,
@@ -219,12 +223,12 @@ def rollout(
     greedy = params.replace(temperature=0.0)
     if steps is None:
         leaves = [kids[0] if kids else node for node, kids in zip(
-            nodes, expand(generator, problems, nodes, 1, greedy, separator=None, attach=False), strict=True
+            nodes, expand(generator, problem, nodes, 1, greedy, separator=None, attach=False), strict=True
         )]
     else:
         leaves = list(nodes)
         for _ in range(steps):
-            grown = expand(generator, problems, leaves, 1, greedy, separator=separator, max_steps=max_steps,
+            grown = expand(generator, problem, leaves, 1, greedy, separator=separator, max_steps=max_steps,
                            attach=False)
             leaves = [kids[0] if kids else leaf for leaf, kids in zip(leaves, grown, strict=True)]
     for node, leaf in zip(nodes, leaves, strict=True):
@@ -247,34 +251,29 @@ def top(nodes: Iterable[Node], k: int) -> list[Node]:
 
 
 def unique(nodes: Iterable[Node]) -> list[Node]:
-    """The nodes without repeats: the first node of each (problem, text up to whitespace) is kept."""
-    seen: set[tuple[int, str]] = set()
+    """The nodes without repeats: the first node of each text (up to whitespace) is kept."""
+    seen: set[str] = set()
     out = []
     for node in nodes:
-        key = (node.problem, " ".join(node.text.split()))
+        key = " ".join(node.text.split())
         if key not in seen:
             seen.add(key)
             out.append(node)
     return out
 
 
-def next_beams(
-    pools: list[list[Node]], frontier: Iterable[Node], n: int, m: int, filter_duplicates: bool
-) -> list[Node]:
-    """One beam-search selection over every problem: finished nodes join their problem's pool, and the best
-    live ones become the next beams.
+def next_beams(pool: list[Node], frontier: Iterable[Node], n: int, m: int, filter_duplicates: bool) -> list[Node]:
+    """One beam-search selection: finished nodes join the pool, and the best live ones become the next beams.
 
-    A problem whose pool holds N (`n`) paths is done; otherwise it keeps its best N/M (`m` children per
-    beam) live nodes, fewer as the pool fills: only enough to make the N - |pool| paths still missing.
+    A pool that holds N (`n`) paths is done (no beams); otherwise the best N/M (`m` children per beam) live
+    nodes go on, fewer as the pool fills: only enough to make the N - |pool| paths still missing.
     """
-    beams: list[Node] = []
-    for pool, nodes in zip(pools, group(frontier, len(pools)), strict=True):
-        ranked = unique(rank(nodes)) if filter_duplicates else rank(nodes)
-        pool += [node for node in ranked if node.terminal]
-        need = n - len(pool)
-        if need > 0:
-            beams += [node for node in ranked if not node.terminal][: min(max(1, n // m), -(-need // m))]
-    return beams
+    ranked = unique(rank(frontier)) if filter_duplicates else rank(frontier)
+    pool += [node for node in ranked if node.terminal]
+    need = n - len(pool)
+    if need <= 0:
+        return []
+    return [node for node in ranked if not node.terminal][: min(max(1, n // m), -(-need // m))]
 
 
 def require_multiple(n: int, beam_width: int, why: str) -> None:
@@ -293,20 +292,8 @@ def to_candidate(node: Node, separator: str | None = None, **meta: Any) -> Candi
                      finish_reason=finish, meta=meta)
 
 
-def group(nodes: Iterable[Node], n_problems: int) -> list[list[Node]]:
-    """Nodes split by problem, in order."""
-    out: list[list[Node]] = [[] for _ in range(n_problems)]
-    for node in nodes:
-        out[node.problem].append(node)
-    return out
-
-
 class TreeSearch(SearchMethod):
-    """Base of the tree methods: the shared operations bound to this run's generator, reward model and settings.
-
-    `generated` (see `SearchMethod`) counts pruned branches and rollouts too, shared prefixes once, which
-    the candidates' path tokens do not show.
-    """
+    """Base of the tree methods: each search grows a `Tree` of its problem (`self.tree(problem)`)."""
 
     needs_reward_model = True
     samples = True  # False: the method asks for top-k tokens instead of sampling
@@ -316,57 +303,68 @@ class TreeSearch(SearchMethod):
         if config.temperature == 0 and self.samples:
             log.warning("%s samples several continuations per node: at temperature 0 they are all equal", self.name)
 
-    def roots(self, problems: Sequence[Problem]) -> list[Node]:
-        """A fresh root per problem; resets `generated`."""
-        self.generated = [0] * len(problems)
-        return [Node(i) for i in range(len(problems))]
+    def tree(self, problem: Problem) -> Tree:
+        """A fresh tree of `problem`, grown with this method's models and settings."""
+        return Tree(problem, self.generator, self.reward_model, self.config)
+
+
+class Tree:
+    """One problem's search tree in progress: the shared operations bound to the problem, the models and the
+    run's settings, and `generated`, every token generated so far (pruned branches and rollouts too, shared
+    prefixes once, which the candidates' path tokens do not show)."""
+
+    def __init__(self, problem: Problem, generator: Generator, reward_model: Any, config: RunConfig) -> None:
+        self.problem, self.generator, self.reward_model, self.config = problem, generator, reward_model, config
+        self.root = Node()
+        self.generated = 0
+        self.params = config.sampling_params(0)
 
     def _count(self, nodes: Sequence[Node], grown: list[list[Node]]) -> None:
         for node, kids in zip(nodes, grown, strict=True):
-            self.generated[node.problem] += sum(kid.tokens - node.tokens for kid in kids)
+            self.generated += sum(kid.tokens - node.tokens for kid in kids)
 
-    def base_params(self) -> SamplingParams:
-        return self.sampling_params(0)
-
-    def expand(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
-        grown = expand(self.generator, problems, nodes, k, self.base_params(), separator=self.config.step_separator,
+    def expand(self, nodes: Sequence[Node], k: int) -> list[list[Node]]:
+        grown = expand(self.generator, self.problem, nodes, k, self.params, separator=self.config.step_separator,
                        max_steps=self.config.max_steps)
         self._count(nodes, grown)
         return grown
 
-    def expand_each(self, problems: Sequence[Problem], nodes: Sequence[Node], ks: Sequence[int]) -> list[list[Node]]:
+    def expand_each(self, nodes: Sequence[Node], ks: Sequence[int]) -> list[list[Node]]:
         """`expand` with a width per node (particle filter, REBASE)."""
-        grown = expand_each(self.generator, problems, nodes, ks, self.base_params(),
+        grown = expand_each(self.generator, self.problem, nodes, ks, self.params,
                             separator=self.config.step_separator, max_steps=self.config.max_steps)
         self._count(nodes, grown)
         return grown
 
-    def expand_tokens(self, problems: Sequence[Problem], nodes: Sequence[Node], k: int) -> list[list[Node]]:
-        grown = expand_tokens(self.generator, problems, nodes, k, self.base_params())
-        for node, kids in zip(nodes, grown, strict=True):
-            self.generated[node.problem] += bool(kids)  # one token computed; its alternatives come free
+    def expand_tokens(self, nodes: Sequence[Node], k: int) -> list[list[Node]]:
+        grown = expand_tokens(self.generator, self.problem, nodes, k, self.params)
+        self.generated += sum(bool(kids) for kids in grown)  # one token computed per node; its alternatives free
         return grown
 
-    def score(self, problems: Sequence[Problem], nodes: Iterable[Node], aggregation: str | None = None) -> None:
-        score(self.reward_model, problems, nodes, aggregation or self.config.aggregation)
+    def score(self, nodes: Iterable[Node], aggregation: str | None = None) -> None:
+        score(self.reward_model, self.problem, nodes, aggregation or self.config.aggregation)
 
-    def rollout(self, problems: Sequence[Problem], nodes: Sequence[Node], steps: int | None = None) -> list[Node]:
-        leaves = rollout(self.generator, problems, nodes, self.base_params(), separator=self.config.step_separator,
+    def rollout(self, nodes: Sequence[Node], steps: int | None = None) -> list[Node]:
+        leaves = rollout(self.generator, self.problem, nodes, self.params, separator=self.config.step_separator,
                          steps=steps, max_steps=self.config.max_steps)
         self._count(nodes, [[leaf] for leaf in leaves])
         return leaves
 
-    def lookahead(self, problems: Sequence[Problem], nodes: Sequence[Node]) -> None:
+    def lookahead(self, nodes: Sequence[Node]) -> None:
         """Rank live nodes by the score of a greedy rollout `config.lookahead` steps further."""
         live = [n for n in nodes if not n.terminal]
         if self.config.lookahead and live:
-            leaves = self.rollout(problems, live, self.config.lookahead)
-            self.score(problems, leaves)
+            leaves = self.rollout(live, self.config.lookahead)
+            self.score(leaves)
             for node, leaf in zip(live, leaves, strict=True):
                 node.score = leaf.score
 
     def to_candidate(self, node: Node, **meta: Any) -> Candidate:
         return to_candidate(node, self.config.step_separator, **meta)
+
+    def result(self, nodes: Iterable[Node], **meta: Any) -> SearchResult:
+        """The nodes as the search's candidates, with every token this tree generated."""
+        return SearchResult([self.to_candidate(node, **meta) for node in nodes], self.generated)
 
 
 # ---- primitives added for particle filtering, REBASE and DeepConf (issue 14) ----
@@ -374,7 +372,7 @@ class TreeSearch(SearchMethod):
 
 def expand_each(
     generator: Generator,
-    problems: Sequence[Problem],
+    problem: Problem,
     nodes: Sequence[Node],
     ks: Sequence[int],
     params: SamplingParams,
@@ -392,7 +390,7 @@ def expand_each(
     out: list[list[Node]] = [[] for _ in nodes]
     for k in sorted({k for k in ks if k > 0}):
         picked = [i for i, kk in enumerate(ks) if kk == k]
-        grown = expand(generator, problems, [nodes[i] for i in picked], k, params, separator=separator,
+        grown = expand(generator, problem, [nodes[i] for i in picked], k, params, separator=separator,
                        max_steps=max_steps)
         for i, kids in zip(picked, grown, strict=True):
             out[i] = kids
@@ -418,7 +416,7 @@ def resample(probs: Sequence[float], n: int, rng: np.random.Generator, how: str 
 
 
 def expand_chunk(
-    generator: Generator, problems: Sequence[Problem], nodes: Sequence[Node], params: SamplingParams, tokens: int
+    generator: Generator, problem: Problem, nodes: Sequence[Node], params: SamplingParams, tokens: int
 ) -> list[tuple[Node, Completion] | None]:
     """Continue each live node by at most `tokens` more tokens (one sample), in ONE generator call.
 
@@ -430,15 +428,15 @@ def expand_chunk(
     todo = [node for node in nodes if not node.terminal and node.tokens < params.max_new_tokens]
     per_node = [
         params.replace(n=1, max_new_tokens=min(tokens, params.max_new_tokens - node.tokens),
-                       seed=node_seed(problems[node.problem].seed, node.path))
+                       seed=node_seed(problem.seed, node.path))
         for node in todo
     ]
-    outputs = generator.generate([problems[node.problem].prompt + node.text for node in todo], per_node) if todo else []
+    outputs = generator.generate([problem.prompt + node.text for node in todo], per_node) if todo else []
     made: dict[int, tuple[Node, Completion]] = {}
     for node, (c,) in zip(todo, outputs, strict=True):
         ended = c.finish_reason != "length"
         text = c.text if ended else c.text.rstrip("\ufffd")
-        child = Node(node.problem, parent=node, step=text, path=node.path + (0,), tokens=node.tokens + c.tokens)
+        child = Node(parent=node, step=text, path=node.path + (0,), tokens=node.tokens + c.tokens)
         capped = child.tokens >= params.max_new_tokens
         child.terminal = ended or capped
         child.finish_reason = "stop" if ended else "length"
