@@ -329,7 +329,7 @@ class Generator(ABC):
         if self.cancelled:
             raise Cancelled("the run is stopping")
 
-    def _record(self, usage: Usage, account: UsageAccount | None) -> None:
+    def _record(self, usage: Usage, account: UsageAccount | None = None) -> None:
         """Add one request's work to the total and to its caller's account (None: the total only)."""
         with self._lock:
             self.usage.add(usage)
