@@ -137,8 +137,13 @@ def raw_hf(prompts: list[str], args: argparse.Namespace) -> tuple[float, int]:
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
     start = time.perf_counter()
     if hasattr(model, "generate_batch"):
-        with torch.inference_mode():
+        # no_grad, not inference_mode: generate_batch decodes in a thread of its own, where tensors made under
+        # inference mode cannot be updated in place (transformers 5.19: every request fails with no tokens)
+        with torch.no_grad():
             out = model.generate_batch(inputs=inputs, generation_config=config)
+        failed = [o.error for o in out.values() if getattr(o, "error", None)]
+        if failed:
+            raise SystemExit(f"generate_batch failed {len(failed)} of {len(out)} requests: {failed[0]}")
         generated = sum(len(o.generated_tokens) for o in out.values())
         how = "generate_batch"
     else:
