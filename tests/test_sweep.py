@@ -164,6 +164,43 @@ def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_sweep(reference, t
     assert resumed >= 1
 
 
+def test_ctrl_c_stops_every_run_in_flight(tmp_path):
+    """The first SIGINT reaches all the runs a sweep has in flight (before, only the last one started): each
+    saves what finished, stops admitting problems and says so in its run.log, and the sweep exits 130."""
+    limit = 40  # problems per run, far more than the runs have in flight (4 runs x concurrency 4)
+    spec = write_spec(tmp_path / "long.yaml", {
+        "name": "long", "seeds": [0, 1], "baseline": "bon",
+        "settings": {"dataset": "arith", "limit": limit, "temperature": 0.8, "max_new_tokens": 48,
+                     "batch_size": 2, "model_args": {"n_threads": 1}},
+        "cells": [{"name": "bon", "method": "best_of_n", "n": [2, 4]}]})
+    args = [sys.executable, "-m", "inferencekit.cli", "sweep", str(spec), "--work-dir", str(tmp_path), "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    folder = tmp_path / "long"
+
+    def saved() -> int:
+        return sum(p.read_bytes().count(b"\n") for p in folder.glob("*/*/predictions.jsonl"))
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and saved() < 1:
+        time.sleep(0.05)
+    at_signal = saved()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the sweep kept running after SIGINT")
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "rerun the same command to resume" in stderr
+    # only problems that were in flight could still be saved; before the fix, the runs the signal missed ran on
+    assert saved() <= at_signal + 4 * 4, (at_signal, saved())
+    assert not (folder / "frontier.csv").exists()
+    logs = [p / "run.log" for p in run_folders(folder).values()]
+    assert len(logs) == 4 and all("stopping (SIGINT)" in log.read_text() for log in logs)
+
+
 def test_a_finished_sweep_reruns_without_loading_anything(reference):
     from inferencekit.sweep import sweep
 

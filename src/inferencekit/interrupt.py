@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM: the first asks for a clean stop, a second one exits at once.
 
 The CLI installs the handlers (`handle_signals`, main thread only). While a run generates it holds a
-`StopRequest` (`stop_request()`): the first signal only marks it, and the run stops admitting problems,
+`StopRequest` (`stop_request()`): the first signal only marks it (every run's, when several run at once, as in
+a sweep), and each run stops admitting problems,
 saves those that finished, cancels the rest and raises `Interrupted`. Anywhere else the first signal
 raises `Interrupted` where the main thread is, as Ctrl-C normally raises `KeyboardInterrupt`. A second
 signal kills the child processes registered with `on_hard_exit` (grading workers) and exits at once.
@@ -63,7 +64,7 @@ class _State:
     def __init__(self) -> None:
         self.installed = False
         self.signalled: int | None = None  # the first signal received
-        self.request: StopRequest | None = None
+        self.requests: list[StopRequest] = []  # the runs generating now (a sweep runs several at once)
         self.killers: list[Callable[[], None]] = []
         self.lock = threading.Lock()
 
@@ -74,14 +75,16 @@ _state = _State()
 @contextmanager
 def stop_request() -> Iterator[StopRequest]:
     """While inside, the first signal marks the yielded request instead of raising (see the module doc)."""
-    request, previous = StopRequest(), _state.request
-    if _state.signalled is not None:  # a signal came just before: stop at once
-        request.signum = _state.signalled
-    _state.request = request
+    request = StopRequest()
+    with _state.lock:
+        if _state.signalled is not None:  # a signal came just before: stop at once
+            request.signum = _state.signalled
+        _state.requests.append(request)
     try:
         yield request
     finally:
-        _state.request = previous
+        with _state.lock:
+            _state.requests.remove(request)
 
 
 def on_hard_exit(kill: Callable[[], None]) -> Callable[[], None]:
@@ -104,10 +107,11 @@ def _handler(signum: int, frame: object) -> None:
     if _state.signalled is not None:
         hard_exit(exit_code(signum))
     _state.signalled = signum
-    if _state.request is not None:
-        _state.request.signum = signum
-        return
-    raise Interrupted(signum)
+    requests = list(_state.requests)  # no lock: a handler must not wait (list() of a list is atomic under the GIL)
+    for request in requests:
+        request.signum = signum
+    if not requests:
+        raise Interrupted(signum)
 
 
 def hard_exit(code: int) -> None:
