@@ -604,3 +604,15 @@ def test_extract_answer_keeps_its_time_limit_in_a_worker_thread() -> None:
     thread.start()
     thread.join(100)
     assert outcome["answer"] in (None, "1") and outcome["seconds"] < 5
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("The answer is 1e23.", "100000000000000000000000"),
+    ("So we get 6.02e23 molecules.", "602000000000000000000000"),
+    ("The answer is 2.5E-3", "0.0025"),
+    ("answer: -4e2", "-400"),
+    ("The answer is 2e500", "2e500"),  # past 1e100 it is kept as written, not expanded
+    ("I ate 3 eggs", "3"),  # an "e" that starts a word is no exponent
+])
+def test_gsm8k_numbers_keep_their_exponent(text: str, expected: str) -> None:
+    assert extract_answer(text, "gsm8k") == expected

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 from inferencekit.grading.boxes import Box, box_runs, boxed_contents, find_boxes, run_answer
 from inferencekit.grading.engine import engine_extract
@@ -47,7 +48,11 @@ _HASHES_RE = re.compile(r"####[ \t]*([^\n]*)")
 _FINAL_RE = re.compile(r"\bfinal\s+answer\b", re.IGNORECASE)
 _ANSWER_PHRASE_RE = re.compile(r"\banswer\s*(?:is\b|:|=)\s*:?", re.IGNORECASE)
 # "-$1,234.50", "1234", ".5": thousands groups or plain digits, optional decimals.
-_NUMBER_RE = re.compile(r"(?<![\w.])(-?)(?:\\?\$\s?)?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?!\d)")
+# an optional exponent ("6.02e23", "2.5E-3") belongs to the number: without it "1e23" would read as "1"
+_NUMBER_RE = re.compile(
+    r"(?<![\w.])(-?)(?:\\?\$\s?)?((?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+(?![\w.]))?)(?!\d)"
+)
+_MAX_EXPONENT = 100
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
 _PHRASE_SPAN = 300  # characters after a "final answer" phrase in which its answer must be
 
@@ -68,6 +73,14 @@ def strip_think(text: str) -> str:
 def normalize_number(raw: str) -> str:
     """``"$1,234.00"`` -> ``"1234"``, ``"0.50"`` -> ``"0.5"``, ``"-3"`` -> ``"-3"``."""
     s = raw.replace(",", "").replace("\\$", "").replace("$", "").replace(" ", "")
+    if "e" in s.lower():  # scientific notation, written out ("6.02e23" -> "602000000000000000000000")
+        try:
+            value = Decimal(s)
+        except InvalidOperation:
+            return raw
+        if abs(value.adjusted()) > _MAX_EXPONENT:  # not written out: a typo must not make a huge string
+            return s.lower()
+        s = format(value, "f")
     if "." in s:
         s = s.rstrip("0").rstrip(".")
     if s.startswith(".") or s.startswith("-."):
