@@ -616,3 +616,11 @@ def test_extract_answer_keeps_its_time_limit_in_a_worker_thread() -> None:
 ])
 def test_gsm8k_numbers_keep_their_exponent(text: str, expected: str) -> None:
     assert extract_answer(text, "gsm8k") == expected
+
+
+def test_the_design_entry_points_take_a_dataset_keyword() -> None:
+    """DESIGN.md fixes `extract_answer(text, dataset=...)` and `grade(text, gold, dataset=...)`."""
+    text = "She pays $1,234.00 in all.\n#### 1,234"
+    assert extract_answer(text, dataset="gsm8k") == extract_answer(text, "gsm8k") == "1234"
+    assert grade(text, "1234", dataset="gsm8k") and grade("The answer is 1e3", "1000", dataset="gsm8k")
+    assert extract_answer("so $\\frac{1}{2}$", dataset="math500") == extract_answer("so $\\frac{1}{2}$", "math")

@@ -56,16 +56,18 @@ def grade(
     box_match: str = "last",
     timeout: float = 5.0,
     engine: str = "inferencekit",
+    *,
+    dataset: str | None = None,
 ) -> bool:
     """True when the answer in ``text`` is equivalent to ``gold``.
 
     ``box_match="any"``: true when any boxed answer (or the single extracted one) is equivalent.
     ``engine="math-verify"`` grades with plain math-verify instead (see ``engine.plain_grade``).
     In the main thread extraction and comparison together get ``timeout`` seconds (``False`` past it).
-    ``style`` as ``extract_answer`` takes it (a data set's name is read as its answer style).
+    ``style`` and ``dataset=`` as ``extract_answer`` takes them (a data set's name is read as its answer style).
     """
     try:
         with time_limit(timeout):
-            return grade_answer(text, gold, answer_style(style), box_match, engine)[1]
+            return grade_answer(text, gold, answer_style(style if dataset is None else dataset), box_match, engine)[1]
     except GradingTimeout:
         return False
