@@ -254,11 +254,12 @@ class Generator(ABC):
         far (backends with a prefix cache, like llama.cpp's, recompute only the new tokens); a backend with a
         decode loop overrides it to yield each token's text.
         """
+        generator = self if account is None else self.bind(account)
         text, left, step = "", params.max_new_tokens, 0
         while left > 0:
             size = min(self.stream_chunk_tokens, left)
             chunk = params.replace(n=1, max_new_tokens=size, seed=params.seed + step, stop=())
-            completion = self._generate([prompt + text], chunk, account, None)[0][0]
+            completion = generator.generate([prompt + text], chunk)[0][0]
             piece, stop = truncate_at_stop(text + completion.text, params.stop)
             piece = piece[len(text) :]
             if completion.finish_reason == "length" and stop is None:
