@@ -105,7 +105,7 @@ def test_stop_strings_and_finish_reasons(gen, prompts):
     assert ended.finish_reason == "stop" and ended.stop_reason is None  # EOS
 
 
-def test_top_logprobs_and_score_text(gen, prompts):
+def test_top_logprobs_and_score_text(gen, prompts, monkeypatch):
     out = gen.generate([prompts[1]], GREEDY.replace(max_new_tokens=8, logprobs=True, top_logprobs=3))[0][0]
     assert len(out.top_logprobs) == out.tokens and all(len(t) == 3 for t in out.top_logprobs)
     for lp, top in zip(out.logprobs, out.top_logprobs, strict=True):
@@ -116,8 +116,26 @@ def test_top_logprobs_and_score_text(gen, prompts):
     (pieces,) = gen.score_text([prompts[1]], [[out.text, ""]])
     assert pieces[1] == [] and pieces[0] == pytest.approx(out.logprobs, abs=2e-3)
     assert gen.can_score_text and all(v <= 0 for v in pieces[0])
-    with pytest.raises(UserError, match="max_logprobs"):  # vLLM's cap (20 unless raised): one clear line
+    # a cap set through engine_args (ours is -1, uncapped, for self-certainty): one clear line, not vLLM's error
+    monkeypatch.setattr(gen.engine.model_config, "max_logprobs", 20)
+    with pytest.raises(UserError, match="max_logprobs"):
         gen.generate([prompts[1]], GREEDY.replace(top_logprobs=21))
+    with pytest.raises(UserError, match="max_logprobs"):
+        gen.certainty_text([prompts[1]], [out.text])
+
+
+def test_self_certainty_equals_the_hf_backends_on_the_same_checkpoint(gen, prompts, embedded_gguf):
+    """Kang et al.'s per-token KL(U || p) from vLLM's whole-vocabulary prompt log-probabilities."""
+    responses = ["2 + 3 = 5, so the answer is \\boxed{5}.", ""]
+    account = UsageAccount()
+    ours = gen.bind(account).certainty_text(prompts[:2], responses)
+    hf = HFGenerator(GeneratorSpec(name="smollm2", path=str(embedded_gguf), backend="hf", dtype="float32"))
+    theirs = hf.certainty_text(prompts[:2], responses)
+    hf.close()
+    assert ours[1] == [] and len(ours[0]) == gen.count_tokens(responses[0]) > 5
+    assert ours[0] == pytest.approx(theirs[0], abs=1e-3)
+    assert all(v > 0 for v in ours[0])  # a model is more certain than uniform
+    assert gen.can_score_certainty and account.generator.prompt_tokens > 0
 
 
 def test_concurrent_threads_share_the_engine(gen, prompts):
@@ -153,7 +171,8 @@ def _run(work: Path, *args: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", [["--method", "best_of_n", "--n", "3", "--temperature", "0.8"],
+@pytest.mark.parametrize("method", [["--method", "best_of_n", "--n", "3", "--temperature", "0.8",
+                                     "--reward-model", "self_certainty", "--vote", "majority,weighted"],
                                     ["--method", "beam_search", "--n", "4", "--beam-width", "2", "--temperature", "0.8",
                                      "--reward-model", "mean_logprob"]])
 def test_inferencekit_run_with_the_vllm_backend_then_resume(gen, method, tmp_path, monkeypatch):

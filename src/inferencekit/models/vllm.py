@@ -15,7 +15,8 @@ and sent as token ids; text comes back with special tokens kept and stop strings
 A GGUF file (the default embedded model included) is served from its dequantised copy
 (`models/dequantised.py`), the same checkpoint the hf backend reads. Engine arguments: `dtype`,
 `n_ctx` (vLLM's `max_model_len`), `max_batch_sequences` (`max_num_seqs`), `tensor_parallel_size`,
-`data_parallel_size` and any other `AsyncEngineArgs` field through the model argument `engine_args`. On a CPU
+`data_parallel_size` and any other `AsyncEngineArgs` field through the model argument `engine_args`
+(`max_logprobs` is -1 unless given: `certainty_text` reads whole distributions). On a CPU
 the KV cache holds `kv_cache_mib` (vLLM would otherwise reserve most of the machine's memory); on a GPU vLLM
 sizes it from `gpu_memory_utilization`.
 """
@@ -26,6 +27,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import itertools
+import math
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -68,6 +70,7 @@ class VLLMGenerator(TokenizerText, Generator):
 
     backend = "vllm"
     can_score_text = True  # score_text below, from prompt log-probabilities
+    can_score_certainty = True  # certainty_text below, from full prompt log-probabilities (max_logprobs=-1)
 
     def __init__(self, spec: GeneratorSpec) -> None:
         super().__init__()
@@ -105,6 +108,7 @@ class VLLMGenerator(TokenizerText, Generator):
             "max_model_len": spec.n_ctx, "max_num_seqs": spec.max_batch_sequences, "enable_prefix_caching": True,
             "tensor_parallel_size": spec.tensor_parallel_size, "data_parallel_size": spec.data_parallel_size,
             "seed": 0, "disable_log_stats": True,
+            "max_logprobs": -1,  # lets certainty_text ask for whole distributions; the user may cap it
         }
         if current_platform.is_cpu():  # else vLLM reserves a fraction of the machine's memory
             args["kv_cache_memory_bytes"] = spec.kv_cache_mib * 2**20
@@ -222,43 +226,77 @@ class VLLMGenerator(TokenizerText, Generator):
         Each prompt plus continuation is one request for its prompt log-probabilities (vLLM reads those
         only from computed positions, so such a request skips the prefix cache).
         """
-        items = []
-        for prompt, pieces in zip(prompts, continuations, strict=True):
-            tails = [self.tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in pieces]
-            tokens = self.encode(prompt) + [t for tail in tails for t in tail]
-            if len(tokens) > self.n_ctx:
-                raise ValueError(f"prompt and continuation of {len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
-            items.append((tails, tokens))
-        start = time.perf_counter()
-        results = self._run(self._score_all([tokens for _, tokens in items])).result()
+        items = [self._scored_tokens(prompt, pieces) for prompt, pieces in zip(prompts, continuations, strict=True)]
+        results = self._prompt_statistics([tokens for _, tokens in items], 0, usage)
         out = []
-        for (tails, tokens), (logprobs, _) in zip(items, results, strict=True):
+        for (tails, tokens), logprobs in zip(items, results, strict=True):
             at, pieces = len(tokens) - sum(map(len, tails)), []
             for tail in tails:
                 pieces.append(logprobs[at : at + len(tail)])
                 at += len(tail)
             out.append(pieces)
-        work = Usage(calls=1, prompt_tokens=sum(len(t) for _, t in items),
-                     computed_prompt_tokens=sum(len(t) - cached for (_, t), (_, cached) in zip(items, results,
-                                                                                              strict=True)),
+        return out
+
+    def certainty_text(
+        self, prompts: Sequence[str], responses: Sequence[str], usage: Usage | None = None
+    ) -> list[list[float]]:
+        """Per-token self-certainty of each response (see `Generator.certainty_text`) from vLLM's prompt
+        log-probabilities over the whole vocabulary: KL(U || p) = -log V - mean_j log p(j) at each position.
+
+        Exact, but costly: vLLM hands the whole distribution of every position back to this process (about
+        20 ms per token for a 49k vocabulary on a 2-core CPU, prompt positions included). Needs `max_logprobs`
+        -1 (the default here).
+        """
+        most = self.engine.model_config.max_logprobs
+        if most >= 0:
+            raise UserError(f"self-certainty on vllm reads whole distributions, but engine_args caps max_logprobs at "
+                            f"{most}: leave it unset (-1) or use --backend llamacpp or hf")
+        items = [self._scored_tokens(prompt, [response]) for prompt, response in zip(prompts, responses, strict=True)]
+        results = self._prompt_statistics([tokens for _, tokens in items], -1, usage)
+        return [values[len(tokens) - len(tails[0]):] for (tails, tokens), values in zip(items, results, strict=True)]
+
+    def _scored_tokens(self, prompt: str, pieces: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """Each piece's tokens (on its own, no BOS) and the prompt's tokens followed by all of them."""
+        tails = [self.tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in pieces]
+        tokens = self.encode(prompt) + [t for tail in tails for t in tail]
+        if len(tokens) > self.n_ctx:
+            raise ValueError(f"prompt and continuation of {len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
+        return tails, tokens
+
+    def _prompt_statistics(self, sequences: list[list[int]], ranks: int, usage: Usage | None) -> list[list[float]]:
+        """Per token of each sequence (0.0 for the first): its log-probability (`ranks` 0) or the
+        self-certainty of the distribution it was read from (`ranks` -1: the whole vocabulary). The work
+        goes to `usage` when given, else to this generator."""
+        start = time.perf_counter()
+        results = self._run(self._score_all(sequences, ranks)).result()
+        work = Usage(calls=1, prompt_tokens=sum(map(len, sequences)),
+                     computed_prompt_tokens=sum(len(t) - cached for t, (_, cached) in zip(sequences, results,
+                                                                                          strict=True)),
                      seconds=time.perf_counter() - start)
         if usage is None:
             self._record(work, None)
         else:
             usage.add(work)
-        return out
+        return [values for values, _ in results]
 
-    async def _score_all(self, sequences: list[list[int]]) -> list[tuple[list[float], int]]:
-        return await asyncio.gather(*(self._score(tokens) for tokens in sequences))
+    async def _score_all(self, sequences: list[list[int]], ranks: int) -> list[tuple[list[float], int]]:
+        return await asyncio.gather(*(self._score(tokens, ranks) for tokens in sequences))
 
-    async def _score(self, tokens: list[int]) -> tuple[list[float], int]:
-        """Each token's log-probability given those before it (0.0 for the first), and the cached tokens."""
-        params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+    async def _score(self, tokens: list[int], ranks: int) -> tuple[list[float], int]:
+        """One sequence's per-token statistic (see `_prompt_statistics`) and its cached prompt tokens."""
+        params = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=ranks, detokenize=False, flat_logprobs=True,
                             output_kind=RequestOutputKind.FINAL_ONLY)
         result = await self._final(TokensPrompt(prompt_token_ids=tokens), params)
-        logprobs = [0.0] + [position[t].logprob for t, position in zip(tokens[1:], result.prompt_logprobs[1:],
-                                                                       strict=True)]
-        return logprobs, result.num_cached_tokens or 0
+        # flat: per position, the prompt token's entry first, then the `ranks` likeliest (all when -1)
+        flat = result.prompt_logprobs
+        spans = list(zip(flat.start_indices[1:], flat.end_indices[1:], strict=True))
+        if ranks == 0:
+            return [0.0] + [flat.logprobs[start] for start, _ in spans], result.num_cached_tokens or 0
+        vocab = self.engine.model_config.get_vocab_size()
+        if any(end - start - 1 != vocab for start, end in spans):
+            raise GenerationError(f"vLLM returned fewer than the {vocab} log-probabilities of a whole distribution")
+        values = [-math.log(vocab) - math.fsum(flat.logprobs[start + 1 : end]) / vocab for start, end in spans]
+        return [0.0] + values, result.num_cached_tokens or 0
 
     # ---------------------------------------------------------------- shutdown
 

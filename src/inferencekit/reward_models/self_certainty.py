@@ -3,7 +3,7 @@
 - `self_certainty`: the KL divergence from the uniform distribution to the full next-token distribution,
   KL(U || p) = -(1/V) sum_j log(V p_j), averaged over every token of the response; one score per whole
   response, however steps split it (backprop07/Self-Certainty @ b3461b1, src/confidence_list.py and the
-  README's formula). It needs full distributions: llama.cpp and transformers give them
+  README's formula). It needs full distributions: llama.cpp, transformers and vLLM give them
   (`Generator.certainty_text`); another backend is refused in one line.
 - `mean_logprob`: exp(mean log-probability of each step's sampled tokens), per step (its_hub's signal
   of that name); any backend that returns log-probabilities of given text, or a transformers model.
@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from inferencekit.errors import UserError
+from inferencekit.models.base import Generator
 from inferencekit.models.certainty import kl_uniform_rows
 from inferencekit.reward_models.base import ScoreItem
 from inferencekit.reward_models.encoding import Encoded
@@ -147,7 +148,7 @@ class SelfCertainty(MeanLogprob):
 
     The whole solution is scored as one piece after the prompt (steps do not change it): `score` gives one
     float per solution. The model: a transformers causal LM at `path`; else the generator's own
-    `certainty_text` (llama.cpp, hf). A backend without full distributions (openai) is refused.
+    `certainty_text` (llama.cpp, hf, vllm). A backend without full distributions (openai) is refused.
     """
 
     def load(self) -> None:
@@ -159,9 +160,10 @@ class SelfCertainty(MeanLogprob):
             self.certainty = gen.certainty_text
         else:
             backend = "no generator" if gen is None else f"backend {gen.backend!r}"
+            capable = ", ".join(Generator.capable_backends("can_score_certainty"))
             raise UserError(
                 f"self_certainty reads the full next-token distribution: give a causal LM path, or run on a backend "
-                f"that exposes it (llamacpp, hf); got {backend} (--reward-model mean_logprob needs only log-probs)"
+                f"that exposes it ({capable}); got {backend} (--reward-model mean_logprob needs only log-probs)"
             )
 
     def score(
