@@ -2,7 +2,7 @@
 
     python benchmarks/vs_lm_eval.py --lm-eval-python /work/venvs/lmeval/bin/python [--backend llamacpp,hf,vllm]
         [--lm-eval-model hf,vllm] [--vllm-dtype bfloat16] [--limit 100] [--batch-size 16] [--max-new-tokens 256]
-        [--shots 5]
+        [--shots 5] [--samples 8 --temperature 0.8]
 
 The job (issue 12): the first `--limit` GSM8K test problems from the shipped data, 5-shot (the first
 five training problems as worked examples), greedy, 256 new tokens, batch 16, SmolLM2-135M-Instruct
@@ -23,6 +23,11 @@ vLLM on both sides: `--lm-eval-model vllm` (or `hf,vllm`) also runs lm-eval's `v
 in-process at the same dtype; the printed `ratio[vllm/lm-eval vllm]=...` compares the two on one engine.
 On a CPU both get the same KV cache size (`--vllm-kv-gib`). Each lm-eval model is printed with its
 `ratio[backend]` figures against it.
+
+The larger job beside it: `--samples 8 --temperature 0.8` (best-of-8 sampled at 0.8, where start-up no longer
+dominates): ours runs `--method best_of_n --n 8 --vote majority`, lm-eval the same prompts with `repeats: 8` and
+sampling at the same temperature; both tools' 8 texts per problem are graded by our grader, majority-voted the same
+way (`inferencekit.voting.majority_vote` over extracted answers).
 
 Install lm-eval in its OWN virtual environment (never into inferencekit's: it could change shared
 packages), with this machine's torch first:
@@ -81,10 +86,11 @@ doc_to_text: prompt
 doc_to_target: reference
 target_delimiter: ""
 num_fewshot: 0
+repeats: {samples}
 generation_kwargs:
   until: ["{stop}"]
-  do_sample: false
-  temperature: 0.0
+  do_sample: {sampled}
+  temperature: {temperature}
   max_gen_toks: {tokens}
 filter_list:
   - name: flexible-extract
@@ -112,6 +118,9 @@ def run_inferencekit(args: argparse.Namespace, backend: str, work: Path) -> tupl
     cmd = [sys.executable, "-m", "inferencekit.cli", "run", "--dataset", "gsm8k", "--data-dir", str(args.data_dir),
            "--num-shots", str(args.shots), "--limit", str(args.limit), "--max-new-tokens", str(args.max_new_tokens),
            "--batch-size", str(args.batch_size), "--work-dir", str(work), "--no-progress"]
+    if args.samples > 1:
+        cmd += ["--method", "best_of_n", "--n", str(args.samples), "--temperature", str(args.temperature),
+                "--vote", "majority"]
     if backend == "hf":
         cmd += ["--backend", "hf", "--model-arg", "dtype=float32"]
         dequantise_once("float32")
@@ -171,8 +180,8 @@ def lm_eval_model(args: argparse.Namespace, name: str, model: Path) -> list[str]
 
 
 def run_lm_eval(args: argparse.Namespace, name: str, records: list[Record],
-                work: Path) -> tuple[float, dict[int, str], float]:
-    """lm-eval's model `name` on the same prompts: (wall seconds, generated text per index, its flexible-extract
+                work: Path) -> tuple[float, dict[int, list[str]], float]:
+    """lm-eval's model `name` on the same prompts: (wall seconds, generated texts per index, its flexible-extract
     score)."""
     work.mkdir(parents=True, exist_ok=True)
     data = work / "prompts.jsonl"
@@ -182,7 +191,8 @@ def run_lm_eval(args: argparse.Namespace, name: str, records: list[Record],
     tasks = work / "tasks"
     tasks.mkdir()
     (tasks / "inferencekit_gsm8k.yaml").write_text(
-        TASK.format(data=data, stop=END_OF_TURN, tokens=args.max_new_tokens))
+        TASK.format(data=data, stop=END_OF_TURN, tokens=args.max_new_tokens, samples=args.samples,
+                    sampled=str(args.samples > 1).lower(), temperature=args.temperature))
     model = float32_checkpoint(args.checkpoint)
     cmd = [str(args.lm_eval_python), "-c", LM_EVAL, *lm_eval_model(args, name, model),
            "--tasks", "inferencekit_gsm8k", "--include_path", str(tasks),
@@ -196,7 +206,7 @@ def run_lm_eval(args: argparse.Namespace, name: str, records: list[Record],
     texts, hits = {}, []
     for line in samples.read_text().splitlines():
         s = json.loads(line)
-        texts[int(s["doc"]["index"])] = s["resps"][0][0]
+        texts[int(s["doc"]["index"])] = [r[0] if isinstance(r, list) else r for r in s["resps"]]
         hits.append(float(s.get("exact_match", 0.0)))
     return seconds, texts, sum(hits) / max(1, len(hits))
 
@@ -214,6 +224,8 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=1, help="samples per problem (best-of-N, majority vote); 1: greedy")
+    ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature when --samples > 1")
     ap.add_argument("--data-dir", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both tools (llama.cpp n_threads, OMP_NUM_THREADS); default: theirs")
@@ -227,14 +239,18 @@ def main() -> None:
     from inferencekit.grading import grade
     from inferencekit.grading.extract import extract_answer
     from inferencekit.results.store import RunStore
+    from inferencekit.voting import vote
 
     backends, lm_models = args.backend.split(","), args.lm_eval_model.split(",")
     if not backends or any(b not in ("llamacpp", "hf", "vllm") for b in backends):
         sys.exit(f"--backend {args.backend}: accepted llamacpp, hf, vllm, comma-separated")
+    if args.samples < 1 or (args.samples > 1) != (args.temperature > 0):
+        sys.exit(f"--samples {args.samples} --temperature {args.temperature}: accepted --samples 1 (greedy), or "
+                 "--samples N > 1 with --temperature T > 0")
     if not lm_models or any(m not in ("hf", "vllm") for m in lm_models):
         sys.exit(f"--lm-eval-model {args.lm_eval_model}: accepted hf, vllm, comma-separated")
     ours: dict[str, tuple[float, list]] = {}
-    theirs: dict[str, tuple[float, dict[int, str], float]] = {}
+    theirs: dict[str, tuple[float, dict[int, list[str]], float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for backend in backends:
@@ -245,21 +261,36 @@ def main() -> None:
             theirs[name] = run_lm_eval(args, name, records, work / f"lm-{name}")
 
     n = len(records)
-    print(f"job: GSM8K first {n} test problems, {args.shots}-shot, greedy, {args.max_new_tokens} new tokens, "
+    mode = "greedy" if args.samples == 1 else f"best-of-{args.samples} at temperature {args.temperature}"
+    print(f"job: GSM8K first {n} test problems, {args.shots}-shot, {mode}, {args.max_new_tokens} new tokens, "
           f"batch {args.batch_size}, SmolLM2-135M-Instruct")
+
+    def scored(texts_of: dict[int, list[str]]) -> tuple[float, float, dict[int, str | None]]:
+        """(majority-vote accuracy, mean per-sample accuracy, voted answer per index), graded by our grader."""
+        voted, hits, samples = {}, 0, 0.0
+        for r in records:
+            texts = texts_of[r.index]
+            answers = [extract_answer(t, "gsm8k") for t in texts]
+            voted[r.index] = vote("majority", answers)
+            hits += voted[r.index] is not None and grade(texts[answers.index(voted[r.index])], str(r.reference),
+                                                         "gsm8k")
+            samples += sum(grade(t, str(r.reference), "gsm8k") for t in texts) / len(texts)
+        return hits / n, samples / n, voted
+
     for name, (t_lm, lm_texts, lm_own) in theirs.items():
-        lm_ok = sum(grade(lm_texts[r.index], str(r.reference), "gsm8k") for r in records)
+        lm_vote, lm_mean, _ = scored(lm_texts)
         dtype = args.vllm_dtype if name == "vllm" else "float32"
-        print(f"lm-eval ({name}, {dtype}):   {t_lm:.1f} s, accuracy {lm_ok / n:.1%} "
-              f"(its own flexible-extract exact match: {lm_own:.1%})")
+        print(f"lm-eval ({name}, {dtype}):   {t_lm:.1f} s, accuracy {lm_vote:.1%} (per sample {lm_mean:.1%}; its own "
+              f"flexible-extract exact match: {lm_own:.1%})")
     t_anchor, anchor_texts, _ = theirs[lm_models[0]]
+    _, _, anchor_votes = scored(anchor_texts)
     for backend in reversed(backends):  # the first named is printed last, beside the final ratio
         t_ours, rs = ours[backend]
-        ours_ok = sum(grade(r.candidates[0].text, str(r.reference), "gsm8k") for r in rs)
-        same = sum(extract_answer(r.candidates[0].text, "gsm8k") == extract_answer(anchor_texts[r.index], "gsm8k")
-                   for r in rs)
-        print(f"inferencekit ({backend}): {t_ours:.1f} s, accuracy {ours_ok / n:.1%}, "
-              f"identical extracted answers with lm-eval ({lm_models[0]}): {same / n:.1%}")
+        ours_vote, ours_mean, votes = scored({r.index: [c.text for c in r.candidates] for r in rs})
+        same = sum(votes[i] == anchor_votes[i] for i in votes)
+        print(f"inferencekit ({backend}): {t_ours:.1f} s, accuracy {ours_vote:.1%} (per sample {ours_mean:.1%}), "
+              f"identical {'voted' if args.samples > 1 else 'extracted'} answers with lm-eval ({lm_models[0]}): "
+              f"{same / n:.1%}")
         for name, (t_lm, _, _) in theirs.items():
             print(f"ratio[{backend}/lm-eval {name}]={t_lm / t_ours:.2f}")
         print(f"ratio[{backend}]={t_anchor / t_ours:.2f}")

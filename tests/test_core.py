@@ -178,6 +178,25 @@ def test_resolve_model_by_preset_path_and_hub_id(tmp_path):
     assert resolve_model("smollm2-135m", model_args={"n_ctx": 512}).n_ctx == 512
 
 
+def test_a_transformers_checkpoint_goes_to_vllm_only_where_vllm_is_installed_and_a_gpu_is_visible(
+        tmp_path, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    hf_dir = tmp_path / "m"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")
+    installed = importlib.util.find_spec("vllm") is not None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # this machine has no GPU: say it has one
+    assert resolve_model(str(hf_dir)).backend == ("vllm" if installed else "hf")
+    assert resolve_model("Qwen/Qwen2.5-Math-1.5B-Instruct").backend == ("vllm" if installed else "hf")
+    assert resolve_model(str(hf_dir), backend="hf").backend == "hf"  # an explicit choice stands
+    assert resolve_model("smollm2-135m").backend == "llamacpp"  # a GGUF file stays on llama.cpp
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # vLLM not installed
+    assert resolve_model(str(hf_dir)).backend == "hf"
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [

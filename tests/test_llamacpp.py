@@ -132,6 +132,25 @@ def test_reusing_generated_tokens(prompts, embedded_gguf):
     g.close()
 
 
+def test_certainty_of_generated_text_is_read_from_its_draws_with_reuse_generated_kv(prompts, embedded_gguf):
+    """With reuse_generated_kv, certainty_text of a just-generated text (a sample, and a two-step path grown from
+    a step's text) computes no tokens, and equals a recomputation as a prompt up to the last bits."""
+    g = make(embedded_gguf, extra={"reuse_generated_kv": True})
+    sampled = SamplingParams(n=3, temperature=0.8, max_new_tokens=24, seed=5)
+    texts_ = [c.text for c in g.generate([prompts[2]], sampled)[0]]
+    step = g.generate([prompts[2]], GREEDY.replace(max_new_tokens=6))[0][0].text
+    second = g.generate([prompts[2] + step], GREEDY.replace(max_new_tokens=6))[0][0].text
+    responses = [*texts_, step + second]
+    computed = g.usage.computed_prompt_tokens
+    drawn = g.certainty_text([prompts[2]] * 4, responses)
+    assert g.usage.computed_prompt_tokens == computed  # all four read from the draws
+    recomputed = make(embedded_gguf).certainty_text([prompts[2]] * 4, responses)
+    for response, a, b in zip(responses, drawn, recomputed, strict=True):
+        assert len(a) == len(b) == g.count_tokens(response) > 0
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-4)
+    g.close()
+
+
 def test_stop_strings(gen, prompts):
     full = gen.generate([prompts[2]], GREEDY)[0][0].text
     words = full.split()

@@ -232,6 +232,13 @@ def test_list(what, expected):
     assert result.returncode == 0 and expected in result.stdout
 
 
+def test_version():
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"inferencekit {version('inferencekit')}"
+
+
 @pytest.mark.parametrize("method", [
     ["--method", "best_of_n", "--n", "3"],
     ["--method", "beam_search", "--n", "4", "--beam-width", "2", "--reward-model", "self_certainty"],

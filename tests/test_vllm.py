@@ -138,6 +138,18 @@ def test_self_certainty_equals_the_hf_backends_on_the_same_checkpoint(gen, promp
     assert gen.can_score_certainty and account.generator.prompt_tokens > 0
 
 
+def test_seeded_samples_of_many_long_prompts(gen):
+    """More prompt tokens than one engine step takes (vLLM 0.32's CPU runner died on a seeded request whose
+    prompt was prefilled in chunks): every sample comes back, each as it comes alone."""
+    long = [gen.chat_prompt([{"role": "user", "content": f"Problem {i}. " + "Count the apples again. " * 180}])
+            for i in range(6)]
+    assert sum(map(gen.count_tokens, long)) > gen.engine.vllm_config.scheduler_config.max_num_batched_tokens // 2
+    params = SAMPLED.replace(n=2, max_new_tokens=4)
+    together = texts(gen.generate(long, params))
+    assert together[5] == texts(gen.generate([long[5]], params))[0]
+    assert all(len(samples) == 2 for samples in together)
+
+
 def test_concurrent_threads_share_the_engine(gen, prompts):
     alone = texts(gen.generate(prompts, SAMPLED))
 

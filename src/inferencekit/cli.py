@@ -45,8 +45,18 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("inferencekit")
+    except metadata.PackageNotFoundError:  # run from a source checkout without installing
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="inferencekit", description="Evaluate LLMs on reasoning benchmarks with test-time search.")
+    parser.add_argument("--version", action="version", version=f"inferencekit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="generate, grade and score a benchmark (resumes by default)")

@@ -71,6 +71,9 @@ def resolve_model(name_or_path: str, backend: str | None = None, model_args: dic
 
 
 def _infer_backend(path: str) -> str:
+    """The default backend for a model (README, "Which backend"): a GGUF file runs on llama.cpp (its own
+    quantised weights, loaded in a second); a transformers checkpoint or hub id on vLLM where vLLM is installed
+    and a GPU is visible, else on transformers (on a CPU, vLLM's minute-long start outweighs small jobs)."""
     p = Path(path).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -78,16 +81,27 @@ def _infer_backend(path: str) -> str:
         return "llamacpp"
     if p.is_dir():
         if (p / "config.json").is_file():
-            return "hf"
+            return transformers_backend()
         if list(p.glob("*.gguf")):
             return "llamacpp"
         raise UserError(f"model folder {p} holds neither config.json (transformers) nor a .gguf file")
     if is_hub_id(path):
-        return "hf"  # a hub id: loaded from the hub (or its local cache) by transformers
+        return transformers_backend()  # loaded from the hub (or its local cache)
     raise UserError(
         f"unknown model {path!r}: not a preset ({', '.join(preset_names('models'))}), "
         "a local folder, a .gguf file or a hub id (org/name)"
     )
+
+
+def transformers_backend() -> str:
+    """`vllm` for a transformers checkpoint when vLLM is installed and a CUDA GPU is visible, else `hf`."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "hf"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
 
 
 def executor_args(config: Any) -> dict[str, Any]:

@@ -110,8 +110,11 @@ class VLLMGenerator(TokenizerText, Generator):
             "seed": 0, "disable_log_stats": True,
             "max_logprobs": -1,  # lets certainty_text ask for whole distributions; the user may cap it
         }
-        if current_platform.is_cpu():  # else vLLM reserves a fraction of the machine's memory
-            args["kv_cache_memory_bytes"] = spec.kv_cache_mib * 2**20
+        if current_platform.is_cpu():
+            args["kv_cache_memory_bytes"] = spec.kv_cache_mib * 2**20  # else vLLM reserves a share of the memory
+            # vLLM 0.32's CPU runner fails a seeded request whose prompt was prefilled in chunks ("CPU Generator
+            # does not use offset") and the engine with it: whole prompts only (each sample has its own seed)
+            args["enable_chunked_prefill"] = False
         args.update(spec.engine_args)
         return AsyncEngineArgs(**args)
 

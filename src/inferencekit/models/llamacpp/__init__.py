@@ -29,8 +29,10 @@ Streams stay cached after a call: a later prompt that starts with a cached promp
 rest (counted in `computed_prompt_tokens`), as tree search needs. So there may be more streams than
 `max_batch_sequences`, which bounds only how many sequences decode together: a tree search round's
 prompts, and the paths `score_text` read last round, stay cached side by side. The model argument
-`reuse_generated_kv=true` also reuses generated tokens' KV: faster for tree search, but those were
-computed one token at a time, so results then differ in the last bits from computing the same text as a prompt.
+`reuse_generated_kv=true` also reuses what generation computed: generated tokens' KV (a tree search's next
+prompt), and the self-certainty of the distributions they were drawn from (`certainty_text` of a just-generated
+text then computes nothing). Faster for tree search and self-certainty, but those were computed one token at a
+time, so results then differ in the last bits from computing the same text as a prompt.
 """
 
 from inferencekit.models.llamacpp.generator import LlamaCppGenerator

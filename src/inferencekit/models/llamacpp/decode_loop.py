@@ -27,7 +27,7 @@ from inferencekit.models.base import (
 )
 from inferencekit.models.certainty import kl_uniform
 from inferencekit.models.llamacpp.gguf import GGUFModel
-from inferencekit.models.llamacpp.kv_cache import StreamCache
+from inferencekit.models.llamacpp.kv_cache import DrawnCertainty, StreamCache
 from inferencekit.models.llamacpp.sampler import logsumexp, next_token, top_k
 
 _BATCH = 512  # tokens per llama_decode call; prompts are fed in chunks of this size
@@ -91,6 +91,7 @@ class _Seq:
     out: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[str, float]]] = field(default_factory=list)
+    certainty: list[float] = field(default_factory=list)  # per generated token, with reuse_generated
     data: bytearray = field(default_factory=bytearray)
     finish: str | None = None
 
@@ -117,6 +118,7 @@ class DecodeLoop:
         self._n_seq = self._per_seq = 0
         self._batch = lc.llama_batch_init(_BATCH, 0, 1)
         self.cache = StreamCache()
+        self.drawn = DrawnCertainty()  # read by score_items("certainty") with reuse_generated
         # callers hand jobs in through _inbox / _tasks under _wake; the loop's thread owns the context, the
         # streams and _waiting / _live, and holds _engine while it works
         self._wake = threading.Condition()
@@ -332,6 +334,9 @@ class DecodeLoop:
         self._live = [s for s in self._live if s.finish is None]
         self.cache.retain((s.seq, s.fed if self._reuse_generated else s.job.toks) for s in finished)
         for s in finished:
+            if self._reuse_generated:  # the text's tokens: an end-of-generation token is not part of it
+                text = s.out[:-1] if s.out and self.model.is_eog(s.out[-1]) else s.out
+                self.drawn.remember(s.job.toks, text, s.certainty)
             call = s.job.call
             call.results[(s.job.prompt, s.j)] = self._completion(s, s.job.params)
             call.left -= 1
@@ -416,8 +421,10 @@ class DecodeLoop:
         x = logits.astype(np.float64)
         tok = next_token(x, p, s.rng)
         s.out.append(tok)
-        if p.logprobs or p.top_logprobs:
+        if p.logprobs or p.top_logprobs or self._reuse_generated:
             norm = logsumexp(x)
+            if self._reuse_generated:
+                s.certainty.append(kl_uniform(x, norm))
             if p.logprobs:
                 s.logprobs.append(float(x[tok] - norm))
             if p.top_logprobs:
@@ -466,6 +473,11 @@ class DecodeLoop:
             if len(tokens) == len(head):
                 out.append([[] for _ in tails])
                 continue
+            drawn = self.drawn.lookup(tokens, len(head)) if statistic == "certainty" else None
+            if drawn is not None:  # generated here (reuse_generated): nothing to compute
+                out.append(self._split(drawn, tails))
+                total += len(tokens)
+                continue
             seq = self._n_seq - 1 - k % free
             scored, start = self.cache.reuse_scored(self._mem, tokens, seq, first_out=len(head) - 1,
                                                     statistic=statistic)
@@ -482,9 +494,14 @@ class DecodeLoop:
                 start = end
             self.cache.store_scored(seq, tokens, scored, statistic)
             total += len(tokens)
-            split, at = [], len(head) - 1
-            for tail in tails:
-                split.append(scored[at : at + len(tail)].tolist())
-                at += len(tail)
-            out.append(split)
+            out.append(self._split(scored[len(head) - 1 :], tails))
         return out, total, computed
+
+    @staticmethod
+    def _split(values: np.ndarray, tails: list[list[int]]) -> list[list[float]]:
+        """Values of a continuation's tokens, in order, cut into its pieces."""
+        split, at = [], 0
+        for tail in tails:
+            split.append(values[at : at + len(tail)].tolist())
+            at += len(tail)
+        return split

@@ -117,3 +117,40 @@ class StreamCache:
         self.forget(seq)
         lc.llama_memory_seq_rm(mem, seq, best, -1)  # best is 0 when nothing matched
         return scored, best
+
+
+class DrawnCertainty:
+    """The self-certainty of the distributions generated tokens were drawn from, kept by token sequence
+    (`reuse_generated_kv`), so scoring a just-generated text computes nothing.
+
+    An entry is a sequence (prompt, then generated tokens) and the certainty of each generated token; a
+    tree search's path is found through the entries of its steps (each step's prompt is the path before it).
+    The oldest entries go first past `capacity`. The values were computed one token at a time, so they equal
+    a recomputation as a prompt up to the last bits (see the package docstring).
+    """
+
+    def __init__(self, capacity: int = 16384) -> None:
+        self.capacity = capacity
+        self._entries: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}  # insertion order: oldest first
+
+    def remember(self, prompt: Sequence[int], generated: Sequence[int], values: Sequence[float]) -> None:
+        if not generated:
+            return
+        key = (*prompt, *generated)
+        self._entries.pop(key, None)
+        self._entries[key] = (len(prompt), np.asarray(values[: len(generated)], dtype=np.float64))
+        while len(self._entries) > self.capacity:
+            del self._entries[next(iter(self._entries))]
+
+    def lookup(self, tokens: Sequence[int], start: int) -> np.ndarray | None:
+        """The certainty of `tokens[start:]` (each given those before it), or None unless all are known."""
+        parts, end = [], len(tokens)
+        while end > start:
+            entry = self._entries.get(tuple(tokens[:end]))
+            if entry is None:
+                return None
+            first, values = entry
+            first = max(first, start)
+            parts.append(values[len(values) - (end - first):])
+            end = first
+        return np.concatenate(parts[::-1]) if parts else np.zeros(0)
