@@ -265,6 +265,10 @@ def main() -> None:
     print(f"job: GSM8K first {n} test problems, {args.shots}-shot, {mode}, {args.max_new_tokens} new tokens, "
           f"batch {args.batch_size}, SmolLM2-135M-Instruct")
 
+    def distinct(texts_of: dict[int, list[str]]) -> str:
+        """Mean count of different texts among a problem's samples (1.0: the samples are copies)."""
+        return f"{sum(len(set(t)) for t in texts_of.values()) / max(1, len(texts_of)):.2f}"
+
     def scored(texts_of: dict[int, list[str]]) -> tuple[float, float, dict[int, str | None]]:
         """(majority-vote accuracy, mean per-sample accuracy, voted answer per index), graded by our grader."""
         voted, hits, samples = {}, 0, 0.0
@@ -281,16 +285,17 @@ def main() -> None:
         lm_vote, lm_mean, _ = scored(lm_texts)
         dtype = args.vllm_dtype if name == "vllm" else "float32"
         print(f"lm-eval ({name}, {dtype}):   {t_lm:.1f} s, accuracy {lm_vote:.1%} (per sample {lm_mean:.1%}; its own "
-              f"flexible-extract exact match: {lm_own:.1%})")
+              f"flexible-extract exact match: {lm_own:.1%}); distinct texts per problem {distinct(lm_texts)}")
     t_anchor, anchor_texts, _ = theirs[lm_models[0]]
     _, _, anchor_votes = scored(anchor_texts)
     for backend in reversed(backends):  # the first named is printed last, beside the final ratio
         t_ours, rs = ours[backend]
-        ours_vote, ours_mean, votes = scored({r.index: [c.text for c in r.candidates] for r in rs})
+        our_texts = {r.index: [c.text for c in r.candidates] for r in rs}
+        ours_vote, ours_mean, votes = scored(our_texts)
         same = sum(votes[i] == anchor_votes[i] for i in votes)
         print(f"inferencekit ({backend}): {t_ours:.1f} s, accuracy {ours_vote:.1%} (per sample {ours_mean:.1%}), "
               f"identical {'voted' if args.samples > 1 else 'extracted'} answers with lm-eval ({lm_models[0]}): "
-              f"{same / n:.1%}")
+              f"{same / n:.1%}; distinct texts per problem {distinct(our_texts)}")
         for name, (t_lm, _, _) in theirs.items():
             print(f"ratio[{backend}/lm-eval {name}]={t_lm / t_ours:.2f}")
         print(f"ratio[{backend}]={t_anchor / t_ours:.2f}")
