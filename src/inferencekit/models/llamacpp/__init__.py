@@ -32,7 +32,8 @@ prompts, and the paths `score_text` read last round, stay cached side by side. T
 `reuse_generated_kv=true` also reuses what generation computed: generated tokens' KV (a tree search's next
 prompt), and the self-certainty of the distributions they were drawn from (`certainty_text` of a just-generated
 text then computes nothing). Faster for tree search and self-certainty, but those were computed one token at a
-time, so results then differ in the last bits from computing the same text as a prompt.
+time, so results then differ from computing the same text as a prompt (in the last bits of a logit, which this
+quantised model can turn into other tokens; self-certainty values by up to a few percent a token).
 """
 
 from inferencekit.models.llamacpp.generator import LlamaCppGenerator
