@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -238,6 +239,7 @@ def main() -> None:
     ap.add_argument("--kv-gib", type=int, default=2, help="the server's KV cache on a CPU")
     ap.add_argument("--max-seqs", type=int, default=64, help="the server's max_num_seqs")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the server (the finally below)
     if not args.its_hub_python.is_file():
         sys.exit(f"no python at {args.its_hub_python}: install its_hub as this script's docstring says")
     methods = [m for m in args.methods.split(",") if m]

@@ -232,6 +232,14 @@ def test_list(what, expected):
     assert result.returncode == 0 and expected in result.stdout
 
 
+def test_a_native_crash_prints_the_python_stacks_of_every_thread():
+    # a fault inside llama.cpp or torch would otherwise end the process with one line of the C library's
+    code = "import ctypes; from inferencekit.cli import main; main(['list', 'methods']); ctypes.string_at(0)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in result.stderr and "line 1 in <module>" in result.stderr
+
+
 def test_version():
     from importlib.metadata import version
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,18 @@ def results(sweep_dir: Path) -> dict[str, list]:
             rows[row["index"]] = (row["index"], [c["text"] for c in row["candidates"]], row["predictions"])
         out[exp] = [rows[i] for i in sorted(rows)]
     return out
+
+
+def saved(sweep_dir: Path) -> int:
+    """Problems saved so far in all the sweep's runs (lines of their predictions.jsonl)."""
+    return sum(p.read_bytes().count(b"\n") for p in sweep_dir.glob("*/*/predictions.jsonl"))
+
+
+def wait_while_running(proc: subprocess.Popen, done: Callable[[], bool], timeout: float = 240) -> None:
+    """Poll until `done()` holds, the process ends, or `timeout` seconds pass (a bound on a hang, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not done():
+        time.sleep(0.05)
 
 
 def frontier(sweep_dir: Path) -> list[dict]:
@@ -137,16 +150,10 @@ def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_sweep(reference, t
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     folder = tmp_path / "tiny"
-
-    def finished() -> int:
-        return sum(p.read_bytes().count(b"\n") for p in folder.glob("*/*/predictions.jsonl"))
-
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and finished() < 4:
-        time.sleep(0.05)
+    wait_while_running(proc, lambda: saved(folder) >= 4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = finished()
+    killed_at = saved(folder)
     assert 4 <= killed_at < 3 * RUNS, "the sweep should have been killed part way"
     assert not (folder / "frontier.csv").exists()
     torn = next(folder.glob("*/*/predictions.jsonl"))
@@ -177,14 +184,8 @@ def test_ctrl_c_stops_every_run_in_flight(tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     folder = tmp_path / "long"
-
-    def saved() -> int:
-        return sum(p.read_bytes().count(b"\n") for p in folder.glob("*/*/predictions.jsonl"))
-
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and saved() < 1:
-        time.sleep(0.05)
-    at_signal = saved()
+    wait_while_running(proc, lambda: saved(folder) >= 1)
+    at_signal = saved(folder)
     proc.send_signal(signal.SIGINT)
     try:
         _, stderr = proc.communicate(timeout=300)
@@ -195,7 +196,7 @@ def test_ctrl_c_stops_every_run_in_flight(tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "rerun the same command to resume" in stderr
     # only problems that were in flight could still be saved; before the fix, the runs the signal missed ran on
-    assert saved() <= at_signal + 4 * 4, (at_signal, saved())
+    assert saved(folder) <= at_signal + 4 * 4, (at_signal, saved(folder))
     assert not (folder / "frontier.csv").exists()
     logs = [p / "run.log" for p in run_folders(folder).values()]
     assert len(logs) == 4 and all("stopping (SIGINT)" in log.read_text() for log in logs)
@@ -222,6 +223,24 @@ def test_a_changed_spec_is_refused_naming_the_keys(reference, tmp_path, capsys):
     assert "settings.temperature: 0.8 -> 0.5" in err and "cells.bon.n: [1, 2] -> [1, 3]" in err
     assert "limit" not in err
     assert (folder / "sweep.yaml").read_text() == before
+
+
+def test_a_run_folder_with_other_settings_is_refused_before_anything_runs(reference, tmp_path, capsys):
+    import shutil
+
+    folder, _, spec = reference
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    runs = run_folders(copy)
+    edited = runs["sc-n2-seed1"] / "config.yaml"  # the last run in spec order: found before the others resume
+    config = yaml.safe_load(edited.read_text())
+    config["temperature"] = 0.5
+    edited.write_text(yaml.safe_dump(config))
+    logs = {exp: (path / "run.log").read_text() for exp, path in runs.items()}
+    assert main(["sweep", str(spec), "--work-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cell 'sc'" in err and "temperature: 0.5 -> 0.8" in err
+    assert {exp: (path / "run.log").read_text() for exp, path in runs.items()} == logs  # no run started
 
 
 def test_report_of_a_sweep_folder_rewrites_the_frontier_files(reference, capsys):

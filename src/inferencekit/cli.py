@@ -6,6 +6,8 @@ User mistakes print one line naming what was wrong and what is accepted, and exi
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import io
 import os
 import sys
 import threading
@@ -327,6 +329,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _report_native_crashes()
     # Ctrl-C and SIGTERM stop a command cleanly, a second one at once (interrupt.py); chat keeps Ctrl-C for itself
     with nullcontext() if args.command == "chat" else handle_signals():
         try:
@@ -346,6 +349,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = f": {exc.filename}" if exc.filename else ""
             sys.stderr.write(f"inferencekit: error: {redact(exc.strerror or first_line(exc))}{where}\n")
             return 1
+
+
+def _report_native_crashes() -> None:
+    """A crash inside a native library (llama.cpp, torch) prints every thread's Python stack, not only the C
+    library's one line (`double free or corruption`), so the report says which request was in flight."""
+    if not faulthandler.is_enabled():
+        try:
+            faulthandler.enable()
+        except (AttributeError, ValueError, io.UnsupportedOperation):  # stderr without a file descriptor
+            pass
 
 
 def _leave_if_stuck(code: int, grace_s: float = 3.0) -> None:

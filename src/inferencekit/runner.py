@@ -80,11 +80,7 @@ def run(config: RunConfig, resume: bool = True, show_progress: bool = True, sess
         limit=config.limit,
     )
     dataset = select_shard(dataset, config.shard)  # scale-out: only this shard's problems (all when unsharded)
-    spec = resolve_model(config.model, config.backend, config.model_args)
-    config.backend = spec.backend
-    rm_label = _check_reward_model(config)
-    run_dir = run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name)
-    store = RunStore(shard_dir(run_dir, config.shard))  # scale-out: <run>/shard-I-of-K/ for a shard
+    store, spec = _store_for(config)
     with run_folder_lock(store.path, "run"):  # one writer per run folder (results/lock.py)
         return _run_locked(store, config, spec, dataset, method_cls, resume, show_progress, session)
 
@@ -119,6 +115,22 @@ def _run_locked(store: RunStore, config: RunConfig, spec: Any, dataset: Dataset,
     return RunResult(run_dir=store.path, metrics=metrics, problems_generated=len(todo))
 
 
+def _store_for(config: RunConfig) -> tuple[RunStore, Any]:
+    """The run folder of `config` and its resolved model spec (`config.backend` set from it)."""
+    spec = resolve_model(config.model, config.backend, config.model_args)
+    config.backend = spec.backend
+    rm_label = _check_reward_model(config)
+    run_dir = run_dir_for(config.work_dir, dataset_label(config.dataset), spec.name, rm_label, config.exp_name)
+    return RunStore(shard_dir(run_dir, config.shard)), spec  # scale-out: <run>/shard-I-of-K/ for a shard
+
+
+def check_resumable(config: RunConfig) -> None:
+    """Refuse now what resuming `config` would refuse once it starts: a run folder holding other settings
+    (a sweep checks all its runs this way before anything loads)."""
+    store, _ = _store_for(config)
+    _refuse_changed(store, config)
+
+
 def _check_reward_model(config: RunConfig) -> str | None:
     """Resolve the reward model and check its options before any model loads; return its label."""
     if config.reward_model is None:
@@ -133,25 +145,32 @@ def _check_reward_model(config: RunConfig) -> str | None:
 
 def _prepare_store(store: RunStore, config: RunConfig, resume: bool) -> None:
     """Refuse to resume a run whose results-defining settings changed; --no-resume sets old results aside."""
-    if store.exists() and resume:
-        try:
-            old = config_from_dict(store.read_config())
-        except UserError:  # an unreadable old config cannot be trusted to match
-            raise UserError(f"{store.path}/config.yaml cannot be read; rerun with --no-resume") from None
-        new = config.result_keys()
-        changed = sorted(k for k, v in old.result_keys().items() if new.get(k) != v)
-        if changed:
-            details = ", ".join(f"{k}: {old.result_keys()[k]!r} -> {new[k]!r}" for k in changed)
-            raise UserError(
-                f"{store.path} holds a run with other settings ({details}); "
-                "use --no-resume to start over or --exp-name to keep both"
-            )
+    if resume:
+        _refuse_changed(store, config)
     elif store.exists():
         backup = store.set_aside()
         if backup:
             log.info("--no-resume: earlier results moved to %s", backup)
     store.write_config(config.to_yaml())
     store.repair()
+
+
+def _refuse_changed(store: RunStore, config: RunConfig) -> None:
+    """Refuse a run folder whose results-defining settings differ from `config`'s, naming them."""
+    if not store.exists():
+        return
+    try:
+        old = config_from_dict(store.read_config())
+    except UserError:  # an unreadable old config cannot be trusted to match
+        raise UserError(f"{store.path}/config.yaml cannot be read; rerun with --no-resume") from None
+    new = config.result_keys()
+    changed = sorted(k for k, v in old.result_keys().items() if new.get(k) != v)
+    if changed:
+        details = ", ".join(f"{k}: {old.result_keys()[k]!r} -> {new[k]!r}" for k in changed)
+        raise UserError(
+            f"{store.path} holds a run with other settings ({details}); "
+            "use --no-resume to start over or --exp-name to keep both"
+        )
 
 
 _POLL_S = 0.2  # how often the run looks at a stop request while problems run

@@ -337,6 +337,13 @@ class Generator(ABC):
             if account is not None:
                 account.generator.add(usage)
 
+    def _record_scoring(self, work: Usage, usage: Usage | None) -> None:
+        """Work of `score_text` or `certainty_text`: to `usage` when given (a reward model's), else this generator's."""
+        if usage is None:
+            self._record(work, None)
+        else:
+            usage.add(work)
+
     def _unrecord(self, usage: Usage) -> None:
         """Take work off the total (work done for someone else, e.g. a reward model using this generator)."""
         with self._lock:

@@ -276,10 +276,7 @@ class VLLMGenerator(TokenizerText, Generator):
                      computed_prompt_tokens=sum(len(t) - cached for t, (_, cached) in zip(sequences, results,
                                                                                           strict=True)),
                      seconds=time.perf_counter() - start)
-        if usage is None:
-            self._record(work, None)
-        else:
-            usage.add(work)
+        self._record_scoring(work, usage)
         return [values for values, _ in results]
 
     async def _score_all(self, sequences: list[list[int]], ranks: int) -> list[tuple[list[float], int]]:

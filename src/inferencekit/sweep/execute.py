@@ -20,7 +20,7 @@ import yaml
 
 from inferencekit.config import RunConfig, parse_shard
 from inferencekit.errors import UserError
-from inferencekit.runner import RunResult, check_run, run
+from inferencekit.runner import RunResult, check_resumable, check_run, run
 from inferencekit.session import Session
 from inferencekit.sweep.spec import SPEC, PlannedRun, SweepSpec, changed_keys, load_spec, plan, read_spec
 
@@ -61,6 +61,7 @@ def sweep(
     spec = load_spec(spec_path)
     folder = Path(work_dir) / spec.name
     runtime = {k: v for k, v in {"executor": executor, "replicas": replicas}.items() if v is not None}
+    _refuse_changed_spec(folder, spec)
     planned = _mine(_configs(spec, folder, runtime), shard)
     _record_spec(folder, spec)
     start = time.perf_counter()
@@ -82,6 +83,7 @@ def _configs(spec: SweepSpec, folder: Path, runtime: dict[str, Any]) -> list[tup
         config = planned.config(folder, runtime)
         try:
             check_run(config)
+            check_resumable(config)  # a run folder with other settings: refused before hours of other runs
         except UserError as exc:
             raise UserError(f"cell {planned.cell!r}: {exc}") from None
         out.append((planned, config))
@@ -95,14 +97,16 @@ def _mine(runs: list[Any], shard: str | None) -> list[Any]:
     return runs[i - 1 :: k]
 
 
+def _refuse_changed_spec(folder: Path, spec: SweepSpec) -> None:
+    """Refuse a spec that changed since the sweep began, naming the keys."""
+    if (folder / SPEC).is_file() and (changed := changed_keys(read_spec(folder), spec)):
+        raise UserError(f"{folder} holds sweep {spec.name!r} run with another spec ({'; '.join(changed)}); "
+                        "give the sweep another name or --work-dir to keep both")
+
+
 def _record_spec(folder: Path, spec: SweepSpec) -> None:
-    """Refuse a spec that changed since the sweep began (naming the keys); record this one."""
+    """Record the spec the sweep runs with (checked by `_refuse_changed_spec` first)."""
     path = folder / SPEC
-    if path.is_file():
-        old = read_spec(folder)
-        if changed := changed_keys(old, spec):
-            raise UserError(f"{folder} holds sweep {spec.name!r} run with another spec ({'; '.join(changed)}); "
-                            "give the sweep another name or --work-dir to keep both")
     folder.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(spec.model_dump(), sort_keys=False, allow_unicode=True)
     # a temporary file of its own: the K jobs of a sharded sweep may write this file at the same time

@@ -133,10 +133,7 @@ class HFGenerator(TokenizerText, BatchedDecoding, Generator):
                 logits = self.model(input_ids=ids, **keep).logits[0, -len(tail) - 1 : -1]
                 out.append(kl_uniform_rows(logits).tolist())
         work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=total, seconds=time.perf_counter() - start)
-        if usage is None:
-            self._record(work, None)
-        else:
-            usage.add(work)
+        self._record_scoring(work, usage)
         return out
 
     def submit(self, requests: Sequence[Request]) -> list[list[Completion]]:

@@ -192,10 +192,7 @@ class LlamaCppGenerator(Generator):
         out, total, computed = self._loop.run(lambda: self._loop.score_items(items, statistic), per, 2 * len(items))
         work = Usage(calls=1, prompt_tokens=total, computed_prompt_tokens=computed,
                      seconds=time.perf_counter() - start)
-        if usage is None:
-            self._record(work, None)
-        else:
-            usage.add(work)
+        self._record_scoring(work, usage)
         return out
 
     def cancel(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,6 +81,11 @@ class GGUFModel:
         self.bos = lc.llama_vocab_bos(self.vocab)
         self.template = chat_template or self.llm.metadata().get("tokenizer.chat_template")
         self._pieces: dict[int, bytes] = {}
+        # llama.cpp promises nothing for one object used by several threads at once, and requests tokenize from
+        # many (every other call runs in the decode loop's one thread). Two busy sweeps died at their start of a
+        # heap corruption (`munmap_chunk(): invalid pointer` in two threads) that did not recur on demand; so the
+        # tokenizer's calls take turns, each short next to a decode step.
+        self._tokenizer_lock = threading.Lock()
         self._formatters: dict[bool, object] = {}
 
     def kv_cell_bytes(self) -> int:
@@ -91,7 +97,8 @@ class GGUFModel:
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         """Tokens of `text` (special-token text as special tokens), BOS first when asked and the model adds one."""
         add_bos = add_bos and self.add_bos
-        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        with self._tokenizer_lock:
+            tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
         if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == self.bos:
             tokens = tokens[1:]  # the text (a rendered chat template) already starts with BOS
         return tokens
@@ -101,10 +108,11 @@ class GGUFModel:
         piece = None if special else self._pieces.get(token)
         if piece is None:
             buf = ctypes.create_string_buffer(64)
-            n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+            with self._tokenizer_lock:
+                n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+                if n < 0:
+                    buf = ctypes.create_string_buffer(-n)
+                    n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
             piece = buf.raw[:n]
             if not special:
                 self._pieces[token] = piece
