@@ -421,3 +421,36 @@ def test_sampler_is_seeded_and_greedy_is_argmax():
     draw = lambda seed: [sample(logits, params, rng) for rng in [np.random.default_rng(seed)] for _ in range(200)]  # noqa: E731
     assert draw(1) == draw(1) != draw(2)
     assert next_token(logits, params, None) == int(np.argmax(logits))
+
+
+CLOSE_WHILE_TOKENIZING = r'''
+import sys, threading, time
+from inferencekit.models.llamacpp.gguf import GGUFModel
+text = "Natalia sold clips to 48 of her friends in April. " * 40
+outcomes = set()
+for trial in range(20):
+    model = GGUFModel(sys.argv[1])
+    def tokenize_until_closed():
+        try:
+            while True:
+                model.tokenize(text, True)
+        except Exception as exc:
+            outcomes.add(type(exc).__name__)
+    threads = [threading.Thread(target=tokenize_until_closed, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.02)
+    model.close()
+    for t in threads:
+        t.join(10)
+print(sorted(outcomes))
+'''
+
+
+def test_closing_the_model_while_threads_tokenize_does_not_crash(embedded_gguf):
+    # a stopping run closes the model while abandoned problems may still be tokenizing (it segfaulted in the
+    # CLI's test of a run whose prompts do not fit); in a subprocess, so a crash fails this test alone
+    result = subprocess.run([sys.executable, "-c", CLOSE_WHILE_TOKENIZING, str(embedded_gguf)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['Cancelled']"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import llama_cpp as lc
 
-from inferencekit.models.base import GeneratorSpec, Message
+from inferencekit.models.base import Cancelled, GeneratorSpec, Message
 
 
 def resolve_gguf(spec: GeneratorSpec) -> Path:
@@ -81,11 +81,12 @@ class GGUFModel:
         self.bos = lc.llama_vocab_bos(self.vocab)
         self.template = chat_template or self.llm.metadata().get("tokenizer.chat_template")
         self._pieces: dict[int, bytes] = {}
-        # llama.cpp promises nothing for one object used by several threads at once, and requests tokenize from
-        # many (every other call runs in the decode loop's one thread). Two busy sweeps died at their start of a
-        # heap corruption (`munmap_chunk(): invalid pointer` in two threads) that did not recur on demand; so the
-        # tokenizer's calls take turns, each short next to a decode step.
+        # Requests tokenize from many threads (every other llama.cpp call runs in the decode loop's one thread), and
+        # a run that stops closes the model while abandoned problems may still be tokenizing: a freed vocabulary
+        # read is a segfault. So the tokenizer's calls take turns with each other and with `close` (each is short
+        # next to a decode step; llama.cpp also promises nothing for one object used by several threads at once).
         self._tokenizer_lock = threading.Lock()
+        self._closed = False
         self._formatters: dict[bool, object] = {}
 
     def kv_cell_bytes(self) -> int:
@@ -98,6 +99,7 @@ class GGUFModel:
         """Tokens of `text` (special-token text as special tokens), BOS first when asked and the model adds one."""
         add_bos = add_bos and self.add_bos
         with self._tokenizer_lock:
+            self._check_open()
             tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
         if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == self.bos:
             tokens = tokens[1:]  # the text (a rendered chat template) already starts with BOS
@@ -109,6 +111,7 @@ class GGUFModel:
         if piece is None:
             buf = ctypes.create_string_buffer(64)
             with self._tokenizer_lock:
+                self._check_open()
                 n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
                 if n < 0:
                     buf = ctypes.create_string_buffer(-n)
@@ -141,4 +144,11 @@ class GGUFModel:
         return fmt(messages=list(messages)).prompt
 
     def close(self) -> None:
-        self.llm.close()
+        """Free the model; a tokenizer call after this raises `Cancelled` (from an abandoned problem's thread)."""
+        with self._tokenizer_lock:
+            self._closed = True
+            self.llm.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Cancelled(f"{self.label} is closed")
