@@ -233,7 +233,7 @@ def test_list(what, expected):
 
 
 def test_a_native_crash_prints_the_python_stacks_of_every_thread():
-    # a fault inside llama.cpp or torch would otherwise end the process with one line of the C library's
+    # without it a fault inside llama.cpp or torch ends the process with at most one line from the C library
     code = "import ctypes; from inferencekit.cli import main; main(['list', 'methods']); ctypes.string_at(0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGSEGV
