@@ -30,6 +30,13 @@ def test_gguf_parameter_count_matches_llama_cpp(embedded_gguf):
         assert count == llama_cpp.llama_model_n_params(llm.model)
     finally:
         llm.close()
+    from inferencekit.models import load_generator, resolve_model
+
+    generator = load_generator(resolve_model(str(embedded_gguf)))
+    try:
+        assert generator.parameter_count() == count
+    finally:
+        generator.close()
 
 
 def test_costs_split_among_candidates_sum_to_the_problem():
@@ -111,7 +118,9 @@ def test_parameter_counts_read_declared_members(embedded_gguf):
     spec = resolve_model(str(embedded_gguf), model_args={"n_threads": 1})
     assert engine_settings(spec, gen) == {"dtype": "auto", "n_ctx": spec.n_ctx, "n_threads": 1,
                                           "max_batch_sequences": spec.max_batch_sequences}
-    assert parameter_counts(type("Gguf", (Counted,), {"spec": spec})())[0] == gguf_parameters(embedded_gguf)
+    assert parameter_counts(type("Loaded", (Counted,), {"spec": spec})())[0] == 1234  # the engine's own count
+    # a llama.cpp model that runs elsewhere (its engine here cannot tell): the GGUF header's count
+    assert parameter_counts(type("Remote", (FakeGenerator,), {"spec": spec})())[0] == gguf_parameters(embedded_gguf)
 
 
 

@@ -243,7 +243,7 @@ class Generator(ABC):
 
     def parameter_count(self) -> int | None:
         """The model's parameter count as the loaded engine knows it (FLOPs estimates); None when it cannot
-        tell (a served model). `results.accounting` tries `spec.n_params` and a GGUF header first."""
+        tell (a served model). `results.accounting` tries `spec.n_params` first and a GGUF header after."""
         return None
 
     def stream(self, prompt: str, params: SamplingParams, account: UsageAccount | None = None) -> Iterator[str]:

@@ -8,6 +8,7 @@ given as `--model-arg n_params=N`) leaves the FLOPs out rather than guessing.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,17 @@ SHARED_KEYS = ("seconds", "calls", "prompt_tokens", "computed_prompt_tokens", "r
                "reward_computed_prompt_tokens")
 
 
+# gguf's reader parses every header field in Python (seconds for a 49k-token vocabulary): the runs of a sweep
+# that start together wait for one parse rather than each fighting the others for the GIL.
+_header_lock = threading.Lock()
+
+
 def gguf_parameters(path: str | Path) -> int | None:
     """Parameter count of a GGUF file: the elements of all its tensors, read from the header (no weights loaded)."""
     path = Path(path).resolve()
     stat = path.stat()
-    return _gguf_parameters(str(path), stat.st_size, stat.st_mtime_ns)
+    with _header_lock:
+        return _gguf_parameters(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=16)
@@ -40,10 +47,14 @@ def _gguf_parameters(path: str, size: int, mtime_ns: int) -> int | None:
 
 
 def generator_parameters(spec: GeneratorSpec, generator: Generator | None = None) -> int | None:
-    """The generator's parameter count: given (`n_params`), from a GGUF header, or from the loaded model."""
+    """The generator's parameter count: given (`n_params`), from the loaded model, or from a GGUF header (a
+    llama.cpp model that runs elsewhere: a server pool, Ray)."""
     given = spec.n_params or spec.extra.get("n_params")
     if given:
         return int(given)
+    loaded = generator.parameter_count() if generator is not None else None
+    if loaded is not None:
+        return loaded
     if spec.backend == "llamacpp":
         from inferencekit.models.llamacpp import resolve_gguf
 
@@ -51,7 +62,7 @@ def generator_parameters(spec: GeneratorSpec, generator: Generator | None = None
             return gguf_parameters(resolve_gguf(spec))
         except (OSError, ValueError):
             return None
-    return generator.parameter_count() if generator is not None else None
+    return None
 
 
 def reward_model_parameters(reward_model: RewardModel, generator_params: int | None) -> int | None:

@@ -62,6 +62,9 @@ class LlamaCppGenerator(Generator):
                 "kv_cache_mib": self.spec.kv_cache_mib, "reuse_generated_kv": self.spec.reuse_generated_kv,
                 "system_info": lc.llama_print_system_info().decode(errors="replace").strip(), **self.amx.settings()}
 
+    def parameter_count(self) -> int:
+        return self.gguf.n_params()
+
     @property
     def max_live(self) -> int:
         """Most sequences decoded together so far (continuous batching at work); settable, to reset it."""

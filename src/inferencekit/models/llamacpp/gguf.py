@@ -89,6 +89,12 @@ class GGUFModel:
         self._closed = False
         self._formatters: dict[bool, object] = {}
 
+    def n_params(self) -> int:
+        """Elements of all the model's tensors (llama.cpp's own count)."""
+        with self._tokenizer_lock:
+            self._check_open()
+            return int(lc.llama_model_n_params(self.model))
+
     def kv_cell_bytes(self) -> int:
         """Bytes one KV cache cell takes (f16 K and V over all layers)."""
         m = self.model
