@@ -372,11 +372,45 @@ def test_rows_compare_with_the_baseline_budget_of_nearest_tokens():
     assert rows[0]["seed_se"] == "" and rows[2]["vs_baseline_pairs"] == 4
 
 
+def test_an_unfinished_run_marks_its_row_and_keeps_it_off_the_frontier(reference, tmp_path):
+    """What `inferencekit report` says of a sweep still running: rows whose runs have problems left (or a seed
+    not started) are marked, never on the Pareto frontier, and a row whose seeds finished different problem
+    counts (its mean over seeds outside the pooled interval) still plots."""
+    import shutil
+
+    from inferencekit.results.frontier import load_points, plot_frontier, render_markdown, write_frontier
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(reference[0], folder)
+    runs = run_folders(folder)
+    lines = (runs["bon-n2-seed1"] / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (runs["bon-n2-seed1"] / "predictions.jsonl").write_text("".join(lines[:1]))  # 1 of 3 problems, as if running
+    shutil.rmtree(runs["sc-n1-seed1"])  # not started
+    write_frontier(folder)
+    rows = {(r["cell"], r["budget"]): r for r in frontier(folder)}
+    assert {k: r["finished"] for k, r in rows.items()} == {
+        ("bon", "1"): "True", ("bon", "2"): "False", ("sc", "1"): "False", ("sc", "2"): "True"}
+    assert rows[("bon", "2")]["problems"] == "3" and rows[("sc", "1")]["seeds"] == "1"
+    assert all(r["pareto"] == "False" for k, r in rows.items() if r["finished"] == "False")
+    finished = [r for r in rows.values() if r["finished"] == "True"]
+    flags = pareto_flags([float(r["tokens_per_problem"]) for r in finished], [float(r["accuracy"]) for r in finished])
+    assert [r["pareto"] == "True" for r in finished] == flags
+    points, _ = load_points(folder)
+    table = render_markdown(frontier_rows(points, "bon"), "bon")
+    assert table.count("(unfinished)") == 2 and "left off the Pareto frontier" in table
+
+    lopsided = Point("x", "m", "n", 1, "majority", outcomes={0: dict.fromkeys(range(50), False), 1: {0: True}},
+                     tokens=[10.0] * 51, finished=False)
+    row = frontier_rows([lopsided], None)[0]
+    assert row["accuracy"] == pytest.approx(0.5) and row["ci_high"] < 0.5  # mean of 0/50 and 1/1; pooled 1/51
+    assert plot_frontier([row]).startswith(b"\x89PNG")
+
+
 def test_the_page_escapes_every_value():
     row = {**{k: "" for k in ("vs_baseline_budget", "vs_baseline_diff", "vs_baseline_ci_low", "vs_baseline_ci_high",
                                "vs_baseline_p", "seed_se")},
            "cell": "<script>alert(1)</script>", "method": "a&b", "budget_key": "n", "budget": "<i>", "seeds": 1,
-           "problems": 1, "accuracy": 1.0, "ci_low": 0.2, "ci_high": 1.0, "tokens_per_problem": 1.0,
+           "problems": 1, "finished": True, "accuracy": 1.0, "ci_low": 0.2, "ci_high": 1.0, "tokens_per_problem": 1.0,
            "flops_per_problem": 0.0, "seconds_per_problem": 0.0, "pareto": True}
     page = render_html([row], "<b>", b"png", "x<y")
     assert "<script>" not in page and "<i>" not in page and "<b>" not in page

@@ -5,7 +5,10 @@ One row per (cell, budget), seeds pooled, from the runs' own records and each ru
   (problem, seed) outcomes pooled; `seed_se`: the standard error of the mean over seeds (seeds > 1);
 - `tokens_per_problem` (generated), `flops_per_problem`, `seconds_per_problem` (wall time shared among the
   problems in flight), means over the finished problems of all seeds;
-- `pareto`: no other row reaches at least its accuracy with at most its tokens (one of them strictly better);
+- `finished`: every seed's run has finished every problem, none failed (a sweep still running, or stopped, has
+  unfinished rows: their problems are the first ones to finish, not a fair sample of the dataset);
+- `pareto`: no other finished row reaches at least its accuracy with at most its tokens (one of them strictly
+  better); an unfinished row is never on the frontier;
 - `vs_baseline_*`: a paired comparison with the baseline cell's budget of nearest tokens per problem, on the
   (problem, seed) pairs both finished (seeds both ran; when they share none, each of this row's seeds
   against the baseline's first): the accuracy difference with a 95% interval from the per-problem mean
@@ -30,8 +33,8 @@ from inferencekit.results.compare import mcnemar_exact
 from inferencekit.results.metrics import Z95, wilson_interval
 from inferencekit.results.store import RunStore
 
-COLUMNS = ("cell", "method", "budget_key", "budget", "seeds", "problems", "vote", "accuracy", "ci_low", "ci_high",
-           "seed_se", "tokens_per_problem", "flops_per_problem", "seconds_per_problem", "pareto",
+COLUMNS = ("cell", "method", "budget_key", "budget", "seeds", "problems", "finished", "vote", "accuracy", "ci_low",
+           "ci_high", "seed_se", "tokens_per_problem", "flops_per_problem", "seconds_per_problem", "pareto",
            "vs_baseline_budget", "vs_baseline_pairs", "vs_baseline_diff", "vs_baseline_ci_low", "vs_baseline_ci_high",
            "vs_baseline_p")
 FILES = ("frontier.csv", "frontier.md", "index.html", "frontier.png")
@@ -54,6 +57,7 @@ class Point:
     tokens: list[float] = field(default_factory=list)  # per finished problem, all seeds
     flops: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    finished: bool = True  # every planned seed's run has finished every problem
 
 
 def seed_pooled_accuracy(outcomes: Outcomes) -> dict[str, Any]:
@@ -98,6 +102,13 @@ def pareto_flags(costs: Sequence[float], accuracies: Sequence[float]) -> list[bo
             for cost, acc in points]
 
 
+def frontier_flags(rows: Sequence[dict[str, Any]], cost: str) -> list[bool]:
+    """`pareto_flags` of the finished rows against `cost`; unfinished rows are off the frontier."""
+    done = [r for r in rows if r["finished"]]
+    flags = dict(zip(map(id, done), pareto_flags([r[cost] for r in done], [r["accuracy"] for r in done]), strict=True))
+    return [flags.get(id(r), False) for r in rows]
+
+
 def _nearest(candidates: list[dict[str, Any]], tokens: float) -> dict[str, Any]:
     def distance(row: dict[str, Any]) -> float:
         t = row["tokens_per_problem"]
@@ -112,10 +123,10 @@ def frontier_rows(points: list[Point], baseline: str | None) -> list[dict[str, A
     for p in points:
         mean = lambda xs: statistics.fmean(xs) if xs else 0.0  # noqa: E731
         rows.append({"cell": p.cell, "method": p.method, "budget_key": p.budget_key, "budget": p.budget,
-                     "vote": p.vote, **seed_pooled_accuracy(p.outcomes), "tokens_per_problem": mean(p.tokens),
-                     "flops_per_problem": mean(p.flops), "seconds_per_problem": mean(p.seconds)})
-    for row, flag in zip(rows, pareto_flags([r["tokens_per_problem"] for r in rows], [r["accuracy"] for r in rows]),
-                         strict=True):
+                     "vote": p.vote, **seed_pooled_accuracy(p.outcomes), "finished": p.finished,
+                     "tokens_per_problem": mean(p.tokens), "flops_per_problem": mean(p.flops),
+                     "seconds_per_problem": mean(p.seconds)})
+    for row, flag in zip(rows, frontier_flags(rows, "tokens_per_problem"), strict=True):
         row["pareto"] = flag
     base = [(r, p) for r, p in zip(rows, points, strict=True) if p.cell == baseline and r["problems"]]
     for row, point in zip(rows, points, strict=True):
@@ -145,23 +156,28 @@ def load_points(folder: str | Path) -> tuple[list[Point], str | None]:
     folder = Path(folder)
     spec = read_spec(folder)
     points: dict[tuple[str, str], Point] = {}
+    unfinished: set[tuple[str, str]] = set()
     for planned in plan(spec):
         run_dir = _run_folder(folder, planned.exp_name)
-        if run_dir is None:
-            continue
-        store = RunStore(run_dir)
-        config = store.read_config()
-        records = [r for r in store.records() if not r.failed]
+        store = RunStore(run_dir) if run_dir is not None else None
+        config = store.read_config() if store is not None else {}
+        key = (planned.cell, repr(planned.budget))  # a cell without a budget axis is one point
+        everything = store.records() if store is not None else []
+        records = [r for r in everything if not r.failed]
+        if store is None or len(records) < len(everything) or store.read_metrics().get("n_samples") != len(records):
+            unfinished.add(key)  # metrics.json is written when a run has no problem left
         if not records:
             continue
         budget = planned.budget if planned.budget is not None else config.get(planned.budget_key)
         vote = (config.get("votes") or ["majority"])[0]
-        point = points.setdefault((planned.cell, repr(budget)), Point(
+        point = points.setdefault(key, Point(
             planned.cell, str(config.get("method")), planned.budget_key, budget, vote))
         point.outcomes[planned.seed] = {r.index: bool(r.correct.get(vote, False)) for r in records}
         point.tokens += [float(r.usage.get("completion_tokens", 0)) for r in records]
         point.flops += [float(r.usage.get("flops", 0.0)) for r in records]
         point.seconds += [float(r.usage.get("seconds", 0.0)) for r in records]
+    for key, point in points.items():
+        point.finished = key not in unfinished
     return list(points.values()), spec.baseline
 
 
@@ -225,8 +241,9 @@ def _cells(row: dict[str, Any]) -> list[str]:
     diff = "" if vs == "" else (f"{_fmt(vs, '+%')} [{_fmt(row['vs_baseline_ci_low'], '+%')}, "
                                 f"{_fmt(row['vs_baseline_ci_high'], '+%')}]")
     se = "" if row["seed_se"] == "" else f" ± {_fmt(row['seed_se'], '%')}"
+    problems = str(row["problems"]) + ("" if row["finished"] else " (unfinished)")
     return [row["cell"], row["method"], f"{row['budget_key']}={row['budget']}", str(row["seeds"]),
-            str(row["problems"]), f"{_fmt(row['accuracy'], '%')}{se}",
+            problems, f"{_fmt(row['accuracy'], '%')}{se}",
             f"[{_fmt(row['ci_low'], '%')}, {_fmt(row['ci_high'], '%')}]", _fmt(row["tokens_per_problem"]),
             _fmt(row["flops_per_problem"]), f"{row['seconds_per_problem']:.2f}", "yes" if row["pareto"] else "",
             _fmt(row["vs_baseline_budget"]), diff, _fmt(row["vs_baseline_p"], "p")]
@@ -235,10 +252,13 @@ def _cells(row: dict[str, Any]) -> list[str]:
 def render_markdown(rows: list[dict[str, Any]], baseline: str | None) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
-    note = (f"\nAccuracy of each cell's first vote, mean over seeds (± its standard error with 2+ seeds); 95% CI: "
-            f"Wilson over all problem-seed outcomes. Compared with `{baseline}` at its budget of nearest tokens, "
-            "on the same problems and seeds (exact McNemar p).\n") if baseline else "\n"
-    return "\n".join(lines) + "\n" + note
+    notes = [(f"Accuracy of each cell's first vote, mean over seeds (± its standard error with 2+ seeds); 95% CI: "
+              f"Wilson over all problem-seed outcomes. Compared with `{baseline}` at its budget of nearest tokens, "
+              "on the same problems and seeds (exact McNemar p).")] if baseline else []
+    if not all(r["finished"] for r in rows):
+        notes.append("Unfinished: a run of the row has problems left (or failed ones); its problems are the first "
+                     "to finish, not a fair sample, and it is left off the Pareto frontier (hollow in the plot).")
+    return "\n".join(lines) + "\n" + ("\n" + " ".join(notes) + "\n" if notes else "\n")
 
 
 def render_html(rows: list[dict[str, Any]], baseline: str | None, png: bytes, name: str) -> str:
@@ -271,6 +291,7 @@ def plot_frontier(rows: list[dict[str, Any]]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from inferencekit.results.report import _png
 
@@ -278,24 +299,32 @@ def plot_frontier(rows: list[dict[str, Any]]) -> bytes:
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     for ax, (key, label) in zip(axes, AXES, strict=True):
         for i, cell in enumerate(cells):
+            color, marker = f"C{i % 10}", "os^"[i // 10 % 3]  # ten colours, then other markers
             mine = sorted((r for r in rows if r["cell"] == cell), key=lambda r: r[key])
-            below = [r["accuracy"] - r["ci_low"] for r in mine]
-            above = [r["ci_high"] - r["accuracy"] for r in mine]
+            # the mean over seeds can leave the pooled interval when seeds finished different problem counts
+            below = [max(0.0, r["accuracy"] - r["ci_low"]) for r in mine]
+            above = [max(0.0, r["ci_high"] - r["accuracy"]) for r in mine]
             ax.errorbar([r[key] for r in mine], [r["accuracy"] for r in mine], yerr=[below, above],
-                        fmt="-o", color=f"C{i % 10}", capsize=3, markersize=4, label=cell)
-        flags = pareto_flags([r[key] for r in rows], [r["accuracy"] for r in rows])
+                        fmt="-" + marker, color=color, capsize=3, markersize=4, label=cell)
+            late = [r for r in mine if not r["finished"]]  # drawn hollow
+            ax.plot([r[key] for r in late], [r["accuracy"] for r in late], marker, markerfacecolor="white",
+                    markeredgecolor=color, markersize=6)
+        flags = frontier_flags(rows, key)
         front = sorted((r[key], r["accuracy"]) for r, f in zip(rows, flags, strict=True) if f)
         if front:  # hollow diamonds on the frontier's points: a frontier of one point shows too
             ax.plot([x for x, _ in front], [y for _, y in front], drawstyle="steps-post", color="black",
                     linestyle="--", linewidth=1, marker="D", markersize=9, markerfacecolor="none", label="frontier")
         if rows and all(r[key] > 0 for r in rows):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels at 2, 3, ... x 10^k overlap
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (95% CI)")
         ax.set_title(f"accuracy vs {label}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    rows_of_legend = math.ceil(len(labels) / 8)
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     data = _png(fig)
     plt.close(fig)
     return data
