@@ -347,6 +347,8 @@ def test_paired_comparison_pools_seeds_by_problem():
     other = paired_comparison({7: {0: True, 1: True}}, {0: {0: False, 1: True}, 1: {0: True, 1: True}})
     assert other["pairs"] == 2 and other["diff"] == pytest.approx(0.5)
     assert paired_comparison({0: {0: True}}, {0: {1: True}}) is None
+    split = paired_comparison({0: {0: True, 1: False}}, {0: {0: False, 1: True}})  # +1 and -1: 1.96 either side
+    assert split["diff"] == 0 and (split["ci_low"], split["ci_high"]) == (-1.0, 1.0)
 
 
 def test_pareto_set_by_hand():

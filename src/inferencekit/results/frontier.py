@@ -12,8 +12,8 @@ One row per (cell, budget), seeds pooled, from the runs' own records and each ru
 - `vs_baseline_*`: a paired comparison with the baseline cell's budget of nearest tokens per problem, on the
   (problem, seed) pairs both finished (seeds both ran; when they share none, each of this row's seeds
   against the baseline's first): the accuracy difference with a 95% interval from the per-problem mean
-  differences (problems are the independent units: a problem's seeds move together), and the exact
-  McNemar p on the discordant pairs.
+  differences (problems are the independent units: a problem's seeds move together; clipped to [-1, 1]), and
+  the exact McNemar p on the discordant pairs.
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def paired_comparison(a: Outcomes, b: Outcomes) -> dict[str, Any] | None:
     diffs = [statistics.fmean(d) for d in by_problem.values()]
     diff = statistics.fmean(diffs)
     half = Z95 * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-    return {"pairs": sum(len(d) for d in by_problem.values()), "diff": diff, "ci_low": diff - half,
-            "ci_high": diff + half, "p": mcnemar_exact(right_a, right_b)}
+    # a difference of two accuracies lies in [-1, 1]; the normal interval of a few problems can reach past it
+    return {"pairs": sum(len(d) for d in by_problem.values()), "diff": diff, "ci_low": max(-1.0, diff - half),
+            "ci_high": min(1.0, diff + half), "p": mcnemar_exact(right_a, right_b)}
 
 
 def pareto_flags(costs: Sequence[float], accuracies: Sequence[float]) -> list[bool]:
