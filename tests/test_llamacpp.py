@@ -154,6 +154,41 @@ def test_certainty_of_generated_text_is_read_from_its_draws_with_reuse_generated
     g.close()
 
 
+def test_a_step_read_back_otherwise_tokenised_is_still_read_from_its_draws(embedded_gguf):
+    """Tree search's steps end at a separator: the model draws "\\n", "\\n" where the text, read back, is one "\\n\\n"
+    token. The draws are found by their text, and the values are theirs: one per drawn token."""
+    g = make(embedded_gguf, extra={"reuse_generated_kv": True})
+    prompt = g.chat_prompt([{"role": "user", "content": "What is 23 plus 45? Think step by step."}])
+    params = SamplingParams(n=4, temperature=0.8, max_new_tokens=64, stop=("\n\n",), seed=1)
+    steps = [c.text + ("\n\n" if c.stop_reason else "") for c in g.generate([prompt], params)[0]]
+    nxt = g.generate([prompt + steps[0]], params.replace(n=1))[0][0]
+    responses = [*steps, steps[0] + nxt.text + ("\n\n" if nxt.stop_reason else "")]
+    drawn = [c.tokens for c in g.generate([prompt], params)[0]]  # the same seed draws the same tokens again
+    computed = g.usage.computed_prompt_tokens
+    values = g.certainty_text([prompt] * len(responses), responses)
+    assert g.usage.computed_prompt_tokens == computed
+    assert [len(v) for v in values[:4]] == drawn
+    assert any(n != g.count_tokens(r) for n, r in zip(drawn, steps, strict=True))  # tokenised otherwise
+    assert len(values[4]) == drawn[0] + nxt.tokens
+    g.close()
+
+
+def test_drawn_certainty_by_text():
+    from inferencekit.models.llamacpp.kv_cache import DrawnCertainty
+
+    vocab = {1: b"a", 2: b"b", 3: b"\n", 4: b"\n\n", 5: b"c"}
+    drawn = DrawnCertainty(lambda tokens: b"".join(vocab[t] for t in tokens))
+    drawn.remember([1], [2, 3, 3], [0.1, 0.2, 0.3])  # "a" then "b", "\n", "\n" drawn
+    drawn.remember([1, 2, 4], [5], [0.4])  # the next step, from the text read back
+    assert drawn.lookup([1, 2, 4], 1).tolist() == [0.1, 0.2, 0.3]  # three draws spell the two tokens read
+    assert drawn.lookup([1, 2, 4, 5], 1).tolist() == [0.1, 0.2, 0.3, 0.4]  # a path through both steps
+    assert drawn.lookup([1, 2, 4], 2).tolist() == [0.2, 0.3]  # a prompt reaching into the draws, at a boundary
+    assert drawn.lookup([1, 2, 3], 1) is None  # "ab\n" was never drawn whole
+    assert drawn.lookup([1, 2, 3, 3, 5], 4).tolist() == [0.4]  # "ab\n\n" given, "c" read from its draw
+    drawn.remember([5], [2, 4], [0.5, 0.6])  # "c" then "b", "\n\n"
+    assert drawn.lookup([5, 2, 3, 3], 3) is None  # "cb\n|\n": no drawn token starts there
+
+
 def test_stop_strings(gen, prompts):
     full = gen.generate([prompts[2]], GREEDY)[0][0].text
     words = full.split()

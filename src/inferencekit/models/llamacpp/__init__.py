@@ -31,9 +31,11 @@ rest (counted in `computed_prompt_tokens`), as tree search needs. So there may b
 prompts, and the paths `score_text` read last round, stay cached side by side. The model argument
 `reuse_generated_kv=true` also reuses what generation computed: generated tokens' KV (a tree search's next
 prompt), and the self-certainty of the distributions they were drawn from (`certainty_text` of a just-generated
-text then computes nothing). Faster for tree search and self-certainty, but those were computed one token at a
-time, so results then differ from computing the same text as a prompt (in the last bits of a logit, which this
-quantised model can turn into other tokens; self-certainty values by up to a few percent a token).
+text, or of a path of generated steps, then computes nothing: the draws are found by the text they spell, and a
+text read back that tokenises otherwise, such as a step's separator drawn as two newlines and read as one token,
+gets the draws' values, one per drawn token). Faster for tree search and self-certainty, but those were computed
+one token at a time, so results then differ from computing the same text as a prompt (in the last bits of a logit,
+which this quantised model can turn into other tokens; self-certainty values by up to a few percent a token).
 """
 
 from inferencekit.models.llamacpp.generator import LlamaCppGenerator

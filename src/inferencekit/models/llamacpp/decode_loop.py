@@ -118,7 +118,7 @@ class DecodeLoop:
         self._n_seq = self._per_seq = 0
         self._batch = lc.llama_batch_init(_BATCH, 0, 1)
         self.cache = StreamCache()
-        self.drawn = DrawnCertainty()  # read by score_items("certainty") with reuse_generated
+        self.drawn = DrawnCertainty(model.text)  # read by score_items("certainty") with reuse_generated
         # callers hand jobs in through _inbox / _tasks under _wake; the loop's thread owns the context, the
         # streams and _waiting / _live, and holds _engine while it works
         self._wake = threading.Condition()
@@ -474,8 +474,9 @@ class DecodeLoop:
                 out.append([[] for _ in tails])
                 continue
             drawn = self.drawn.lookup(tokens, len(head)) if statistic == "certainty" else None
-            if drawn is not None:  # generated here (reuse_generated): nothing to compute
-                out.append(self._split(drawn, tails))
+            if drawn is not None and (len(tails) == 1 or len(drawn) == len(tokens) - len(head)):
+                # generated here (reuse_generated): nothing to compute; one piece takes every drawn token's value
+                out.append([drawn.tolist()] if len(tails) == 1 else self._split(drawn, tails))
                 total += len(tokens)
                 continue
             seq = self._n_seq - 1 - k % free

@@ -81,6 +81,7 @@ class GGUFModel:
         self.bos = lc.llama_vocab_bos(self.vocab)
         self.template = chat_template or self.llm.metadata().get("tokenizer.chat_template")
         self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
         # Requests tokenize from many threads (every other llama.cpp call runs in the decode loop's one thread), and
         # a run that stops closes the model while abandoned problems may still be tokenizing: a freed vocabulary
         # read is a segfault. So the tokenizer's calls take turns with each other and with `close` (each is short
@@ -113,7 +114,8 @@ class GGUFModel:
 
     def piece(self, token: int, special: bool = False) -> bytes:
         """A token's bytes (possibly part of a UTF-8 character); `special` renders control tokens' text."""
-        piece = None if special else self._pieces.get(token)
+        cache = self._special_pieces if special else self._pieces
+        piece = cache.get(token)
         if piece is None:
             buf = ctypes.create_string_buffer(64)
             with self._tokenizer_lock:
@@ -123,9 +125,13 @@ class GGUFModel:
                     buf = ctypes.create_string_buffer(-n)
                     n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
             piece = buf.raw[:n]
-            if not special:
-                self._pieces[token] = piece
+            cache[token] = piece
         return piece
+
+    def text(self, tokens: Sequence[int]) -> bytes:
+        """The bytes `tokens` spell, control tokens' text included (BOS too): what `tokenize` read, for a text
+        tokenised with special tokens."""
+        return b"".join([self.piece(t, special=True) for t in tokens])
 
     def is_eog(self, token: int) -> bool:
         """Whether `token` ends a generation (EOS, EOT, ...)."""

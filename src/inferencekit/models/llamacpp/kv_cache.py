@@ -8,7 +8,7 @@ continuation of a scored path (a tree search's child) computes only its new toke
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import llama_cpp as lc
 import numpy as np
@@ -120,38 +120,52 @@ class StreamCache:
 
 
 class DrawnCertainty:
-    """The self-certainty of the distributions generated tokens were drawn from, kept by token sequence
+    """The self-certainty of the distributions generated tokens were drawn from, kept by the text they spell
     (`reuse_generated_kv`), so scoring a just-generated text computes nothing.
 
-    An entry is a sequence (prompt, then generated tokens) and the certainty of each generated token; a
-    tree search's path is found through the entries of its steps (each step's prompt is the path before it).
-    The oldest entries go first past `capacity`. The values were computed one token at a time, with other kernels
-    than a prompt's: on the embedded Q4_1 model a token's value differs from a recomputation as a prompt by up to a
-    few percent (a response's mean by less than 1%; see the package docstring).
+    An entry is the text of a prompt and the tokens generated after it, with the certainty of each generated
+    token; a tree search's path is found through the entries of its steps (each step's prompt is the path before
+    it). Kept by text, not by token: a text read back is tokenised anew and may split otherwise than the draws did
+    (a step's separator drawn as two newline tokens is read back as one "\n\n" token), and the values are then
+    the draws', one per drawn token. The oldest entries go first past `capacity`. The values were computed one
+    token at a time, with other kernels than a prompt's: on the embedded Q4_1 model a token's value differs from a
+    recomputation as a prompt by up to a few percent (a response's mean by less than 1%; see the package docstring).
     """
 
-    def __init__(self, capacity: int = 16384) -> None:
+    def __init__(self, detokenize: Callable[[Sequence[int]], bytes], capacity: int = 16384) -> None:
         self.capacity = capacity
-        self._entries: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}  # insertion order: oldest first
+        self._detokenize = detokenize
+        # text -> (where the prompt's text ends, each drawn token's value, where each drawn token's text ends);
+        # insertion order: oldest first
+        self._entries: dict[bytes, tuple[int, np.ndarray, np.ndarray]] = {}
 
     def remember(self, prompt: Sequence[int], generated: Sequence[int], values: Sequence[float]) -> None:
         if not generated:
             return
-        key = (*prompt, *generated)
+        head = self._detokenize(prompt)
+        pieces = [self._detokenize([t]) for t in generated]
+        key = head + b"".join(pieces)
         self._entries.pop(key, None)
-        self._entries[key] = (len(prompt), np.asarray(values[: len(generated)], dtype=np.float64))
+        ends = len(head) + np.cumsum([len(p) for p in pieces])
+        self._entries[key] = (len(head), np.asarray(values[: len(generated)], dtype=np.float64), ends)
         while len(self._entries) > self.capacity:
             del self._entries[next(iter(self._entries))]
 
     def lookup(self, tokens: Sequence[int], start: int) -> np.ndarray | None:
-        """The certainty of `tokens[start:]` (each given those before it), or None unless all are known."""
-        parts, end = [], len(tokens)
-        while end > start:
-            entry = self._entries.get(tuple(tokens[:end]))
+        """The certainty of the draws that spelled the text of `tokens[start:]` (given the text before it), one
+        value per drawn token; None unless all of that text was drawn here."""
+        text, stop = self._detokenize(tokens), len(self._detokenize(tokens[:start]))
+        parts, end = [], len(text)
+        while end > stop:
+            entry = self._entries.get(text[:end])
             if entry is None:
                 return None
-            first, values = entry
-            first = max(first, start)
-            parts.append(values[len(values) - (end - first):])
+            first, values, ends = entry
+            if first < stop:  # the scored prompt reaches into these draws: from the token that starts at `stop`
+                at = np.flatnonzero(ends[:-1] == stop)
+                if not len(at):
+                    return None
+                values, first = values[at[0] + 1 :], stop
+            parts.append(values)
             end = first
         return np.concatenate(parts[::-1]) if parts else np.zeros(0)
