@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -578,6 +579,24 @@ def test_pathological_outputs_return_within_the_limit() -> None:
         assert grader.grade_many([(text, "5", "math") for text in _PATHOLOGICAL]) == verdicts
 
 
+def test_a_time_limit_whose_exception_is_lost_fires_again() -> None:
+    """Python ignores an exception raised in `__del__` (or a weakref callback, which the garbage collector runs
+    anywhere): an alarm landing there is lost, and a pathological comparison then ran on past its limit."""
+    from inferencekit.grading.equivalence import GradingTimeout, time_limit
+
+    class SlowToDrop:
+        def __del__(self) -> None:
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:  # the first alarm, 0.05 s in, lands here and is ignored
+                pass
+
+    give_up = time.monotonic() + 30  # a bound on the failure, not a timing: the alarm had replaced pytest-timeout's
+    with pytest.raises(GradingTimeout), time_limit(0.05):
+        SlowToDrop()
+        while time.monotonic() < give_up:
+            pass
+
+
 @pytest.mark.timeout(120)  # a hang guard
 def test_extract_answer_has_a_time_limit_of_its_own() -> None:
     text = "Answer " * 150_000 + "$1$"  # math-verify's answer patterns grind on this for a long time
@@ -590,7 +609,6 @@ def test_extract_answer_keeps_its_time_limit_in_a_worker_thread() -> None:
     """A search groups answers in its worker threads, where SIGALRM cannot reach: the limit still holds
     (about 9 s without one on 2 shared cores; well under 5 s with it)."""
     import threading
-    import time
 
     text = "Answer " * 150_000 + "$1$"
     outcome: dict[str, object] = {}
