@@ -154,7 +154,8 @@ class DrawnCertainty:
     def lookup(self, tokens: Sequence[int], start: int) -> np.ndarray | None:
         """The certainty of the draws that spelled the text of `tokens[start:]` (given the text before it), one
         value per drawn token; None unless all of that text was drawn here."""
-        text, stop = self._detokenize(tokens), len(self._detokenize(tokens[:start]))
+        head = self._detokenize(tokens[:start])
+        text, stop = head + self._detokenize(tokens[start:]), len(head)
         parts, end = [], len(text)
         while end > stop:
             entry = self._entries.get(text[:end])
