@@ -579,22 +579,44 @@ def test_pathological_outputs_return_within_the_limit() -> None:
         assert grader.grade_many([(text, "5", "math") for text in _PATHOLOGICAL]) == verdicts
 
 
-def test_a_time_limit_whose_exception_is_lost_fires_again() -> None:
+@pytest.mark.parametrize("thread", ["main", "worker"])
+def test_a_time_limit_whose_exception_is_lost_fires_again(thread: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Python ignores an exception raised in `__del__` (or a weakref callback, which the garbage collector runs
-    anywhere): an alarm landing there is lost, and a pathological comparison then ran on past its limit."""
+    anywhere): a limit landing there is lost, and a pathological comparison then ran on past its limit. In the main
+    thread the limit is an alarm; in a search's worker thread an exception raised from a timer thread."""
     from inferencekit.grading.equivalence import GradingTimeout, time_limit
+
+    lost: list[object] = []
+    # A builtin as the hook: no Python code runs inside it for a second raise to land in (pytest's own hook is Python,
+    # and one landing there fails the test whatever the limit does).
+    monkeypatch.setattr("sys.unraisablehook", lost.append)
 
     class SlowToDrop:
         def __del__(self) -> None:
             end = time.monotonic() + 1.0
-            while time.monotonic() < end:  # the first alarm, 0.05 s in, lands here and is ignored
+            while time.monotonic() < end:  # the first raise, 0.05 s in, lands here and is ignored
                 pass
 
-    give_up = time.monotonic() + 30  # a bound on the failure, not a timing: the alarm had replaced pytest-timeout's
-    with pytest.raises(GradingTimeout), time_limit(0.05):
-        SlowToDrop()
-        while time.monotonic() < give_up:
-            pass
+    outcome: dict[str, object] = {}
+
+    def drop_then_spin() -> None:
+        give_up = time.monotonic() + 30  # a bound on the failure, not a timing: a lost limit spun on to here
+        try:
+            with time_limit(0.05):
+                SlowToDrop()
+                while time.monotonic() < give_up:
+                    pass
+        except GradingTimeout:
+            outcome["stopped"] = time.monotonic() < give_up
+
+    if thread == "main":
+        drop_then_spin()
+    else:
+        worker = threading.Thread(target=drop_then_spin)
+        worker.start()
+        worker.join()
+    assert outcome == {"stopped": True}
+    assert lost and lost[0].exc_type is GradingTimeout  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(120)  # a hang guard

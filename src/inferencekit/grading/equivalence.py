@@ -10,6 +10,7 @@ import cmath
 import contextlib
 import ctypes
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -55,9 +56,9 @@ class GradingTimeout(BaseException):
     """
 
 
-# The alarm fires again this often after the limit, this many times at most: Python ignores an exception raised
-# inside a weakref callback or `__del__`, which the garbage collector runs anywhere, so one alarm can be lost (a
-# test once ground on past its limit for ten minutes that way).
+# The limit fires again this often after it ran out, this many times at most: Python ignores an exception raised
+# inside a weakref callback or `__del__`, which the garbage collector runs anywhere, so one can be lost (a test
+# once ground on past its limit for ten minutes that way).
 _REFIRE_S = 0.1
 _REFIRES = 50
 
@@ -66,10 +67,10 @@ _REFIRES = 50
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise ``GradingTimeout`` in the block after ``seconds``; nothing when ``seconds`` is ``None``.
 
-    In the main thread by SIGALRM, again every 0.1 s until the block is left should the exception be lost (an
-    interval timer the caller had set, e.g. pytest-timeout's, is restored afterwards, minus the time spent); in
-    any other thread (a search's worker thread) by a timer thread that raises it asynchronously in this one (see
-    ``_thread_time_limit``).
+    In the main thread by SIGALRM (an interval timer the caller had set, e.g. pytest-timeout's, is restored
+    afterwards, minus the time spent); in any other thread (a search's worker thread) by a timer thread that
+    raises it asynchronously in this one (see ``_thread_time_limit``). Either way it is raised again every
+    0.1 s until the block is left, should it be lost, but never inside this limit's own cleanup.
     """
     if seconds is None:
         yield
@@ -87,9 +88,8 @@ def time_limit(seconds: float | None) -> Iterator[None]:
             return
         fired += 1
         signal.setitimer(signal.ITIMER_REAL, _REFIRE_S)
-        if frame is not None and (frame.f_code is _TIME_LIMIT_CODE or frame.f_code.co_filename == contextlib.__file__):
-            return  # leaving the block already: the cleanup below must run
-        raise GradingTimeout()
+        if not _leaving(frame):
+            raise GradingTimeout()
 
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-6))
@@ -103,9 +103,6 @@ def time_limit(seconds: float | None) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
 
 
-_TIME_LIMIT_CODE = time_limit.__wrapped__.__code__  # type: ignore[attr-defined]
-
-
 @contextmanager
 def _thread_time_limit(seconds: float) -> Iterator[None]:
     """``time_limit`` off the main thread, where signals cannot reach: ``PyThreadState_SetAsyncExc``.
@@ -116,25 +113,45 @@ def _thread_time_limit(seconds: float) -> Iterator[None]:
     """
     ident = threading.get_ident()
     lock = threading.Lock()
+    left = threading.Event()
     state = {"armed": True, "fired": False}
 
-    def fire() -> None:
-        with lock:
-            if state["armed"]:
-                state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(GradingTimeout))
+    def fire_until_left() -> None:
+        if left.wait(seconds):
+            return
+        for _ in range(_REFIRES + 1):
+            with lock:
+                if not state["armed"]:
+                    return
+                if not _leaving(sys._current_frames().get(ident)):
+                    state["fired"] = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(GradingTimeout))
+            if left.wait(_REFIRE_S):
+                return
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
+    timer = threading.Thread(target=fire_until_left, name="grading-time-limit", daemon=True)
     timer.start()
     try:
         yield
     finally:
-        with lock:
-            state["armed"] = False
-            if state["fired"]:  # raised or still pending: a pending one must not escape the block
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
-        timer.cancel()
+        while True:  # one landing here before the timer saw this frame must not skip the disarming
+            try:
+                with lock:
+                    state["armed"] = False
+                    if state["fired"]:  # raised or still pending: a pending one must not escape the block
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                break
+            except GradingTimeout:
+                continue
+        left.set()
+
+
+_LIMIT_CODES = (time_limit.__wrapped__.__code__, _thread_time_limit.__wrapped__.__code__)  # type: ignore[attr-defined]
+
+
+def _leaving(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (where a time limit would raise) is the limit's own cleanup, leaving the block already."""
+    return frame is not None and (frame.f_code in _LIMIT_CODES or frame.f_code.co_filename == contextlib.__file__)
 
 
 def _choice_equiv(pred: str, gold: str) -> bool | None:
