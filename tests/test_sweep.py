@@ -225,6 +225,22 @@ def test_a_changed_spec_is_refused_naming_the_keys(reference, tmp_path, capsys):
     assert (folder / "sweep.yaml").read_text() == before
 
 
+def test_reordered_cells_are_the_same_spec_and_resume_in_the_new_order(reference, tmp_path):
+    """The order of cells is the order runs start in (and rows are listed in): it can change mid-sweep."""
+    import shutil
+
+    from inferencekit.sweep import sweep
+
+    folder, _, _ = reference
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    reordered = {**SPEC, "cells": SPEC["cells"][::-1]}
+    result = sweep(write_spec(tmp_path / "spec.yaml", reordered), work_dir=tmp_path, show_progress=False)
+    assert result.loads == 0 and sum(r.problems_generated for r in result.runs) == 0
+    assert [row["cell"] for row in frontier(copy)] == ["sc", "sc", "bon", "bon"]
+    assert results(copy) == results(folder)
+
+
 def test_a_run_folder_with_other_settings_is_refused_before_anything_runs(reference, tmp_path, capsys):
     import shutil
 
