@@ -593,29 +593,31 @@ def test_a_time_limit_whose_exception_is_lost_fires_again(thread: str, monkeypat
 
     class SlowToDrop:
         def __del__(self) -> None:
-            end = time.monotonic() + 1.0
-            while time.monotonic() < end:  # the first raise, 0.05 s in, lands here and is ignored
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:  # the first raise, 0.2 s in, lands here and is ignored
                 pass
 
-    outcome: dict[str, object] = {}
-
-    def drop_then_spin() -> None:
+    def drop_then_spin(outcome: dict[str, bool]) -> None:
         give_up = time.monotonic() + 30  # a bound on the failure, not a timing: a lost limit spun on to here
         try:
-            with time_limit(0.05):
+            with time_limit(0.2):
                 SlowToDrop()
                 while time.monotonic() < give_up:
                     pass
         except GradingTimeout:
             outcome["stopped"] = time.monotonic() < give_up
 
-    if thread == "main":
-        drop_then_spin()
-    else:
-        worker = threading.Thread(target=drop_then_spin)
-        worker.start()
-        worker.join()
-    assert outcome == {"stopped": True}
+    for _ in range(3):  # the first raise must land in `__del__`; on a busy machine it can come before, so again
+        outcome: dict[str, bool] = {}
+        if thread == "main":
+            drop_then_spin(outcome)
+        else:
+            worker = threading.Thread(target=drop_then_spin, args=(outcome,))
+            worker.start()
+            worker.join()
+        assert outcome == {"stopped": True}
+        if lost:
+            break
     assert lost and lost[0].exc_type is GradingTimeout  # type: ignore[attr-defined]
 
 
