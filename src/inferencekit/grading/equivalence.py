@@ -114,14 +114,14 @@ def _thread_time_limit(seconds: float) -> Iterator[None]:
     ident = threading.get_ident()
     lock = threading.Lock()
     left = threading.Event()
-    state = {"armed": True, "fired": False}
+    state = {"fired": False}
 
     def fire_until_left() -> None:
         if left.wait(seconds):
             return
         for _ in range(_REFIRES + 1):
             with lock:
-                if not state["armed"]:
+                if left.is_set():
                     return
                 if not _leaving(sys._current_frames().get(ident)):
                     state["fired"] = True
@@ -137,13 +137,12 @@ def _thread_time_limit(seconds: float) -> Iterator[None]:
         while True:  # one landing here before the timer saw this frame must not skip the disarming
             try:
                 with lock:
-                    state["armed"] = False
+                    left.set()
                     if state["fired"]:  # raised or still pending: a pending one must not escape the block
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
                 break
             except GradingTimeout:
                 continue
-        left.set()
 
 
 _LIMIT_CODES = (time_limit.__wrapped__.__code__, _thread_time_limit.__wrapped__.__code__)  # type: ignore[attr-defined]
